@@ -1,0 +1,5 @@
+import sys
+
+from caffeinit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,127 @@
+"""The documented Python API: load a net (with weights), run it, read blobs, save it."""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from caffeinit.device import select_device
+from caffeinit.errors import CaffeinitError
+from caffeinit.executor import TorchNet
+from caffeinit.net import Net, build_net, parse_phase
+from caffeinit.proto import caffe_pb2
+
+
+def read_net_param(net: str | os.PathLike | caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
+    """A net definition from a prototxt (any historic format, upgraded), a solver prototxt, or a NetParameter."""
+    if isinstance(net, caffe_pb2.NetParameter):
+        return net
+    from caffeinit.prototxt import read_net
+    return read_net(os.fspath(net))
+
+
+class CaffeModel:
+    """A Caffe net with its weights, runnable on CPU or CUDA with Caffe's numbers.
+
+    >>> model = caffeinit.load("deploy.prototxt", weights="net.caffemodel")
+    >>> out = model.forward({"data": images})          # {"prob": array}
+    >>> blobs = model.forward({"data": images}, blobs="all")
+    """
+
+    def __init__(self, net: str | os.PathLike | caffe_pb2.NetParameter, weights=None, *, phase: str | int = "test",
+                 stages: Sequence[str] = (), level: int = 0, device: str | torch.device = "cpu", seed: int = 0,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None):
+        self.net_param = read_net_param(net)
+        self.phase = parse_phase(phase)
+        self.stages, self.level = tuple(stages), level
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.net: Net = build_net(self.net_param, self.phase, self.stages, level, input_shapes)
+        blobs = _read_weights(weights)
+        self.module = TorchNet(self.net, blobs, seed=seed, device=self.device)
+
+    # -- shapes -----------------------------------------------------------------------------------------------
+    def reshape(self, input_shapes: Mapping[str, Sequence[int]]) -> None:
+        """Re-infer every shape for new input shapes (Caffe's Net::Reshape); weights are kept."""
+        self.net = build_net(self.net_param, self.phase, self.stages, self.level, input_shapes)
+        self.module.net = self.net
+
+    # -- running ------------------------------------------------------------------------------------------------
+    def forward(self, inputs: Mapping[str, np.ndarray | torch.Tensor], blobs: str | Iterable[str] = "outputs",
+                *, as_numpy: bool = True) -> dict:
+        """One forward pass. ``blobs``: "outputs" (Caffe's net.outputs), "all" (every blob Caffe lists, in-place
+        blobs holding their final value) or blob names. Returns {blob: array}."""
+        feeds = self._feeds(inputs)
+        names = self._blob_names(blobs)
+        keep = {self.net.value_of[b] for b in names}
+        with torch.no_grad():
+            values = self.module(feeds, keep=keep)
+        out = {b: values[self.net.value_of[b]] for b in names}
+        if as_numpy:
+            out = {b: t.detach().cpu().numpy() for b, t in out.items()}
+        return out
+
+    def _feeds(self, inputs) -> dict[str, torch.Tensor]:
+        missing = [b for b in self.net.feeds if b not in inputs]
+        if missing:
+            raise CaffeinitError(f"missing input '{missing[0]}' (the net's inputs: {', '.join(self.net.feeds)})")
+        unknown = [b for b in inputs if b not in self.net.feeds]
+        if unknown:
+            raise CaffeinitError(f"unknown input '{unknown[0]}' (the net's inputs: {', '.join(self.net.feeds)})")
+        new_shapes = {}
+        for name, array in inputs.items():
+            want = self.net.feeds[name]
+            got = tuple(array.shape)
+            if got != want:
+                if len(got) != len(want) or got[1:] != want[1:]:
+                    raise CaffeinitError(f"input '{name}' has shape {got}, the net expects {want} "
+                                         "(only the batch size may differ)")
+                new_shapes[name] = got
+        if new_shapes:
+            self.reshape({**self.net.feeds, **new_shapes})
+        return {self.net.value_of[name]: torch.as_tensor(np.asarray(a, np.float32) if not torch.is_tensor(a) else a,
+                                                         dtype=torch.float32, device=self.device)
+                for name, a in inputs.items()}
+
+    def _blob_names(self, blobs) -> list[str]:
+        if isinstance(blobs, str):
+            if blobs == "outputs":
+                return list(self.net.outputs)
+            if blobs == "all":
+                return list(self.net.blob_shapes)
+            blobs = [b for b in blobs.split(",") if b]
+        names = list(blobs)
+        for b in names:
+            if b not in self.net.blob_shapes:
+                raise CaffeinitError(f"unknown blob '{b}' (the net's blobs: {', '.join(self.net.blob_shapes)})")
+        return names
+
+    # -- weights ------------------------------------------------------------------------------------------------
+    def blobs(self) -> dict[str, list[np.ndarray]]:
+        """Every layer's parameter blobs by layer name, as float32 numpy arrays."""
+        return self.module.blobs_numpy()
+
+    def to_proto(self) -> caffe_pb2.NetParameter:
+        """What Caffe's Net::ToProto writes for this net (automatic Split layers included)."""
+        from caffeinit.splits import insert_splits
+        from caffeinit.weights import net_to_proto
+        return net_to_proto(insert_splits(self.net.param), self.blobs())
+
+    def save_caffemodel(self, path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> None:
+        """Write the weights as a .caffemodel that Caffe loads (atomically; never over one of ``inputs``)."""
+        from caffeinit.weights import write_caffemodel
+        write_caffemodel(path, self.to_proto(), inputs=inputs)
+
+
+def load(net, weights=None, **kwargs) -> CaffeModel:
+    """Load a net definition (prototxt, solver or NetParameter) and optional weights (.caffemodel path or
+    {layer: [arrays]}). Layers without weights get their fillers' values. See CaffeModel for keyword arguments."""
+    return CaffeModel(net, weights, **kwargs)
+
+
+def _read_weights(weights) -> dict[str, list[np.ndarray]] | None:
+    if weights is None or isinstance(weights, Mapping):
+        return weights
+    from caffeinit.weights import load_weights
+    return load_weights(os.fspath(weights))

@@ -1,0 +1,132 @@
+"""Command line: a thin argparse layer over the Python API. ``caffeinit <command> --help`` for details."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from caffeinit.errors import CaffeinitError
+
+
+def _add_net_options(p: argparse.ArgumentParser, weights: bool = True, phase: str = "test") -> None:
+    p.add_argument("net", help="network .prototxt (any Caffe format) or solver .prototxt")
+    if weights:
+        p.add_argument("--weights", metavar="W.caffemodel", help="weights to load")
+    p.add_argument("--phase", choices=("train", "test"), default=phase, help=f"net phase (default {phase})")
+    p.add_argument("--stage", action="append", default=[], help="net state stage (repeatable)")
+    p.add_argument("--level", type=int, default=0, help="net state level")
+
+
+def cmd_inspect(args) -> int:
+    from caffeinit.api import read_net_param
+    from caffeinit.inspect_net import net_summary, net_table
+    from caffeinit.net import build_net
+
+    net = build_net(read_net_param(args.net), args.phase, args.stage, args.level)
+    if args.weights:
+        from caffeinit.executor import TorchNet
+        from caffeinit.weights import load_weights
+        module = TorchNet(net, load_weights(args.weights))
+        if module.missing and not args.json:
+            print(f"note: no weights for layers {', '.join(module.missing)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(net_summary(net)))
+    else:
+        print(net_table(net))
+    return 0
+
+
+def cmd_upgrade(args) -> int:
+    from caffeinit.fileio import atomic_write_bytes
+    from caffeinit.prototxt import format_net, read_net
+
+    inputs = [args.net] + ([args.weights] if args.weights else [])
+    net = read_net(args.net)
+    atomic_write_bytes(args.output, format_net(net).encode(), inputs=inputs)
+    print(f"wrote {args.output}")
+    if args.weights:
+        if not args.weights_out:
+            raise CaffeinitError("--weights needs --weights-out for the upgraded caffemodel")
+        from caffeinit.weights import read_caffemodel, write_caffemodel
+        write_caffemodel(args.weights_out, read_caffemodel(args.weights), inputs=inputs)
+        print(f"wrote {args.weights_out}")
+    return 0
+
+
+def cmd_forward(args) -> int:
+    import numpy as np
+
+    from caffeinit.api import load
+    from caffeinit.device import describe_device
+    from caffeinit.fileio import atomic_output
+
+    inputs = {}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise CaffeinitError(f"--input '{item}': expected NAME=FILE.npy")
+        try:
+            inputs[name] = np.load(path)
+        except (OSError, ValueError) as e:
+            raise CaffeinitError(f"--input {name}: cannot read '{path}': {e}") from None
+    model = load(args.net, args.weights, phase=args.phase, stages=args.stage, level=args.level, device=args.device)
+    print(f"device: {describe_device(model.device)}", file=sys.stderr)
+    blobs = model.forward(inputs, args.blobs)
+    with atomic_output(args.out, inputs=[args.net] + ([args.weights] if args.weights else [])) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **blobs)
+    print(f"wrote {len(blobs)} blobs to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caffeinit", description=__doc__.splitlines()[0].split(": ", 1)[-1])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="print a net's layers, blob shapes and parameters")
+    _add_net_options(p)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("upgrade", help="rewrite a net (and weights) in the current Caffe format")
+    p.add_argument("net", help="network .prototxt in any historic format")
+    p.add_argument("--weights", metavar="W.caffemodel", help="weights to upgrade too")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.prototxt")
+    p.add_argument("--weights-out", metavar="OUT.caffemodel")
+    p.set_defaults(func=cmd_upgrade)
+
+    p = sub.add_parser("forward", help="run a forward pass and save blobs to an .npz")
+    _add_net_options(p)
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input array")
+    p.add_argument("--blobs", default="outputs", help="outputs | all | NAME,NAME,... (default outputs)")
+    p.add_argument("--out", required=True, metavar="OUT.npz")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    p.set_defaults(func=cmd_forward)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CaffeinitError as e:
+        if args.debug:
+            raise
+        print(f"caffeinit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("caffeinit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 — no traceback for users unless --debug
+        if args.debug:
+            raise
+        print(f"caffeinit: error: internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

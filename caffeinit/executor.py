@@ -1,0 +1,135 @@
+"""Run a built Net as a torch graph: an interpreter over the layer list and a value-name -> tensor map."""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from caffeinit.errors import CaffeinitError, layer_error
+from caffeinit.net import LayerNode, Net
+
+Tap = Callable[[LayerNode, list], None]
+
+
+class TorchNet(torch.nn.Module):
+    """A Caffe net as a torch module.
+
+    Parameters live in ``layer_blobs[i]`` (an ``nn.ParameterList`` per layer, Caffe's ``layer.blobs`` order); blobs
+    shared through a ParamSpec name are the same Parameter object. Non-learnable blobs (BatchNorm statistics) have
+    ``requires_grad=False``. ``forward`` can run any slice of layers from cached values, call a tap after every layer
+    (the taps see each layer's tops before any in-place successor replaces them), and free values after their last
+    use.
+    """
+
+    def __init__(self, net: Net, blobs: Mapping[str, list[np.ndarray]] | None = None, *,
+                 seed: int = 0, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.net = net
+        blobs = dict(blobs or {})
+        rng = np.random.default_rng(seed)
+        shared: dict[str, torch.nn.Parameter] = {}
+        self.layer_blobs = torch.nn.ModuleList()
+        self.missing: list[str] = []  # layers with blobs that got filler values
+        for node in net.layers:
+            plist = torch.nn.ParameterList()
+            shapes = node.layer.blob_shapes
+            if shapes:
+                arrays = blobs.pop(node.name, None)
+                if arrays is None:
+                    arrays = node.layer.fill_blobs(rng)
+                    self.missing.append(node.name)
+                arrays = _fit_layer_blobs(node, arrays)
+                learnable = set(node.layer.learnable_blobs())
+                for k, array in enumerate(arrays):
+                    spec = node.param.param[k] if k < len(node.param.param) else None
+                    key = spec.name if spec is not None and spec.name else None
+                    if key and key in shared:
+                        owner = shared[key]
+                        if tuple(owner.shape) != tuple(array.shape):
+                            raise layer_error(node.name, node.type, f"shared parameter '{key}' has shape "
+                                              f"{tuple(owner.shape)} in its owner but {tuple(array.shape)} here")
+                        plist.append(owner)
+                        continue
+                    p = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(array, np.float32)).clone(),
+                                           requires_grad=k in learnable)
+                    if key:
+                        shared[key] = p
+                    plist.append(p)
+            self.layer_blobs.append(plist)
+        self.unused_weights = sorted(blobs)  # source layers not in this net (Caffe ignores them)
+        self._last_use = _last_uses(net)
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def blobs_numpy(self) -> dict[str, list[np.ndarray]]:
+        """Every layer's blobs as float32 numpy arrays, by layer name (for writing a caffemodel)."""
+        return {node.name: [p.detach().cpu().numpy().astype(np.float32) for p in self.layer_blobs[node.index]]
+                for node in self.net.layers if len(self.layer_blobs[node.index])}
+
+    def forward(self, feeds: Mapping[str, torch.Tensor], *, start: int = 0, stop: int | None = None,
+                keep: Iterable[str] | None = None, tap: Tap | None = None) -> dict[str, torch.Tensor]:
+        """Run layers ``start..stop-1``.
+
+        ``feeds`` maps value names (data-layer tops, or any cached value such as a frontier) to tensors.
+        ``keep``: value names to return; None keeps everything. Values not kept are freed after their last use.
+        """
+        layers = self.net.layers[start:stop]
+        values = dict(feeds)
+        keep_set = None if keep is None else set(keep)
+        for node in layers:
+            if node.layer.is_data:
+                for blob, v in zip(node.tops, node.top_values):
+                    if v not in values:
+                        raise CaffeinitError(f"missing input '{blob}' (fed by layer '{node.name}')")
+                continue
+            try:
+                bottoms = [values[v] for v in node.bottom_values]
+            except KeyError as e:
+                raise CaffeinitError(f"layer '{node.name}' needs value {e.args[0]!r}, which was neither fed nor "
+                                     "computed in this run") from None
+            tops = node.layer.forward(bottoms, list(self.layer_blobs[node.index]))
+            for v, t in zip(node.top_values, tops):
+                values[v] = t
+            if tap is not None:
+                tap(node, tops)
+            if keep_set is not None:
+                for v in node.bottom_values:
+                    if v not in keep_set and self._last_use.get(v, -1) <= node.index:
+                        values.pop(v, None)
+        if keep_set is not None:
+            values = {v: t for v, t in values.items() if v in keep_set}
+        return values
+
+
+def frontier(net: Net, start: int) -> list[str]:
+    """Values that layers ``start..`` read but earlier layers produced: what a run resuming at ``start`` needs."""
+    produced_before = {v for node in net.layers[:start] for v in node.top_values}
+    need = []
+    for node in net.layers[start:]:
+        for v in node.bottom_values:
+            if v in produced_before and v not in need:
+                need.append(v)
+    return need
+
+
+def _last_uses(net: Net) -> dict[str, int]:
+    last: dict[str, int] = {}
+    for node in net.layers:
+        for v in node.bottom_values:
+            last[v] = node.index
+    return last
+
+
+def _fit_layer_blobs(node: LayerNode, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    from caffeinit.weights import fit_blob
+
+    shapes = node.layer.blob_shapes
+    if len(arrays) != len(shapes):
+        raise layer_error(node.name, node.type, f"the weights have {len(arrays)} blobs, the layer needs {len(shapes)}")
+    return [fit_blob(np.asarray(a), tuple(s), node.name, k) for k, (a, s) in enumerate(zip(arrays, shapes))]

@@ -1,0 +1,70 @@
+"""Base class of all layer implementations: Caffe's set-up/shape rules plus a torch forward."""
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from caffeinit.errors import CaffeinitError, layer_error
+from caffeinit.proto import caffe_pb2
+
+Shape = tuple[int, ...]
+
+
+class Layer:
+    """One Caffe layer.
+
+    ``setup`` does what Caffe's LayerSetUp + Reshape do: check parameters and bottom shapes (Caffe's CHECKs become
+    CaffeinitError naming the layer), return the top shapes, and set ``blob_shapes`` (the shapes of Caffe's
+    ``layer.blobs``, in Caffe's order). ``forward`` computes the tops from the bottoms and blobs as torch tensors,
+    giving Caffe's numbers. Layers never work in place: the executor renames in-place tops.
+    """
+
+    type_name: ClassVar[str] = ""
+    # Caffe's ExactNum/MinNum/MaxNum{Bottom,Top}Blobs; None = unconstrained.
+    min_bottoms: ClassVar[int | None] = None
+    max_bottoms: ClassVar[int | None] = None
+    min_tops: ClassVar[int | None] = None
+    max_tops: ClassVar[int | None] = None
+    is_loss: ClassVar[bool] = False  # loss layers (and Accuracy) end the part of the net the init works on
+    is_data: ClassVar[bool] = False  # data layers: tops are net inputs filled by caffeinit.data
+
+    def __init__(self, param: caffe_pb2.LayerParameter, phase: int = caffe_pb2.TEST):
+        self.param = param
+        self.name = param.name
+        self.phase = phase
+        self.blob_shapes: list[Shape] = []
+
+    # -- shapes -------------------------------------------------------------------------------------------
+    def setup(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
+        raise NotImplementedError
+
+    def check_counts(self, n_bottoms: int, n_tops: int) -> None:
+        """Caffe's blob-count checks (layer.hpp CheckBlobCounts)."""
+        def bad(what, n, lo, hi):
+            want = f"exactly {lo}" if lo == hi else (f"at least {lo}" if hi is None else
+                                                      f"at most {hi}" if lo is None else f"{lo} to {hi}")
+            raise self.error(f"takes {want} {what}, got {n}")
+        if (self.min_bottoms is not None and n_bottoms < self.min_bottoms) or \
+                (self.max_bottoms is not None and n_bottoms > self.max_bottoms):
+            bad("bottoms", n_bottoms, self.min_bottoms, self.max_bottoms)
+        if (self.min_tops is not None and n_tops < self.min_tops) or \
+                (self.max_tops is not None and n_tops > self.max_tops):
+            bad("tops", n_tops, self.min_tops, self.max_tops)
+
+    def error(self, message: str) -> CaffeinitError:
+        return layer_error(self.name, self.type_name, message)
+
+    # -- blobs ----------------------------------------------------------------------------------------------
+    def fill_blobs(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """Initial blob values as Caffe's fillers would make them (float32, shapes ``blob_shapes``)."""
+        return [np.zeros(s, np.float32) for s in self.blob_shapes]
+
+    def learnable_blobs(self) -> list[int]:
+        """Indices of blobs a solver updates (BatchNorm's statistics are not learnable)."""
+        return list(range(len(self.blob_shapes)))
+
+    # -- compute --------------------------------------------------------------------------------------------
+    def forward(self, bottoms: list, blobs: list) -> list:
+        """torch tensors in, torch tensors out (one per top)."""
+        raise NotImplementedError

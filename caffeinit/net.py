@@ -1,0 +1,139 @@
+"""Net assembly: filter a NetParameter by state, wire bottoms to tops as Caffe's Net::Init does, infer shapes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from caffeinit.errors import CaffeinitError, layer_error
+from caffeinit.layers import Layer, Shape, layer_class
+from caffeinit.netstate import filter_net
+from caffeinit.proto import caffe_pb2
+
+PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
+
+
+@dataclass
+class LayerNode:
+    """One layer of a built net. ``bottoms``/``tops`` are Caffe blob names; ``*_values`` are SSA value names
+    (an in-place top gets ``blob@layer`` so the value before the in-place layer stays readable)."""
+    index: int
+    name: str
+    type: str
+    param: caffe_pb2.LayerParameter
+    layer: Layer
+    bottoms: list[str]
+    tops: list[str]
+    bottom_values: list[str]
+    top_values: list[str]
+    bottom_shapes: list[Shape]
+    top_shapes: list[Shape]
+
+
+@dataclass
+class Net:
+    """A net ready to run: layers in execution order plus blob bookkeeping (see docs/ARCHITECTURE.md)."""
+    name: str
+    phase: int
+    param: caffe_pb2.NetParameter  # the filtered, upgraded definition (each layer's phase set)
+    layers: list[LayerNode]
+    inputs: dict[str, Shape]  # Input-layer tops (Caffe's net.inputs)
+    feeds: dict[str, Shape]  # every top of a data layer (Input, Data, ImageData, ...): filled from outside
+    outputs: list[str]  # unconsumed blobs, sorted by name (Caffe's net.outputs)
+    blob_shapes: dict[str, Shape]  # every blob after its last writer, in creation order
+    value_shapes: dict[str, Shape] = field(default_factory=dict)
+    value_of: dict[str, str] = field(default_factory=dict)  # blob -> its final value name
+
+    def layer(self, name: str) -> LayerNode:
+        for node in self.layers:
+            if node.name == name:
+                return node
+        raise CaffeinitError(f"net '{self.name}' has no layer '{name}'")
+
+    def consumers(self) -> dict[str, list[int]]:
+        """value name -> indices of the layers that read it."""
+        users: dict[str, list[int]] = {}
+        for node in self.layers:
+            for v in node.bottom_values:
+                users.setdefault(v, []).append(node.index)
+        return users
+
+
+def parse_phase(phase: str | int) -> int:
+    if isinstance(phase, int):
+        return phase
+    try:
+        return PHASES[phase.lower()]
+    except KeyError:
+        raise CaffeinitError(f"unknown phase '{phase}' (use train or test)") from None
+
+
+def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stages: Sequence[str] = (),
+              level: int = 0, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Net:
+    """Filter ``net_param`` (already upgraded) for the state, wire it and infer every blob's shape.
+
+    ``input_shapes`` overrides the shapes of data-layer tops (e.g. another batch size); Caffe reshapes the same way.
+    """
+    phase = parse_phase(phase)
+    filtered = filter_net(net_param, phase, level=level, stages=tuple(stages))
+    overrides = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+
+    nodes: list[LayerNode] = []
+    value_of: dict[str, str] = {}
+    value_shapes: dict[str, Shape] = {}
+    blob_shapes: dict[str, Shape] = {}
+    available: set[str] = set()
+    inputs: dict[str, Shape] = {}
+    feeds: dict[str, Shape] = {}
+    used_values: set[str] = set()
+
+    for index, lp in enumerate(filtered.layer):
+        layer = layer_class(lp.type, lp.name)(lp, phase)
+        layer.check_counts(len(lp.bottom), len(lp.top))
+        bottom_values, bottom_shapes = [], []
+        for blob in lp.bottom:
+            if blob not in value_of:
+                raise layer_error(lp.name, lp.type, f"unknown bottom blob '{blob}'")
+            bottom_values.append(value_of[blob])
+            bottom_shapes.append(value_shapes[value_of[blob]])
+            available.discard(blob)
+
+        if layer.is_data and lp.top and all(t in overrides for t in lp.top):
+            top_shapes = [overrides[t] for t in lp.top]  # no need to open the layer's source
+        elif layer.is_data:
+            top_shapes = [overrides.get(t, s) for t, s in zip(lp.top, layer.setup(bottom_shapes))]
+        else:
+            top_shapes = layer.setup(bottom_shapes)
+        if len(top_shapes) != len(lp.top):
+            raise layer_error(lp.name, lp.type, f"produces {len(top_shapes)} tops, {len(lp.top)} named")
+
+        top_values = []
+        for j, blob in enumerate(lp.top):
+            if j < len(lp.bottom) and lp.bottom[j] == blob:
+                value = _fresh(f"{blob}@{lp.name}", used_values)
+            elif blob in value_of:
+                raise layer_error(lp.name, lp.type, f"top blob '{blob}' is produced by multiple sources")
+            else:
+                value = _fresh(blob, used_values)
+            value_of[blob] = value
+            value_shapes[value] = tuple(top_shapes[j])
+            blob_shapes[blob] = tuple(top_shapes[j])
+            available.add(blob)
+            top_values.append(value)
+            if layer.is_data:
+                feeds[blob] = tuple(top_shapes[j])
+                if lp.type == "Input":
+                    inputs[blob] = tuple(top_shapes[j])
+        nodes.append(LayerNode(index, lp.name, lp.type, lp, layer, list(lp.bottom), list(lp.top), bottom_values,
+                               top_values, bottom_shapes, [tuple(s) for s in top_shapes]))
+
+    return Net(name=filtered.name, phase=phase, param=filtered, layers=nodes, inputs=inputs, feeds=feeds,
+               outputs=sorted(available), blob_shapes=blob_shapes, value_shapes=value_shapes, value_of=value_of)
+
+
+def _fresh(name: str, used: set[str]) -> str:
+    value, k = name, 1
+    while value in used:
+        k += 1
+        value = f"{name}#{k}"
+    used.add(value)
+    return value

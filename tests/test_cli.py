@@ -1,0 +1,118 @@
+"""The command line: output formats, one-line errors with exit codes, no tracebacks, atomic outputs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from caffeinit.cli import main
+from tests.conftest import ROOT, shared_path
+
+LENET = ROOT / "models" / "lenet" / "deploy.prototxt"
+
+
+def run_cli(*args):
+    """Run the real console entry point in a subprocess (exit codes and stderr as users see them)."""
+    r = subprocess.run([sys.executable, "-m", "caffeinit", *map(str, args)], capture_output=True, text=True,
+                       cwd=ROOT)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_inspect_table_lists_layers_and_parameter_count(capsys):
+    assert main(["inspect", str(LENET)]) == 0
+    out = capsys.readouterr().out
+    assert "conv1" in out and "Convolution" in out and "64x20x24x24" in out
+    # conv1 20*1*5*5+20, conv2 50*20*5*5+50, ip1 500*800+500, ip2 10*500+10
+    assert f"{520 + 25050 + 400500 + 5010:,} parameters" in out
+
+
+def test_inspect_json_is_one_object(capsys):
+    assert main(["inspect", str(LENET), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["name"] == "LeNet"
+    assert summary["inputs"] == {"data": [64, 1, 28, 28]}
+    assert summary["outputs"] == ["prob"]
+    assert summary["blobs"]["pool2"] == [64, 50, 4, 4]
+    conv1 = summary["layers"][1]
+    assert conv1 == {"name": "conv1", "type": "Convolution", "bottoms": ["data"], "tops": ["conv1"],
+                     "top_shapes": [[64, 20, 24, 24]], "params": [[20, 1, 5, 5], [20]]}
+
+
+def test_missing_file_is_one_line_exit_1():
+    code, out, err = run_cli("inspect", "no/such/net.prototxt")
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("caffeinit: error:") and "no/such/net.prototxt" in err
+    assert "Traceback" not in err
+
+
+def test_usage_error_exits_2():
+    code, _, err = run_cli("inspect")
+    assert code == 2 and "usage" in err
+
+
+def test_syntax_error_names_file_line_column(tmp_path):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('name: "x"\nlayer {\n  name: "a"\n  type: "ReLU"\n  bottom "x"\n}\n')
+    code, _, err = run_cli("inspect", bad)
+    assert code == 1 and f"{bad}:5:" in err and "Traceback" not in err
+
+
+def test_debug_shows_traceback(tmp_path):
+    code, _, err = run_cli("--debug", "inspect", tmp_path / "missing.prototxt")
+    assert code == 1 and "Traceback" in err
+
+
+def _lenet_input(tmp_path, shape=(2, 1, 28, 28)):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    return path
+
+
+def test_forward_missing_input_names_it(tmp_path):
+    code, _, err = run_cli("forward", LENET, "--out", tmp_path / "o.npz")
+    assert code == 1 and "missing input 'data'" in err
+
+
+def test_forward_wrong_shape_names_input_and_both_shapes(tmp_path):
+    x = _lenet_input(tmp_path, (2, 3, 28, 28))
+    code, _, err = run_cli("forward", LENET, "--input", f"data={x}", "--out", tmp_path / "o.npz")
+    assert code == 1 and "input 'data'" in err and "(2, 3, 28, 28)" in err and "(64, 1, 28, 28)" in err
+
+
+def test_forward_failure_leaves_existing_output_untouched(tmp_path):
+    out = tmp_path / "o.npz"
+    out.write_bytes(b"precious")
+    x = _lenet_input(tmp_path, (2, 3, 28, 28))
+    code, _, _ = run_cli("forward", LENET, "--input", f"data={x}", "--out", out)
+    assert code == 1 and out.read_bytes() == b"precious"
+    assert sorted(os.listdir(tmp_path)) == ["o.npz", "x.npy"]  # no temporary file left behind
+
+
+def test_forward_writes_requested_blobs(tmp_path):
+    x = _lenet_input(tmp_path)
+    out = tmp_path / "o.npz"
+    assert main(["forward", str(LENET), "--input", f"data={x}", "--blobs", "conv1,prob", "--out", str(out)]) == 0
+    z = np.load(out)
+    assert sorted(z.files) == ["conv1", "prob"] and z["conv1"].shape == (2, 20, 24, 24)
+
+
+def test_upgrade_v0_net_to_current_format(tmp_path):
+    src = shared_path("corpus", "v0__lenet.prototxt")
+    out = tmp_path / "lenet_v2.prototxt"
+    assert main(["upgrade", str(src), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert 'type: "Convolution"' in text and "layers {" not in text
+    # The upgraded text is stable and builds the same net.
+    out2 = tmp_path / "again.prototxt"
+    assert main(["upgrade", str(out), "-o", str(out2)]) == 0
+    assert out2.read_text() == text
+
+
+def test_upgrade_refuses_to_overwrite_its_input(tmp_path):
+    src = tmp_path / "net.prototxt"
+    src.write_text(shared_path("corpus", "v0__lenet.prototxt").read_text())
+    before = src.read_text()
+    code, _, err = run_cli("upgrade", src, "-o", src)
+    assert code == 1 and before == src.read_text()

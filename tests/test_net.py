@@ -1,0 +1,89 @@
+"""Net assembly: Caffe's wiring rules, in-place renaming, outputs, shapes of real nets."""
+import pytest
+
+from caffeinit import CaffeinitError
+from caffeinit.net import build_net
+from caffeinit.prototxt import parse_net_text, read_net
+from tests.conftest import ROOT, shared_path
+
+HEAD = 'name: "t" layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }\n'
+
+
+def net_of(text):
+    return build_net(parse_net_text(HEAD + text))
+
+
+def test_in_place_tops_get_fresh_values_and_blob_keeps_last_writer():
+    net = net_of('layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" '
+                 'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+                 'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n')
+    conv, relu = net.layers[1], net.layers[2]
+    assert conv.top_values == ["conv1"]
+    assert relu.bottom_values == ["conv1"] and relu.top_values == ["conv1@relu1"]
+    assert net.value_of["conv1"] == "conv1@relu1"
+    assert net.blob_shapes == {"data": (2, 3, 8, 8), "conv1": (2, 4, 6, 6)}
+    assert net.outputs == ["conv1"] and net.inputs == {"data": (2, 3, 8, 8)}
+
+
+def test_outputs_are_unconsumed_blobs_sorted_by_name():
+    net = net_of('layer { name: "z" type: "Power" bottom: "data" top: "z_out" }\n'
+                 'layer { name: "a" type: "Power" bottom: "data" top: "a_out" }\n')
+    assert net.outputs == ["a_out", "z_out"]
+
+
+def test_two_producers_of_a_blob_is_an_error():
+    with pytest.raises(CaffeinitError, match=r"layer 'b' \(ReLU\): top blob 'x' is produced by multiple sources"):
+        net_of('layer { name: "a" type: "ReLU" bottom: "data" top: "x" }\n'
+               'layer { name: "b" type: "ReLU" bottom: "data" top: "x" }\n')
+
+
+def test_unknown_bottom_is_an_error():
+    with pytest.raises(CaffeinitError, match=r"layer 'a' \(ReLU\): unknown bottom blob 'nope'"):
+        net_of('layer { name: "a" type: "ReLU" bottom: "nope" top: "x" }\n')
+
+
+def test_unknown_layer_type_lists_known_types():
+    with pytest.raises(CaffeinitError, match=r"unknown type 'Frobnicate' \(known types: .*Convolution"):
+        net_of('layer { name: "a" type: "Frobnicate" bottom: "data" top: "x" }\n')
+
+
+def test_input_shapes_override_batch():
+    net = build_net(parse_net_text(HEAD), input_shapes={"data": (5, 3, 8, 8)})
+    assert net.feeds == {"data": (5, 3, 8, 8)}
+
+
+@pytest.mark.parametrize("name,blob,shape", [
+    ("kaiming__ResNet-50-deploy.prototxt", "pool1", (1, 64, 56, 56)),  # ceil: 56, not 55
+    ("squeeze__SqueezeNet_v1.1_deploy.prototxt", "pool3", (1, 128, 28, 28)),  # ceil: 28, not 27
+    ("bvlc__models_bvlc_googlenet_deploy.prototxt", "pool5/7x7_s1", (10, 1024, 1, 1)),
+    ("bvlc__models_bvlc_reference_caffenet_deploy.prototxt", "pool5", (10, 256, 6, 6)),
+    ("fcn__voc-fcn8s_deploy.prototxt", "score", (1, 21, 500, 500)),
+])
+def test_corpus_shape_facts(name, blob, shape):
+    net = build_net(read_net(str(shared_path("corpus", name))))
+    assert net.blob_shapes[blob] == shape
+    assert net.outputs == sorted(net.outputs)
+
+
+def test_every_corpus_net_builds():
+    corpus = shared_path("corpus")
+    for path in sorted(corpus.glob("*.prototxt")):
+        if "ssd__" in path.name:
+            with pytest.raises(CaffeinitError, match="SSD"):
+                build_net(read_net(str(path)))
+            continue
+        param = read_net(str(path))
+        data_tops = {}
+        for lp in param.layer:  # train/test nets read LMDBs that are not here: give their tops' shapes
+            if lp.type == "Data":
+                crop = lp.transform_param.crop_size
+                data_tops.update({lp.top[0]: (4, 1, 28, 28) if not crop else (4, 3, crop, crop), lp.top[1]: (4,)})
+        for phase in ("test", "train"):
+            net = build_net(param, phase, input_shapes=data_tops)
+            assert net.layers and (net.outputs or phase == "train"), path.name
+
+
+def test_bundled_models_build():
+    for path in sorted((ROOT / "models").glob("*/deploy.prototxt")):
+        net = build_net(read_net(str(path)))
+        assert net.outputs == ["prob"], path
