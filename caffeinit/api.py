@@ -102,16 +102,20 @@ class CaffeModel:
         """Every layer's parameter blobs by layer name, as float32 numpy arrays."""
         return self.module.blobs_numpy()
 
-    def to_proto(self) -> caffe_pb2.NetParameter:
-        """What Caffe's Net::ToProto writes for this net (automatic Split layers included)."""
+    def saved_net_param(self) -> caffe_pb2.NetParameter:
+        """The net as Caffe's Net::Init holds it: filtered, upgraded, automatic Split layers inserted."""
         from caffeinit.splits import insert_splits
+        return insert_splits(self.net.param, phase=self.phase)
+
+    def to_proto(self) -> caffe_pb2.NetParameter:
+        """What Caffe's Net::ToProto writes for this net, weights included."""
         from caffeinit.weights import net_to_proto
-        return net_to_proto(insert_splits(self.net.param), self.blobs())
+        return net_to_proto(self.saved_net_param(), self.blobs(), phase=self.phase)
 
     def save_caffemodel(self, path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> None:
         """Write the weights as a .caffemodel that Caffe loads (atomically; never over one of ``inputs``)."""
         from caffeinit.weights import write_caffemodel
-        write_caffemodel(path, self.to_proto(), inputs=inputs)
+        write_caffemodel(path, self.saved_net_param(), self.blobs(), phase=self.phase, inputs=inputs)
 
 
 def load(net, weights=None, **kwargs) -> CaffeModel:

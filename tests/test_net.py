@@ -54,7 +54,7 @@ def test_input_shapes_override_batch():
 
 @pytest.mark.parametrize("name,blob,shape", [
     ("kaiming__ResNet-50-deploy.prototxt", "pool1", (1, 64, 56, 56)),  # ceil: 56, not 55
-    ("squeeze__SqueezeNet_v1.1_deploy.prototxt", "pool3", (1, 128, 28, 28)),  # ceil: 28, not 27
+    ("squeeze__SqueezeNet_v1.1_deploy.prototxt", "pool3", (10, 128, 28, 28)),  # ceil: 28, not 27
     ("bvlc__models_bvlc_googlenet_deploy.prototxt", "pool5/7x7_s1", (10, 1024, 1, 1)),
     ("bvlc__models_bvlc_reference_caffenet_deploy.prototxt", "pool5", (10, 256, 6, 6)),
     ("fcn__voc-fcn8s_deploy.prototxt", "score", (1, 21, 500, 500)),

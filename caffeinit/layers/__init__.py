@@ -10,6 +10,7 @@ from caffeinit.layers import (  # noqa: F401  (registration side effects)
     loss,
     normalization,
     pooling,
+    recurrent,
     structure,
 )
 

@@ -1,0 +1,55 @@
+"""Image decoding and resizing exactly as Caffe does it: OpenCV ``imread``/``imdecode`` and ``resize`` INTER_LINEAR.
+
+Caffe's ``ReadImageToCVMat`` (util/io.cpp) reads with ``cv::imread`` in colour (3-channel BGR) or greyscale and,
+when a new size is set, warps to exactly that size with ``cv::resize``'s default bilinear interpolation. PIL's
+bilinear resize antialiases when shrinking and gives other pixels, so OpenCV is used throughout.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp", ".jpe")
+
+
+class ImageDecodeError(Exception):
+    """An image that cannot be read or decoded; the caller adds the file and line to the message."""
+
+
+def is_image_path(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_image(path: str, color: bool = True, size: tuple[int, int] | None = None) -> np.ndarray:
+    """``path`` as an H x W x C uint8 array (BGR when ``color``, C = 1 otherwise), warped to ``size`` = (H, W).
+
+    Caffe's ReadImageToCVMat: cv::imread (IMREAD_COLOR / IMREAD_GRAYSCALE), then cv::resize INTER_LINEAR.
+    """
+    if not os.path.isfile(path):
+        raise ImageDecodeError("no such file")
+    image = cv2.imread(path, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ImageDecodeError("OpenCV cannot decode it")
+    return _finish(image, size)
+
+
+def decode_image(data: bytes, mode: str = "native", size: tuple[int, int] | None = None) -> np.ndarray:
+    """Encoded bytes (an encoded Datum) as H x W x C; ``mode`` is 'native' (Caffe's DecodeDatumToCVMatNative,
+    IMREAD_UNCHANGED), 'color' or 'gray' (force_color / force_gray)."""
+    flags = {"native": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR, "gray": cv2.IMREAD_GRAYSCALE}[mode]
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise ImageDecodeError("OpenCV cannot decode it")
+    if image.dtype != np.uint8:
+        raise ImageDecodeError(f"decoded to {image.dtype}, Caffe's transformer takes 8-bit images")
+    return _finish(image, size)
+
+
+def _finish(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if size is not None and (image.shape[0], image.shape[1]) != tuple(size):
+        image = cv2.resize(image, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return image

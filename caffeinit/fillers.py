@@ -1,0 +1,84 @@
+"""Caffe's weight fillers (include/caffe/filler.hpp): the same distributions, drawn from a numpy Generator.
+
+The values follow Caffe's distributions, not its random stream. Fan-in and fan-out are Caffe's:
+``fan_in = count / shape[0]`` and ``fan_out = count / shape[1]`` (``count`` for a 1-axis blob).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.proto import caffe_pb2
+
+_NORM = caffe_pb2.FillerParameter
+
+
+def fill(filler: caffe_pb2.FillerParameter, shape: Sequence[int], rng: np.random.Generator,
+         where: str = "filler") -> np.ndarray:
+    """A float32 array of ``shape`` filled as Caffe's ``filler.type`` would; ``where`` names the blob in errors."""
+    shape = tuple(int(d) for d in shape)
+    count = math.prod(shape)
+    kind = filler.type
+    if count == 0:
+        raise CaffeinitError(f"{where}: cannot fill an empty blob of shape {list(shape)}")
+    if filler.sparse < -1:
+        raise CaffeinitError(f"{where}: filler sparse must be >= -1, got {filler.sparse}")
+    if filler.sparse != -1 and kind != "gaussian":
+        raise CaffeinitError(f"{where}: sparse is only supported by the gaussian filler, not '{kind}'")
+
+    if kind == "constant":
+        values = np.full(count, filler.value, np.float64)
+    elif kind == "uniform":
+        values = rng.uniform(filler.min, filler.max, count)
+    elif kind == "gaussian":
+        values = rng.normal(filler.mean, filler.std, count)
+        if filler.sparse >= 0:
+            if not shape:
+                raise CaffeinitError(f"{where}: sparse gaussian filling needs a blob with at least one axis")
+            probability = filler.sparse / shape[0]
+            if probability > 1:
+                raise CaffeinitError(f"{where}: sparse {filler.sparse} exceeds the {shape[0]} outputs of the blob")
+            values = values * (rng.random(count) < probability)
+    elif kind == "positive_unitball":
+        rows = shape[0] if shape else 1
+        values = rng.uniform(0.0, 1.0, (rows, count // rows))
+        values = (values / values.sum(axis=1, keepdims=True)).ravel()
+    elif kind in ("xavier", "msra"):
+        n = _fan(filler, shape, count)
+        if kind == "xavier":
+            scale = math.sqrt(3.0 / n)
+            values = rng.uniform(-scale, scale, count)
+        else:
+            values = rng.normal(0.0, math.sqrt(2.0 / n), count)
+    elif kind == "bilinear":
+        if len(shape) != 4:
+            raise CaffeinitError(f"{where}: the bilinear filler needs a 4-axis blob, got shape {list(shape)}")
+        if shape[2] != shape[3]:
+            raise CaffeinitError(f"{where}: the bilinear filler needs a square kernel, got shape {list(shape)}")
+        values = np.broadcast_to(bilinear_kernel(shape[3]), shape).ravel()
+    else:
+        raise CaffeinitError(f"{where}: unknown filler type '{kind}' (known: constant, uniform, gaussian, "
+                             "positive_unitball, xavier, msra, bilinear)")
+    return np.asarray(values, np.float32).reshape(shape)
+
+
+def _fan(filler: caffe_pb2.FillerParameter, shape: tuple[int, ...], count: int) -> float:
+    """The n of xavier/msra: fan_in, fan_out or their average, as chosen by ``variance_norm``."""
+    fan_in = count // (shape[0] if shape else 1)
+    fan_out = count // shape[1] if len(shape) > 1 else count
+    if filler.variance_norm == _NORM.AVERAGE:
+        return (fan_in + fan_out) / 2.0
+    if filler.variance_norm == _NORM.FAN_OUT:
+        return float(fan_out)
+    return float(fan_in)
+
+
+def bilinear_kernel(size: int) -> np.ndarray:
+    """The size x size upsampling kernel of Caffe's bilinear filler (float64)."""
+    f = math.ceil(size / 2.0)
+    c = (size - 1) / (2.0 * f)
+    ramp = 1 - np.abs(np.arange(size) / f - c)
+    return np.outer(ramp, ramp)

@@ -1,0 +1,60 @@
+"""Options of the initialization (one field per ``caffeinit run`` option), with the defaults of the issue."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from caffeinit.errors import CaffeinitError
+
+METHODS = ("gaussian", "orthogonal", "pca", "zca", "kmeans", "rand")
+DATA_METHODS = ("pca", "zca", "kmeans", "rand")  # drawn from the layer's input patches
+
+
+@dataclass
+class InitConfig:
+    """Everything that steers ``caffeinit.init.initialize``.
+
+    method: the within-layer draw (``gaussian`` i.i.d. N(0,1) as the reference; ``orthogonal`` rows; ``pca``,
+        ``zca``, ``kmeans``, ``rand`` from whitened input patches).
+    within / between: run the within-layer (Algorithm 1) / between-layer (Algorithm 2) step.
+    between_iters: at most this many between-layer updates (only nets with non-homogeneous layers need > 1).
+    tolerance: the between-layer step stops when no layer's rate would move by more than this fraction.
+    bias: beta, the target mean of every unit after the within-layer step.
+    num_images, batch_size: how many images the caller feeds (the CLI passes them to the data loader).
+    between_batches, between_draws: the change rates are averaged over this many of the init batches, each with
+        this many N(0,1) gradient draws.
+    reinit: ``missing`` (draw only layers without loaded weights), ``all``, or a layer name: that layer and every
+        later one are drawn anew (plus those without weights).
+    seed: seeds every random draw (a seed gives bitwise-identical CPU results).
+    max_samples: cap on input patches gathered per layer (and group) for the data-dependent draws.
+    kmeans_iters: Lloyd iterations of the spherical k-means.
+    measure_before: measure each layer's output statistics and change rate under the starting weights on one
+        batch, for the report (costs one forward+backward over one batch).
+    """
+    method: str = "gaussian"
+    within: bool = True
+    between: bool = True
+    between_iters: int = 10
+    tolerance: float = 0.05
+    bias: float = 0.1
+    num_images: int = 160
+    batch_size: int = 16
+    between_batches: int = 4
+    between_draws: int = 1
+    reinit: str = "missing"
+    seed: int = 0
+    max_samples: int = 20000
+    kmeans_iters: int = 20
+    measure_before: bool = True
+
+    def check(self) -> None:
+        """Raise a CaffeinitError naming the first bad option."""
+        if self.method not in METHODS:
+            raise CaffeinitError(f"unknown init method '{self.method}' (choose from {', '.join(METHODS)})")
+        for name in ("between_iters", "num_images", "batch_size", "between_batches", "between_draws",
+                     "max_samples", "kmeans_iters"):
+            if getattr(self, name) < 1:
+                raise CaffeinitError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.tolerance > 0:
+            raise CaffeinitError(f"tolerance must be positive, got {self.tolerance}")
+        if not self.reinit:
+            raise CaffeinitError("reinit must be 'missing', 'all' or a layer name")

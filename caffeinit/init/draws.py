@@ -1,0 +1,117 @@
+"""The within-layer draws, as (outputs x fan-in) filter matrices, in torch on the layer's device.
+
+``gaussian`` and ``orthogonal`` ignore the data. ``pca``, ``zca``, ``kmeans`` and ``rand`` work on input patches P
+(samples x fan-in): centre P, eigendecompose its covariance (float64), keep components with eigenvalue above
+1e-6 of the largest, and whiten with S = diag(1 / sqrt(lambda + 1e-3 lambda_max)) (a relative floor, so the scale of the
+data does not matter). Then:
+  pca: rows of S V^T (the top components, whitened);   zca: rows of V S V^T (filters centred on one input each);
+  kmeans: spherical k-means on the L2-normalized whitened patches Z = P_c V S, centres c mapped back as c S V^T;
+  rand: random rows of Z mapped back the same way.
+Filters are not normalized here: the within-layer step rescales every output afterwards. With fewer usable samples
+than outputs the caller falls back to gaussian.
+"""
+from __future__ import annotations
+
+import torch
+
+EIG_DROP = 1e-6  # components below this fraction of the largest eigenvalue are discarded
+EIG_FLOOR = 1e-3  # whitening regularizer, relative to the largest eigenvalue
+
+
+def gaussian(n_out: int, fan_in: int, gen: torch.Generator, device) -> torch.Tensor:
+    return torch.randn(n_out, fan_in, generator=gen, device=device)
+
+
+def orthogonal(n_out: int, fan_in: int, gen: torch.Generator, device) -> torch.Tensor:
+    """Orthonormal rows (n_out <= fan_in) or orthonormal columns (n_out > fan_in), from a sign-fixed QR."""
+    a = torch.randn(max(n_out, fan_in), min(n_out, fan_in), generator=gen, device=device, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones((), dtype=q.dtype,
+                                                                                      device=device))
+    q = q if n_out >= fan_in else q.t()
+    return q.to(torch.float32).contiguous()
+
+
+def whitening(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, s): principal directions (fan-in x r, largest first) and whitening gains 1/sqrt(lambda + floor)."""
+    x = patches.to(torch.float64)
+    x = x - x.mean(dim=0, keepdim=True)
+    n, f = x.shape
+    if n >= f:
+        lam, vec = torch.linalg.eigh(x.t() @ x / n)
+    else:  # fewer samples than inputs: eigendecompose the Gram matrix instead
+        lam, u = torch.linalg.eigh(x @ x.t() / n)
+        vec = x.t() @ u
+        vec = vec / vec.norm(dim=0, keepdim=True).clamp_min(1e-300)
+    lam, vec = lam.flip(0), vec.flip(1)
+    top = lam[0].clamp_min(0)
+    if not top > 0:
+        return vec[:, :0], lam[:0]
+    keep = lam > EIG_DROP * top
+    lam, vec = lam[keep], vec[:, keep]
+    return vec, 1.0 / torch.sqrt(lam + EIG_FLOOR * top)
+
+
+def _rows_with_mixes(basis: torch.Tensor, n_out: int, gen: torch.Generator, pick_random: bool) -> torch.Tensor:
+    """n_out rows from ``basis`` (r x fan-in): its rows (first ones, or a random subset), and when r < n_out random
+    unit-norm mixes of them for the rest."""
+    r = basis.shape[0]
+    if n_out <= r:
+        if pick_random:
+            index = torch.randperm(r, generator=gen, device=gen.device)[:n_out].to(basis.device)
+            return basis[index]
+        return basis[:n_out]
+    mix = torch.randn(n_out - r, r, generator=gen, device=gen.device, dtype=torch.float64).to(basis.device)
+    mix = mix / mix.norm(dim=1, keepdim=True)
+    return torch.cat([basis, mix @ basis])
+
+
+def from_patches(method: str, patches: torch.Tensor, n_out: int, gen: torch.Generator,
+                 kmeans_iters: int = 20) -> torch.Tensor | None:
+    """Filters (n_out x fan-in, float32) from input patches, or None if the patches cannot give n_out filters."""
+    if patches.shape[0] < n_out:
+        return None
+    vec, gain = whitening(patches)
+    if vec.shape[1] == 0:
+        return None
+    whiten = gain[:, None] * vec.t()  # S V^T, r x fan-in
+    if method == "pca":
+        filters = _rows_with_mixes(whiten, n_out, gen, pick_random=False)
+    elif method == "zca":
+        filters = _rows_with_mixes(vec @ whiten, n_out, gen, pick_random=True)
+    else:
+        x = patches.to(torch.float64)
+        z = (x - x.mean(dim=0, keepdim=True)) @ whiten.t()
+        norms = z.norm(dim=1)
+        z = z[norms > 0]
+        if z.shape[0] < n_out:
+            return None
+        z = z / z.norm(dim=1, keepdim=True)
+        if method == "rand":
+            centres = z[torch.randperm(z.shape[0], generator=gen, device=gen.device)[:n_out].to(z.device)]
+        else:
+            centres = spherical_kmeans(z, n_out, gen, kmeans_iters)
+        filters = centres @ whiten
+    return filters.to(torch.float32)
+
+
+def spherical_kmeans(z: torch.Tensor, k: int, gen: torch.Generator, iters: int) -> torch.Tensor:
+    """k unit-norm centres of the unit-norm rows of ``z`` (Lloyd's algorithm on cosine similarity, batched in
+    torch). Starts from k distinct random rows; an emptied cluster is re-seeded with the row worst served so far."""
+    n = z.shape[0]
+    centres = z[torch.randperm(n, generator=gen, device=gen.device)[:k].to(z.device)].clone()
+    for _ in range(iters):
+        sim = z @ centres.t()
+        best, assign = sim.max(dim=1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, z)
+        counts = torch.bincount(assign, minlength=k)
+        empty = (counts == 0).nonzero().flatten()
+        if len(empty):
+            worst = torch.argsort(best)[:len(empty)]
+            sums[empty] = z[worst]
+        norms = sums.norm(dim=1, keepdim=True)
+        new = torch.where(norms > 0, sums / norms.clamp_min(1e-300), centres)
+        if torch.equal(new, centres):
+            break
+        centres = new
+    return centres

@@ -1,0 +1,116 @@
+"""The outcome of an initialization: one record per layer, a text table, a JSON-ready dict and a plot."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerRecord:
+    """What happened to one layer. Statistics are channel averages of the layer's own output (before any
+    nonlinearity): mean of the per-channel means, mean of the per-channel stds. ``rate_*`` is the effective change
+    rate lr_mult x RMS(dL/dW) / RMS(W) under N(0,1) gradients at the net's end."""
+    name: str
+    type: str
+    method: str = "kept"  # gaussian | orthogonal | pca | zca | kmeans | rand | scale | batchnorm | kept | frozen
+    note: str = ""
+    lr_mult: float = 1.0
+    mean_before: float | None = None
+    std_before: float | None = None
+    mean_after: float | None = None
+    std_after: float | None = None
+    rate_before: float | None = None
+    rate_after: float | None = None
+    between_scale: float = 1.0  # factor the between-layer step applied to W
+    dead: int = 0
+
+    def after_stats(self, mean, std) -> None:
+        self.mean_after = float(mean.mean())
+        self.std_after = float(std.mean())
+
+
+@dataclass
+class InitReport:
+    """Per-layer records in net order plus a summary of the between-layer step."""
+    net: str
+    method: str
+    num_images: int
+    layers: list[LayerRecord] = field(default_factory=list)
+    between_iterations: int = 0
+    between_converged: bool | None = None
+    homogeneous: bool | None = None
+    output_scale: float = 1.0  # the net's end values are multiplied by this (1 on homogeneous nets)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def layer(self, name: str) -> LayerRecord:
+        for record in self.layers:
+            if record.name == name:
+                return record
+        raise KeyError(name)
+
+    def spread(self, which: str = "after") -> float | None:
+        """max / min effective change rate over the layers that have one."""
+        rates = [getattr(r, f"rate_{which}") for r in self.layers]
+        rates = [r for r in rates if r is not None and r > 0 and math.isfinite(r)]
+        return max(rates) / min(rates) if rates else None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["spread_before"] = self.spread("before")
+        data["spread_after"] = self.spread("after")
+        return data
+
+    def table(self) -> str:
+        """The per-layer table and a summary line, as the CLI prints them."""
+        head = ("layer", "type", "method", "mean before -> after", "std before -> after", "rate before -> after")
+        rows = [head]
+        for r in self.layers:
+            rows.append((r.name, r.type, r.method + (f" ({r.dead} dead)" if r.dead else ""),
+                         f"{_num(r.mean_before)} -> {_num(r.mean_after)}",
+                         f"{_num(r.std_before)} -> {_num(r.std_after)}",
+                         f"{_num(r.rate_before)} -> {_num(r.rate_after)}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        for r in self.layers:
+            if r.note:
+                lines.append(f"note: {r.name}: {r.note}")
+        summary = f"{self.num_images} images, method {self.method}"
+        before, after = self.spread("before"), self.spread("after")
+        if after is not None:
+            summary += f"; change-rate spread (max/min) {_num(before)}x -> {_num(after)}x"
+            summary += f" after {self.between_iterations} between-layer update(s)"
+        if self.seconds:
+            summary += f"; {sum(self.seconds.values()):.2f} s"
+        lines.append(summary)
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike) -> None:
+        """Bar chart of the change rates before/after and the output stds after, per layer, written to ``path``."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = [r.name for r in self.layers if r.rate_before is not None or r.rate_after is not None]
+        records = [self.layer(n) for n in names]
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4))
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], [r.rate_before or math.nan for r in records], 0.4, label="before")
+        ax.bar([x + 0.2 for x in xs], [r.rate_after or math.nan for r in records], 0.4, label="after")
+        ax.set_yscale("log")
+        ax.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("lr_mult x RMS(dL/dW) / RMS(W)")
+        ax.set_title(f"{self.net}: change rate per layer ({self.method})")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.fspath(path))
+        plt.close(fig)
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.3g}"
+    return f"{value:.2e}"

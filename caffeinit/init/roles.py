@@ -1,0 +1,118 @@
+"""What the initialization needs to know about a layer: which layers have per-output-channel weights ("affine"
+layers: Convolution, Deconvolution, InnerProduct, one-bottom Scale), how their weight splits into per-group
+(outputs x fan-in) matrices, and how to read input patches for the data-dependent draws."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from caffeinit.net import LayerNode
+
+AFFINE_TYPES = ("Convolution", "Deconvolution", "InnerProduct", "Scale")
+
+
+@dataclass
+class Affine:
+    """An affine layer: top channel c = sum over its filter W_c of the inputs, plus b_c.
+
+    ``channel_axis`` is the axis of the top that holds the outputs; ``groups`` splits inputs and outputs.
+    """
+    node: LayerNode
+    kind: str  # conv | deconv | ip | scale
+    bias: int | None  # blob index of the bias, if any
+    channel_axis: int
+    num_output: int
+    groups: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    # -- weights as per-group matrices ------------------------------------------------------------------------
+    def group_matrices(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight as [groups, outputs per group, fan-in per group] (a copy for Deconvolution and transposed
+        InnerProduct)."""
+        g = self.groups
+        if self.kind == "conv":
+            return weight.reshape(g, self.num_output // g, -1)
+        if self.kind == "deconv":
+            c_in = weight.shape[0]
+            per = weight.reshape(g, c_in // g, self.num_output // g, -1)
+            return per.permute(0, 2, 1, 3).reshape(g, self.num_output // g, -1)
+        if self.kind == "ip":
+            matrix = weight.t() if self.node.layer.transpose else weight
+            return matrix.reshape(1, self.num_output, -1)
+        return weight.reshape(1, self.num_output, -1)
+
+    def from_group_matrices(self, mats: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``group_matrices``: a tensor shaped like the weight blob ``like``."""
+        g = self.groups
+        if self.kind == "deconv":
+            c_in = like.shape[0]
+            k = mats.shape[2] // (c_in // g)
+            per = mats.reshape(g, self.num_output // g, c_in // g, k).permute(0, 2, 1, 3)
+            return per.reshape(like.shape).contiguous()
+        if self.kind == "ip" and self.node.layer.transpose:
+            return mats.reshape(self.num_output, -1).t().contiguous()
+        return mats.reshape(like.shape).contiguous()
+
+    def scale_outputs(self, weight: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """The weight with output channel c multiplied by ``factors[c]``."""
+        mats = self.group_matrices(weight)
+        mats = mats * factors.to(mats.dtype).reshape(self.groups, -1, 1)
+        return self.from_group_matrices(mats, weight)
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def supports_patches(self) -> bool:
+        """Whether the data-dependent draws can read this layer's input patches."""
+        if self.kind == "ip":
+            return True
+        if self.kind == "conv":
+            layer = self.node.layer
+            return len(layer.kernel) == 2 and len(self.node.bottoms) >= 1
+        return False
+
+    def patches(self, x: torch.Tensor, group: int) -> torch.Tensor:
+        """Rows of input patches of group ``group`` (samples x fan-in), in the weight's element order."""
+        layer = self.node.layer
+        if self.kind == "ip":
+            return x.reshape(-1, layer.inputs)
+        x = x.reshape((-1,) + tuple(x.shape[layer.axis:]))
+        per = x.shape[1] // self.groups
+        part = x[:, group * per:(group + 1) * per]
+        cols = F.unfold(part, layer.kernel, dilation=layer.dilation, padding=layer.pad, stride=layer.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def affine_of(node: LayerNode) -> Affine | None:
+    """The Affine description of ``node``, or None for layers without per-output-channel weights."""
+    layer = node.layer
+    if node.type in ("Convolution", "Deconvolution"):
+        return Affine(node, "deconv" if node.type == "Deconvolution" else "conv", 1 if layer.bias_term else None,
+                      layer.axis, layer.num_output, layer.group)
+    if node.type == "InnerProduct":
+        return Affine(node, "ip", 1 if layer.bias_term else None, layer.axis, layer.num_output)
+    if node.type == "Scale" and not layer.two_bottoms and len(layer.blob_shapes[0]) >= 1:
+        shape = layer.blob_shapes[0]
+        return Affine(node, "scale", 1 if layer.bias_term else None, layer.scale_axis, shape[0])
+    return None
+
+
+def weight_lr_mult(node: LayerNode, blob: int = 0) -> float:
+    """The ParamSpec lr_mult of blob ``blob`` (Caffe's default 1)."""
+    specs = node.param.param
+    return float(specs[blob].lr_mult) if blob < len(specs) else 1.0
+
+
+def is_frozen(node: LayerNode) -> bool:
+    """An affine layer whose weight has lr_mult 0: never drawn, never scaled."""
+    return weight_lr_mult(node, 0) == 0
+
+
+def fan_in(affine: Affine) -> int:
+    """Inputs per output channel."""
+    weight_shape = affine.node.layer.blob_shapes[0]
+    return math.prod(weight_shape) // affine.num_output

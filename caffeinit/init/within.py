@@ -1,0 +1,191 @@
+"""Algorithm 1, the within-layer step, processed layer-major over all init batches.
+
+Every value a later layer still needs is kept for all batches on the device. Layers run one at a time over all
+batches. A drawn affine layer (Convolution, Deconvolution, InnerProduct, Scale) runs with zero bias; its own output
+(before any nonlinearity: in-place tops are separate SSA values) gives per-channel mean mu_c and std sigma_c (float64
+Chan merge over batches); then W_c <- W_c / sigma_c, b_c <- beta - mu_c / sigma_c, and the stored outputs get the same
+affine map, so no second forward is needed. A channel with sigma_c = 0 keeps its draw and gets b_c = beta (counted and
+warned). A layer without bias_term only gets the 1/sigma_c scaling. BatchNorm layers that are drawn, or sit below a
+changed layer, get their statistics from the data: mean and population variance over all images and positions with
+scale factor 1, so the TEST net (global statistics) computes what the TRAIN net does. Scale layers are drawn as
+gamma = 1 and then normalized like any affine layer (after a BatchNorm this gives gamma ~ 1, beta ~ the target);
+PReLU keeps its filler slopes; Embed, Bias and recurrent layers keep their fillers. Values are freed after their last
+use.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+import torch
+
+from caffeinit.executor import TorchNet
+from caffeinit.init import draws
+from caffeinit.init.config import DATA_METHODS, InitConfig
+from caffeinit.init.report import LayerRecord
+from caffeinit.init.roles import Affine, affine_of, fan_in
+from caffeinit.init.stats import ChannelStats
+from caffeinit.net import LayerNode
+
+SAMPLES_PER_OUTPUT = 10  # data-dependent draws gather about this many patches per filter (and >= 2 x fan-in)
+
+
+def layer_generator(seed: int, node: LayerNode, device) -> torch.Generator:
+    """A generator private to one layer, so a layer's draw depends only on the seed and its position."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((int(seed) * 1_000_003 + 7919 * (node.index + 1)) % (2 ** 63))
+    return gen
+
+
+def dead_channels(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Channels whose output is constant on the data (up to float32 rounding of the statistics)."""
+    return std <= torch.clamp(1e-6 * mean.abs(), min=1e-30)
+
+
+def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: dict[int, str], config: InitConfig,
+               records: dict[str, LayerRecord], progress: bool = False) -> None:
+    """Initialize the layers in ``draw`` (node index -> "affine" | "bn") in place, over ``batches`` (feeds keyed by
+    value name). Fills the "after" statistics of every affine layer in ``records``."""
+    net = module.net
+    last_use: dict[str, int] = {}
+    for node in net.layers:
+        if not node.layer.is_loss:
+            for v in node.bottom_values:
+                last_use[v] = node.index
+    values: dict[str, list[torch.Tensor]] = {}
+    for feed in batches:
+        for v, t in feed.items():
+            values.setdefault(v, []).append(t)
+    changed: set[str] = set()
+
+    from tqdm.auto import tqdm
+    for node in tqdm(net.layers, desc="within-layer", unit="layer", disable=not progress, leave=False):
+        if node.layer.is_data or node.layer.is_loss:
+            continue
+        if any(v not in values for v in node.bottom_values):
+            continue  # depends on a layer that is not part of the init (e.g. a loss)
+        bottoms = [values[v] for v in node.bottom_values]
+        blobs = list(module.layer_blobs[node.index])
+        action = draw.get(node.index)
+        upstream_changed = any(v in changed for v in node.bottom_values)
+        affine = affine_of(node)
+        with torch.no_grad():
+            if action == "affine" and affine is not None:
+                tops = _init_affine(affine, blobs, bottoms, config, records[node.name])
+            else:
+                if node.type == "BatchNorm" and (action == "bn" or upstream_changed):
+                    _set_batchnorm_stats(blobs, bottoms[0])
+                    action = "bn"
+                tops = [node.layer.forward([b[i] for b in bottoms], blobs) for i in range(len(batches))]
+                tops = [list(t) for t in zip(*tops)]
+                if affine is not None and node.name in records:
+                    stats = ChannelStats()
+                    for top in tops:
+                        for t in top:
+                            stats.update(t, affine.channel_axis)
+                    records[node.name].after_stats(stats.mean, stats.std)
+        for v, t in zip(node.top_values, tops):
+            if v in last_use:
+                values[v] = t
+            if action or upstream_changed:
+                changed.add(v)
+        for v in node.bottom_values:
+            if last_use.get(v, -1) <= node.index:
+                values.pop(v, None)
+
+
+def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[torch.Tensor]], config: InitConfig,
+                 record: LayerRecord) -> list[list[torch.Tensor]]:
+    node = affine.node
+    weight = blobs[0]
+    gen = layer_generator(config.seed, node, weight.device)
+    weight.data.copy_(_draw_weight(affine, weight, bottoms, config, gen, record))
+    if affine.bias is not None:
+        blobs[affine.bias].data.zero_()
+
+    n_batches = len(bottoms[0])
+    tops = [node.layer.forward([b[i] for b in bottoms], blobs) for i in range(n_batches)]
+    tops = [list(t) for t in zip(*tops)]  # per top, per batch
+    stats = ChannelStats()
+    for top in tops:
+        for t in top:
+            stats.update(t, affine.channel_axis)
+    mean, std = stats.mean, stats.std
+    dead = dead_channels(mean, std)
+    gain = torch.where(dead, torch.ones_like(std), 1.0 / torch.where(dead, torch.ones_like(std), std))
+    if affine.bias is not None:
+        shift = torch.where(dead, torch.full_like(mean, config.bias), config.bias - mean * gain)
+    else:
+        shift = torch.zeros_like(mean)
+    weight.data.copy_(affine.scale_outputs(weight.data, gain.to(weight.dtype)))
+    if affine.bias is not None:
+        blobs[affine.bias].data.copy_(shift.to(weight.dtype).reshape(blobs[affine.bias].shape))
+    if int(dead.sum()):
+        record.dead = int(dead.sum())
+        warnings.warn(f"layer '{node.name}': {record.dead} of {len(std)} output channels are constant on the init "
+                      f"images (dead); they keep their draw and get bias {config.bias}")
+    record.after_stats(mean * gain + shift, std * gain)
+
+    shape = [1] * tops[0][0].dim()
+    shape[affine.channel_axis] = -1
+    g32 = gain.to(tops[0][0].dtype).reshape(shape)
+    s32 = shift.to(tops[0][0].dtype).reshape(shape)
+    return [[t * g32 + s32 for t in top] for top in tops]
+
+
+def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.Tensor]], config: InitConfig,
+                 gen: torch.Generator, record: LayerRecord) -> torch.Tensor:
+    """A fresh weight blob (before normalization) by ``config.method``."""
+    device = weight.device
+    if affine.kind == "scale":
+        record.method = "scale"
+        return torch.ones_like(weight)
+    method = config.method
+    if method in DATA_METHODS and not affine.supports_patches():
+        record.note = f"{method} needs input patches, which {affine.node.type} does not have: gaussian"
+        method = "gaussian"
+    if method == "gaussian":
+        record.method = "gaussian"
+        return torch.randn(weight.shape, generator=gen, device=device)
+    groups, n_out, width = affine.groups, affine.num_output // affine.groups, fan_in(affine)
+    if method == "orthogonal":
+        record.method = "orthogonal"
+        mats = torch.stack([draws.orthogonal(n_out, width, gen, device) for _ in range(groups)])
+        return affine.from_group_matrices(mats, weight)
+    mats = []
+    target = min(config.max_samples, max(SAMPLES_PER_OUTPUT * n_out, 2 * width))
+    for g in range(groups):
+        patches = _gather_patches(affine, bottoms[0], g, target, gen)
+        filters = draws.from_patches(method, patches, n_out, gen, config.kmeans_iters)
+        if filters is None:
+            record.method = "gaussian"
+            record.note = (f"{method}: only {patches.shape[0]} input samples for {n_out} outputs"
+                           f"{' per group' if groups > 1 else ''}: gaussian")
+            warnings.warn(f"layer '{affine.name}': {record.note}")
+            return torch.randn(weight.shape, generator=gen, device=device)
+        mats.append(filters.to(device))
+    record.method = method
+    return affine.from_group_matrices(torch.stack(mats), weight)
+
+
+def _gather_patches(affine: Affine, inputs: list[torch.Tensor], group: int, target: int,
+                    gen: torch.Generator) -> torch.Tensor:
+    """About ``target`` input patches of ``group``, drawn evenly at random from every batch."""
+    per_batch = math.ceil(target / len(inputs))
+    rows = []
+    for x in inputs:
+        p = affine.patches(x, group)
+        if p.shape[0] > per_batch:
+            index = torch.randperm(p.shape[0], generator=gen, device=gen.device)[:per_batch].to(p.device)
+            p = p[index]
+        rows.append(p)
+    return torch.cat(rows)
+
+
+def _set_batchnorm_stats(blobs: list[torch.Tensor], inputs: list[torch.Tensor]) -> None:
+    stats = ChannelStats()
+    for x in inputs:
+        stats.update(x if x.dim() > 1 else x[:, None], 1)
+    blobs[0].data.copy_(stats.mean.to(blobs[0].dtype))
+    blobs[1].data.copy_(stats.var.to(blobs[1].dtype))
+    blobs[2].data.fill_(1.0)
+

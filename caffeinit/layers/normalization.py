@@ -1,0 +1,240 @@
+"""Normalization layers: LRN, BatchNorm, Scale, Bias and MVN (Caffe's lrn_layer.cpp, batch_norm_layer.cpp,
+scale_layer.cpp, bias_layer.cpp, mvn_layer.cpp)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from caffeinit.fillers import fill
+from caffeinit.layers.base import Layer
+from caffeinit.layers.registry import register_layer
+from caffeinit.layers.structure import canonical_axis
+from caffeinit.proto import caffe_pb2
+
+_LRN = caffe_pb2.LRNParameter
+
+
+@register_layer
+class LRN(Layer):
+    """ACROSS_CHANNELS: x * (k + alpha/size * sum of x^2 over size channels)^-beta. WITHIN_CHANNEL: x * (1 +
+    alpha/size^2 * sum of x^2 over a size x size window)^-beta; Caffe ignores k there."""
+    type_name = "LRN"
+    min_bottoms = max_bottoms = 1
+    min_tops = max_tops = 1
+
+    def __init__(self, param, phase=caffe_pb2.TEST):
+        super().__init__(param, phase)
+        p = param.lrn_param
+        self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
+        self.region = p.norm_region
+        if self.size % 2 == 0:
+            raise self.error(f"local_size must be odd, got {self.size}")
+        if self.region not in (_LRN.ACROSS_CHANNELS, _LRN.WITHIN_CHANNEL):
+            raise self.error(f"unknown norm_region {self.region}")
+
+    def setup(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        if len(shape) != 4:
+            raise self.error(f"bottom must have 4 axes (num, channels, height, width), got shape {list(shape)}")
+        return [shape]
+
+    def forward(self, bottoms, blobs):
+        x = bottoms[0]
+        if self.region == _LRN.ACROSS_CHANNELS:
+            return [F.local_response_norm(x, self.size, alpha=self.alpha, beta=self.beta, k=self.k)]
+        pad = (self.size - 1) // 2
+        # Stride 1 and pad (size-1)/2 keep every AVE window size x size, so the divisor is always size^2.
+        mean_square = F.avg_pool2d(x * x, self.size, 1, pad, count_include_pad=True)
+        return [x * torch.pow(1 + self.alpha * mean_square, -self.beta)]
+
+
+@register_layer
+class BatchNorm(Layer):
+    """(x - mean) / sqrt(var + eps) per channel (axis 1). Global statistics are blobs[0:2] divided by the scale factor
+    blobs[2] (a factor of 0 gives zeros); otherwise the batch's own mean and biased variance. No affine part."""
+    type_name = "BatchNorm"
+    min_bottoms = max_bottoms = 1
+    min_tops = max_tops = 1
+
+    def __init__(self, param, phase=caffe_pb2.TEST):
+        super().__init__(param, phase)
+        p = param.batch_norm_param
+        self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else phase == caffe_pb2.TEST
+        self.eps = p.eps
+        for spec in param.param:
+            if spec.lr_mult != 0:
+                raise self.error("BatchNorm statistics cannot be learned: every param must have lr_mult 0")
+
+    def setup(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        if not shape:
+            raise self.error("bottom must have at least one axis")
+        self.channels = 1 if len(shape) == 1 else shape[1]
+        self.blob_shapes = [(self.channels,), (self.channels,), (1,)]
+        return [shape]
+
+    def learnable_blobs(self):
+        return []
+
+    def forward(self, bottoms, blobs):
+        x = bottoms[0]
+        grouped = x.reshape(x.shape[0], self.channels, -1)
+        if self.use_global_stats:
+            factor = blobs[2].reshape(-1)[0].to(x.dtype)
+            factor = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
+            mean = blobs[0].to(x.dtype) * factor
+            var = blobs[1].to(x.dtype) * factor
+        else:
+            mean = grouped.mean(dim=(0, 2))
+            var = ((grouped - mean[None, :, None]) ** 2).mean(dim=(0, 2))
+        y = (grouped - mean[None, :, None]) / torch.sqrt(var + self.eps)[None, :, None]
+        return [y.reshape(x.shape)]
+
+
+def _param_shape(layer: Layer, bottom: tuple, axis: int, num_axes: int, what: str) -> tuple[int, ...]:
+    """Shape of a learned scale/bias blob: bottom axes [axis, axis + num_axes), num_axes -1 = to the end."""
+    axis = canonical_axis(layer, axis, len(bottom), f"{what}.axis")
+    if num_axes < -1:
+        raise layer.error(f"{what}.num_axes must be non-negative, or -1 to extend to the end of bottom 0")
+    if num_axes >= 0 and axis + num_axes > len(bottom):
+        raise layer.error(f"a {num_axes}-axis parameter starting at axis {axis} extends past bottom 0 "
+                          f"{list(bottom)}")
+    return tuple(bottom[axis:]) if num_axes == -1 else tuple(bottom[axis:axis + num_axes])
+
+
+def _broadcast_axis(layer: Layer, bottom: tuple, operand: tuple, axis: int, what: str) -> int:
+    """The bottom axis where ``operand`` lines up (Caffe's Reshape): 0 for a scalar, checked dims otherwise."""
+    if not operand:
+        return 0
+    axis = canonical_axis(layer, axis, len(bottom), f"{what}.axis")
+    if axis + len(operand) > len(bottom):
+        raise layer.error(f"{what} shape {list(operand)} extends past bottom 0 {list(bottom)} from axis {axis}")
+    for i, dim in enumerate(operand):
+        if bottom[axis + i] != dim:
+            raise layer.error(f"dimension mismatch between bottom 0 axis {axis + i} ({bottom[axis + i]}) and "
+                              f"{what} axis {i} ({dim})")
+    return axis
+
+
+def _lined_up(operand: torch.Tensor, axis: int, rank: int) -> torch.Tensor:
+    """``operand`` reshaped to broadcast against a rank-``rank`` tensor starting at ``axis``."""
+    shape = tuple(operand.shape)
+    return operand.reshape((1,) * axis + shape + (1,) * (rank - axis - len(shape)))
+
+
+@register_layer
+class Scale(Layer):
+    """x * s, s over bottom axes [axis, axis + num_axes) (bottom 1 if given, else a learned blob); bias_term adds a
+    learned bias of the same shape (blobs [scale, bias], or [bias] with two bottoms)."""
+    type_name = "Scale"
+    min_bottoms, max_bottoms = 1, 2
+    min_tops = max_tops = 1
+
+    def __init__(self, param, phase=caffe_pb2.TEST):
+        super().__init__(param, phase)
+        p = param.scale_param
+        self.axis, self.num_axes, self.bias_term = p.axis, p.num_axes, p.bias_term
+
+    def setup(self, bottom_shapes):
+        bottom = tuple(bottom_shapes[0])
+        self.two_bottoms = len(bottom_shapes) == 2
+        self.blob_shapes = []
+        if self.two_bottoms:
+            scale_shape = tuple(bottom_shapes[1])
+        else:
+            scale_shape = _param_shape(self, bottom, self.axis, self.num_axes, "scale_param")
+            self.blob_shapes.append(scale_shape)
+        self.scale_axis = _broadcast_axis(self, bottom, scale_shape, self.axis, "scale")
+        if self.bias_term:
+            # Caffe's inner Bias layer spans bottom 1's axes in the two-bottom form.
+            bias_axes = len(scale_shape) if self.two_bottoms else self.num_axes
+            bias_shape = _param_shape(self, bottom, self.axis, bias_axes, "scale_param")
+            self.bias_axis = _broadcast_axis(self, bottom, bias_shape, self.axis, "bias")
+            self.blob_shapes.append(bias_shape)
+        return [bottom]
+
+    def fill_blobs(self, rng):
+        p = self.param.scale_param
+        blobs = []
+        if not self.two_bottoms:
+            filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1)
+            blobs.append(fill(filler, self.blob_shapes[0], rng, f"layer '{self.name}' scale"))
+        if self.bias_term:
+            blobs.append(fill(p.bias_filler, self.blob_shapes[-1], rng, f"layer '{self.name}' bias"))
+        return blobs
+
+    def forward(self, bottoms, blobs):
+        x = bottoms[0]
+        scale = bottoms[1] if self.two_bottoms else blobs[0]
+        y = x * _lined_up(scale.to(x.dtype), self.scale_axis, x.dim())
+        if self.bias_term:
+            y = y + _lined_up(blobs[-1].to(x.dtype), self.bias_axis, x.dim())
+        return [y]
+
+
+@register_layer
+class Bias(Layer):
+    """x + b, b over bottom axes [axis, axis + num_axes) (bottom 1 if given, else a learned blob)."""
+    type_name = "Bias"
+    min_bottoms, max_bottoms = 1, 2
+    min_tops = max_tops = 1
+
+    def __init__(self, param, phase=caffe_pb2.TEST):
+        super().__init__(param, phase)
+        p = param.bias_param
+        self.axis, self.num_axes = p.axis, p.num_axes
+
+    def setup(self, bottom_shapes):
+        bottom = tuple(bottom_shapes[0])
+        self.two_bottoms = len(bottom_shapes) == 2
+        if self.two_bottoms:
+            bias_shape = tuple(bottom_shapes[1])
+            self.blob_shapes = []
+        else:
+            bias_shape = _param_shape(self, bottom, self.axis, self.num_axes, "bias_param")
+            self.blob_shapes = [bias_shape]
+        self.bias_axis = _broadcast_axis(self, bottom, bias_shape, self.axis, "bias")
+        return [bottom]
+
+    def fill_blobs(self, rng):
+        if self.two_bottoms:
+            return []
+        return [fill(self.param.bias_param.filler, self.blob_shapes[0], rng, f"layer '{self.name}' bias")]
+
+    def forward(self, bottoms, blobs):
+        x = bottoms[0]
+        bias = bottoms[1] if self.two_bottoms else blobs[0]
+        return [x + _lined_up(bias.to(x.dtype), self.bias_axis, x.dim())]
+
+
+@register_layer
+class MVN(Layer):
+    """Subtract the mean over each (num, channel) slice, or each num with across_channels; normalize_variance then
+    divides by sqrt(var) + eps (eps on the standard deviation, as Caffe)."""
+    type_name = "MVN"
+    min_bottoms = max_bottoms = 1
+    min_tops = max_tops = 1
+
+    def __init__(self, param, phase=caffe_pb2.TEST):
+        super().__init__(param, phase)
+        p = param.mvn_param
+        self.normalize_variance, self.across_channels, self.eps = p.normalize_variance, p.across_channels, p.eps
+
+    def setup(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        if not shape:
+            raise self.error("bottom must have at least one axis")
+        if len(shape) > 4:
+            raise self.error(f"bottom must have at most 4 axes, got shape {list(shape)}")
+        # Caffe's legacy num()/channels(): a missing channel axis counts as 1.
+        self.groups = shape[0] if self.across_channels or len(shape) < 2 else shape[0] * shape[1]
+        return [shape]
+
+    def forward(self, bottoms, blobs):
+        x = bottoms[0]
+        rows = x.reshape(self.groups, -1)
+        centred = rows - rows.mean(dim=1, keepdim=True)
+        if self.normalize_variance:
+            std = torch.sqrt((centred * centred).mean(dim=1, keepdim=True))
+            centred = centred / (std + self.eps)
+        return [centred.reshape(x.shape)]

@@ -1,0 +1,82 @@
+"""ONNX export that reproduces Caffe's numbers in any ONNX runtime.
+
+The graph is built directly from the net's layer list (one converter per Caffe layer type, see ``registry``), with
+TEST-phase semantics, Caffe blob names as graph input/output names, weights as initializers and a dynamic batch
+dimension ``N`` unless ``static_batch``. Pooling never relies on a runtime's ceil_mode (see ``pooling``).
+
+>>> model = caffeinit.load("deploy.prototxt", weights="net.caffemodel")
+>>> result = export_onnx(model, "net.onnx")
+>>> print(result.summary())
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.onnx_export import activation, conv, inner_product, normalization, pooling, structure  # noqa: F401
+from caffeinit.onnx_export.graph import DEFAULT_OPSET, ExportGraph, build_model
+from caffeinit.onnx_export.registry import exportable_types
+from caffeinit.onnx_export.verify import Verification, check_model, compare_with_torch, ort_session, random_inputs
+
+__all__ = ["DEFAULT_OPSET", "ExportGraph", "ExportResult", "Verification", "build_model", "export_onnx",
+           "exportable_types"]
+
+MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit for one serialized message
+
+
+@dataclass
+class ExportResult:
+    path: str
+    opset: int
+    num_nodes: int
+    num_bytes: int
+    export_seconds: float  # graph building and writing, without the verification
+    verification: Verification | None  # None with check=False
+
+    def summary(self) -> str:
+        text = f"wrote {self.path} (opset {self.opset}, {self.num_nodes} nodes, {self.num_bytes / 2**20:.1f} MiB)"
+        if self.verification is not None:
+            v = self.verification
+            text += (f"; onnx.checker passed; ONNX Runtime ({v.provider}) vs torch on random inputs: max relative "
+                     f"error {v.max_rel_error:.3g}")
+        return text
+
+
+def export_onnx(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static_batch: bool = False,
+                check: bool = True, device: str = "cpu", tolerance: float = 1e-4, inputs: Iterable = (),
+                seed: int = 0) -> ExportResult:
+    """Write ``model`` (a :class:`caffeinit.api.CaffeModel` or a :class:`caffeinit.executor.TorchNet`) to ``path``.
+
+    With ``check`` the written file passes ``onnx.checker`` (full check) and an ONNX Runtime session on ``device``
+    ("cpu", "cuda" or "auto") reproduces the torch graph on random inputs (seed ``seed``) to a relative error of
+    ``tolerance``; otherwise a CaffeinitError is raised. The file is written atomically: on any failure an existing
+    ``path`` is left untouched. ``inputs``: the command's input files, which ``path`` must not overwrite.
+    """
+    module = getattr(model, "module", model)
+    net = module.net
+    start = time.perf_counter()
+    graph = build_model(net, module.blobs_numpy(), opset=opset, static_batch=static_batch)
+    data = graph.model.SerializeToString() if graph.model.ByteSize() <= MAX_PROTO_BYTES else None
+    if data is None:
+        raise CaffeinitError(f"net '{net.name}' is too large for a single-file ONNX model (over 2 GiB of weights)")
+
+    from caffeinit.fileio import atomic_output
+
+    with atomic_output(path, inputs) as temp:
+        with open(temp, "wb") as f:
+            f.write(data)
+        seconds = time.perf_counter() - start
+        verification = None
+        if check:
+            check_model(temp)
+            session, provider = ort_session(temp, device)
+            shapes = {name: tuple(net.value_shapes[name]) for name in graph.inputs}
+            verification = compare_with_torch(session, provider, graph, module, random_inputs(shapes, seed))
+            if not verification.max_rel_error <= tolerance:
+                worst = max(verification.errors, key=verification.errors.get)
+                raise CaffeinitError(f"ONNX Runtime ({provider}) disagrees with the torch graph: relative error "
+                                     f"{verification.max_rel_error:.3g} on output '{worst}' exceeds {tolerance:g}")
+    return ExportResult(os.fspath(path), opset, len(graph.model.graph.node), len(data), seconds, verification)

@@ -1,0 +1,251 @@
+"""Reading Caffe's text formats: nets (any historic version, upgraded) and solvers.
+
+Text is parsed like Caffe's C++ TextFormat::Parse: a non-repeated field given twice keeps its last value. Syntax
+errors and unknown fields become one-line CaffeinitErrors ``FILE:LINE:COL: message``; fields that only exist in
+well-known Caffe forks name the fork. The fork spelling ``pooling_param { ceil_mode: true|false }`` is accepted as
+BVLC's ``round_mode: CEIL|FLOOR``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.proto import caffe_pb2
+from caffeinit.upgrade import upgrade_net_as_needed, upgrade_solver_as_needed
+
+# Fields that exist only in Caffe forks, and the fork they come from.
+FORK_FIELDS = {
+    "permute_param": "SSD (weiliu89/caffe)",
+    "prior_box_param": "SSD (weiliu89/caffe)",
+    "detection_output_param": "SSD (weiliu89/caffe)",
+    "detection_evaluate_param": "SSD (weiliu89/caffe)",
+    "normalize_param": "SSD (weiliu89/caffe)",
+    "multibox_loss_param": "SSD (weiliu89/caffe)",
+    "annotated_data_param": "SSD (weiliu89/caffe)",
+    "roi_pooling_param": "Fast/Faster R-CNN (rbgirshick/caffe-fast-rcnn)",
+    "smooth_l1_loss_param": "Fast/Faster R-CNN (rbgirshick/caffe-fast-rcnn)",
+    "psroi_pooling_param": "R-FCN (daijifeng001/caffe-rfcn)",
+    "bn_param": "SegNet / PSPNet BN (bn_param)",
+    "upsample_param": "SegNet (alexgkendall/caffe-segnet) or YOLO",
+    "interp_param": "PSPNet / DeepLab (hszhao/PSPNet)",
+    "seg_accuracy_param": "DeepLab",
+    "image_seg_data_param": "DeepLab",
+    "shuffle_channel_param": "ShuffleNet",
+    "relu6_param": "MobileNet-v2",
+    "region_param": "YOLO",
+    "reorg_param": "YOLO",
+    "center_loss_param": "caffe-face (ydwen/caffe-face)",
+    "ceil_mode": "a fork with PR #3057's ceil_mode",
+}
+
+_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
+
+# Tokens of protobuf text format that matter for finding `ceil_mode` inside `pooling_param`.
+_TOKEN = re.compile(r'''
+    (?P<comment>\#[^\n]*)
+  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+  | (?P<ceil>ceil_mode\s*:\s*(?P<value>true|false|True|False|t|f|1|0)\b)
+  | (?P<ident>[A-Za-z_][\w.]*)
+  | (?P<open>[{<])
+  | (?P<close>[}>])
+''', re.VERBOSE)
+
+
+def rewrite_ceil_mode(text: str) -> str:
+    """Replace the fork field ``ceil_mode: true|false`` by ``round_mode: CEIL|FLOOR`` where it appears directly
+    inside a ``pooling_param`` block. Line numbers stay the same (errors still point at the right line)."""
+    if "ceil_mode" not in text:
+        return text
+    pieces, pos = [], 0
+    blocks: list[str] = []  # names of the enclosing message blocks
+    last_ident = ""
+    for match in _TOKEN.finditer(text):
+        kind = match.lastgroup if match.lastgroup != "value" else "ceil"
+        if kind == "open":
+            blocks.append(last_ident)
+        elif kind == "close":
+            if blocks:
+                blocks.pop()
+        elif kind == "ident":
+            last_ident = match.group()
+        elif kind == "ceil" and blocks and blocks[-1] == "pooling_param":
+            ceil = match.group("value") in ("true", "True", "t", "1")
+            pieces.append(text[pos:match.start()])
+            pieces.append("round_mode: " + ("CEIL" if ceil else "FLOOR"))
+            pos = match.end()
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def _layer_name_at(text: str, line: int) -> str | None:
+    """The name of the layer block enclosing ``line`` (1-based) of ``text``, if any (best effort)."""
+    end = sum(len(row) for row in text.splitlines(keepends=True)[:line])
+    blocks: list[tuple[str, str | None]] = []  # (block name, layer name seen in it)
+    last_ident = ""
+    for match in _TOKEN.finditer(text, 0, end):
+        kind = match.lastgroup
+        if kind == "open":
+            blocks.append((last_ident, None))
+        elif kind == "close" and blocks:
+            blocks.pop()
+        elif kind == "ident":
+            last_ident = match.group()
+        elif kind == "string" and last_ident == "name" and blocks and blocks[-1][0] in ("layer", "layers"):
+            blocks[-1] = (blocks[-1][0], match.group()[1:-1])
+    layer_names = [name for block, name in blocks if block in ("layer", "layers") and name]
+    return layer_names[-1] if layer_names else None
+
+
+def _parse_error(error: text_format.ParseError, filename: str, text: str) -> CaffeinitError:
+    """One line ``FILE:LINE:COL: message``, naming the layer and, for fork-only fields, the fork."""
+    line, column = error.GetLine(), error.GetColumn()
+    where = f"{filename}:{line}:{column}" if line else filename
+    layer = _layer_name_at(text, line) if line else None
+    if layer:
+        where += f": layer '{layer}'"
+    message = str(error)
+    # The parser's message starts with its own "LINE:COL : ".
+    message = re.sub(r"^\d+:\d+ : ", "", message)
+    unknown = _NO_FIELD.search(message)
+    if unknown:
+        message_type, field = unknown.groups()
+        message = f"unknown field '{field}' in {message_type}"
+        if field in FORK_FIELDS:
+            message += f": it is not in BVLC Caffe, it comes from the {FORK_FIELDS[field]} fork"
+    return CaffeinitError(f"{where}: {message}")
+
+
+def _merge_text(text: str, message, filename: str):
+    try:
+        text_format.Merge(text, message)
+    except text_format.ParseError as e:
+        raise _parse_error(e, filename, text) from None
+    return message
+
+
+def parse_net_text(text: str, filename: str = "<string>") -> caffe_pb2.NetParameter:
+    """A NetParameter from prototxt text, upgraded to the current format."""
+    net = _merge_text(rewrite_ceil_mode(text), caffe_pb2.NetParameter(), filename)
+    upgrade_net_as_needed(net, filename)
+    return net
+
+
+def parse_solver_text(text: str, filename: str = "<string>") -> caffe_pb2.SolverParameter:
+    """A SolverParameter from text, upgraded (old ``solver_type`` enum -> ``type``)."""
+    solver = _merge_text(rewrite_ceil_mode(text), caffe_pb2.SolverParameter(), filename)
+    upgrade_solver_as_needed(solver, filename)
+    for field in ("net_param", "train_net_param"):
+        if solver.HasField(field):
+            upgrade_net_as_needed(getattr(solver, field), f"{filename} ({field})")
+    for i, net in enumerate(solver.test_net_param):
+        upgrade_net_as_needed(net, f"{filename} (test_net_param {i})")
+    return solver
+
+
+def _read_text(path: str | os.PathLike, what: str) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CaffeinitError(f"{path}: no such {what} file") from None
+    except OSError as e:
+        raise CaffeinitError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise CaffeinitError(f"{path}: binary data, not a text {what} (a .caffemodel? pass weights separately)")
+    return text.removeprefix("\ufeff")
+
+
+def resolve_solver_net_path(net_path: str, solver_path: str | os.PathLike) -> Path:
+    """Where the net file a solver names lives.
+
+    Caffe opens it relative to the current directory (solvers in BVLC's tree say
+    ``net: "models/bvlc_alexnet/train_val.prototxt"`` and are run from the Caffe root). We try, in order: the path
+    as given (absolute or relative to the current directory, Caffe's rule), then relative to the solver's folder
+    and to each folder above it (the Caffe root the path was written for), then the file name alone in the
+    solver's folder (a solver shipped beside its net).
+    """
+    given = Path(net_path)
+    if given.is_absolute():
+        candidates = [given]
+    else:
+        folder = Path(solver_path).resolve().parent
+        candidates = [given] + [base / given for base in (folder, *folder.parents)] + [folder / given.name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise CaffeinitError(f"{solver_path}: net file '{net_path}' not found (looked in the current directory and "
+                         "beside the solver)")
+
+
+def _net_from_solver(solver: caffe_pb2.SolverParameter, solver_path: str) -> caffe_pb2.NetParameter:
+    """The train net a solver names (exactly one of train_net_param, train_net, net_param, net, as Caffe's
+    Solver::InitTrainNet requires); a solver with only test nets gives its first test net."""
+    train_fields = [f for f in ("train_net_param", "train_net", "net_param", "net") if solver.HasField(f)]
+    if len(train_fields) > 1:
+        raise CaffeinitError(f"{solver_path}: the solver names more than one train net "
+                             f"({', '.join(train_fields)}); keep one")
+    if train_fields:
+        field = train_fields[0]
+        if field.endswith("_param"):
+            net = caffe_pb2.NetParameter()
+            net.CopyFrom(getattr(solver, field))
+            upgrade_net_as_needed(net, f"{solver_path} ({field})")
+            return net
+        return _read_net_file(resolve_solver_net_path(getattr(solver, field), solver_path))
+    if solver.test_net_param:
+        net = caffe_pb2.NetParameter()
+        net.CopyFrom(solver.test_net_param[0])
+        upgrade_net_as_needed(net, f"{solver_path} (test_net_param)")
+        return net
+    if solver.test_net:
+        return _read_net_file(resolve_solver_net_path(solver.test_net[0], solver_path))
+    raise CaffeinitError(f"{solver_path}: a solver that names no net (set net, net_param, train_net or "
+                         "train_net_param)")
+
+
+def _read_net_file(path: Path) -> caffe_pb2.NetParameter:
+    """A net file a solver names (never itself a solver)."""
+    return parse_net_text(_read_text(path, "net"), os.fspath(path))
+
+
+def read_net(path: str | os.PathLike) -> caffe_pb2.NetParameter:
+    """A net from a .prototxt in any historic format (upgraded), or the net a solver .prototxt names.
+
+    A solver is recognised by its first top-level field being a SolverParameter field. Its net is the train net
+    (see ``_net_from_solver``; file paths as ``resolve_solver_net_path`` explains). Inline nets are upgraded too,
+    which Caffe does not do. The solver's ``train_state`` is not applied: callers choose phase, level and stages.
+    """
+    filename = os.fspath(path)
+    text = rewrite_ceil_mode(_read_text(path, "net"))
+    net = caffe_pb2.NetParameter()
+    try:
+        text_format.Merge(text, net)
+    except text_format.ParseError as e:
+        unknown = _NO_FIELD.search(str(e))
+        if not (unknown and unknown.group(1) == "caffe.NetParameter"
+                and unknown.group(2) in caffe_pb2.SolverParameter.DESCRIPTOR.fields_by_name):
+            raise _parse_error(e, filename, text) from None
+        # A solver: its first field is unknown to NetParameter.
+        solver = _merge_text(text, caffe_pb2.SolverParameter(), filename)
+        upgrade_solver_as_needed(solver, filename)
+        return _net_from_solver(solver, filename)
+    upgrade_net_as_needed(net, filename)
+    return net
+
+
+def read_solver(path: str | os.PathLike) -> caffe_pb2.SolverParameter:
+    """A SolverParameter from a solver .prototxt (old ``solver_type`` upgraded, inline nets upgraded)."""
+    filename = os.fspath(path)
+    return parse_solver_text(_read_text(path, "solver"), filename)
+
+
+def format_net(net: caffe_pb2.NetParameter) -> str:
+    """Prototxt text of ``net`` (what ``caffeinit upgrade`` writes)."""
+    return text_format.MessageToString(net)

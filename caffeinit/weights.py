@@ -1,0 +1,277 @@
+"""Weights files: ``.caffemodel`` (a binary NetParameter) and ``.binaryproto`` (one BlobProto, e.g. a mean image).
+
+Blob data moves as whole packed fields: ``np.array(field, np.float32)`` to read, raw little-endian float32 bytes
+merged into the message to write, never a Python loop over values. ``write_caffemodel`` streams one layer at a
+time, and given arrays it writes them straight from their memory without building BlobProto messages, so that
+writing a model costs little memory beyond the arrays themselves.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.fileio import PathLike, atomic_output, check_output_path
+from caffeinit.proto import caffe_pb2
+from caffeinit.upgrade import upgrade_net_as_needed
+
+# Protobuf messages (and Caffe's reader, util/io.cpp) stop at 2 GiB - 1 bytes.
+MAX_MESSAGE_BYTES = 2**31 - 1
+
+_LEGACY_DIMS = ("num", "channels", "height", "width")
+_BLOBS_FIELD = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name["blobs"].number  # 7
+_LAYER_FIELD = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layer"].number  # 100
+_LEN = 2  # wire type of length-delimited fields
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _key(field_number: int) -> bytes:
+    return _varint(field_number << 3 | _LEN)
+
+
+_DATA_KEY = _key(caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["data"].number)  # 0x2a
+_SHAPE_KEY = _key(caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["shape"].number)  # 0x3a
+_DIM_KEY = _key(caffe_pb2.BlobShape.DESCRIPTOR.fields_by_name["dim"].number)  # 0x0a
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+
+def _read_file(path: PathLike, what: str) -> bytes:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise CaffeinitError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    if size > MAX_MESSAGE_BYTES:
+        raise CaffeinitError(f"{path}: {what} is {size:,} bytes; protobuf messages (and Caffe itself) are limited "
+                             f"to 2 GiB ({MAX_MESSAGE_BYTES:,} bytes)")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CaffeinitError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+
+
+def read_caffemodel(path: PathLike) -> caffe_pb2.NetParameter:
+    """Parse a binary NetParameter and upgrade it as Caffe's ReadNetParamsFromBinaryFileOrDie does."""
+    data = _read_file(path, "caffemodel")
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(data)
+    except DecodeError:
+        raise CaffeinitError(f"{path}: not a valid caffemodel (truncated or corrupt protobuf data)") from None
+    del data
+    if not net.layer and not net.layers:
+        raise CaffeinitError(f"{path}: not a valid caffemodel (no layers)")
+    upgrade_net_as_needed(net, str(path))
+    return net
+
+
+def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
+    """The shape Caffe's Blob::FromProto gives: legacy num/channels/height/width when any is set, else ``shape``
+    (no shape and no legacy dims: a 0-axis blob holding one value)."""
+    if any(blob.HasField(name) for name in _LEGACY_DIMS):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    return tuple(blob.shape.dim)
+
+
+def blob_to_array(blob: caffe_pb2.BlobProto, where: str = "blob") -> np.ndarray:
+    """A BlobProto's values as a float32 array (``double_data`` when non-empty, as Caffe prefers)."""
+    shape = blob_shape(blob)
+    if len(blob.double_data):
+        with np.errstate(over="ignore"):  # out-of-range doubles become +-inf, as Caffe's cast gives
+            values = np.array(blob.double_data, np.float64).astype(np.float32)
+    else:
+        values = np.array(blob.data, np.float32)
+    count = int(np.prod(shape, dtype=np.int64))
+    if values.size != count:
+        raise CaffeinitError(f"{where}: shape {list(shape)} needs {count} values but the blob holds {values.size}")
+    return values.reshape(shape)
+
+
+def load_weights(source: PathLike | caffe_pb2.NetParameter) -> dict[str, list[np.ndarray]]:
+    """Blob arrays by layer name from a caffemodel path or a parsed NetParameter; layers without blobs are left
+    out. When names repeat, the later layer wins (as in Caffe's CopyTrainedLayersFrom)."""
+    net = source if isinstance(source, caffe_pb2.NetParameter) else read_caffemodel(source)
+    label = "" if isinstance(source, caffe_pb2.NetParameter) else f"{source}: "
+    weights: dict[str, list[np.ndarray]] = {}
+    for layer in net.layer:
+        if len(layer.blobs):
+            weights[layer.name] = [blob_to_array(blob, f"{label}layer '{layer.name}' blob {i}")
+                                   for i, blob in enumerate(layer.blobs)]
+    return weights
+
+
+def fit_blob(array: np.ndarray, expected_shape: Sequence[int], layer_name: str, index: int) -> np.ndarray:
+    """``array`` reshaped to ``expected_shape`` when Caffe's Blob::ShapeEquals accepts it: the same shape, or a
+    4-D legacy blob whose dims match the expected shape from the end (IP weight 1x1xNxK for (N, K))."""
+    expected = tuple(int(d) for d in expected_shape)
+    if array.shape == expected:
+        return array
+    if array.ndim == 4 and len(expected) <= 4 and (1,) * (4 - len(expected)) + expected == array.shape:
+        return array.reshape(expected)
+    raise CaffeinitError(f"layer '{layer_name}': blob {index} has shape {list(array.shape)} in the weights but the "
+                         f"net needs {list(expected)}")
+
+
+def read_mean_binaryproto(path: PathLike) -> np.ndarray:
+    """A mean file (one BlobProto, as written by compute_image_mean) as a (C, H, W) float32 array."""
+    data = _read_file(path, "binaryproto")
+    blob = caffe_pb2.BlobProto()
+    try:
+        blob.ParseFromString(data)
+    except DecodeError:
+        raise CaffeinitError(f"{path}: not a valid binaryproto (truncated or corrupt protobuf data)") from None
+    array = blob_to_array(blob, str(path))
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]  # compute_image_mean writes 1 x C x H x W
+    if array.ndim != 3:
+        raise CaffeinitError(f"{path}: a mean file needs a 1xCxHxW or CxHxW blob, found shape {list(blob_shape(blob))}")
+    return array
+
+
+# -- writing ------------------------------------------------------------------------------------------------
+
+def _blob_parts(array: np.ndarray) -> tuple[list[bytes | memoryview], int]:
+    """The serialized BlobProto of ``array`` as Caffe's Blob::ToProto writes it (packed float data, then the
+    shape, which a 0-axis blob lacks), as a list of byte chunks (the data chunk is a view of the array), and the
+    total length."""
+    values = np.asarray(array, dtype="<f4")
+    if not values.flags.c_contiguous:
+        values = values.copy(order="C")  # (np.ascontiguousarray would turn a 0-axis array into 1-D)
+    parts: list[bytes | memoryview] = []
+    if values.size:
+        parts += [_DATA_KEY + _varint(values.nbytes), memoryview(values).cast("B")]
+    if values.ndim:
+        dims = b"".join(_varint(int(d)) for d in values.shape)
+        shape = _DIM_KEY + _varint(len(dims)) + dims
+        parts += [_SHAPE_KEY + _varint(len(shape)) + shape]
+    return parts, sum(len(p) for p in parts)
+
+
+def array_to_blob(array: np.ndarray) -> caffe_pb2.BlobProto:
+    """A BlobProto holding ``array`` as float32, as Caffe's Blob::ToProto writes it (shape + packed data)."""
+    parts, total = _blob_parts(array)
+    buffer = bytearray(total)
+    offset = 0
+    for part in parts:
+        buffer[offset:offset + len(part)] = part
+        offset += len(part)
+    blob = caffe_pb2.BlobProto()
+    blob.MergeFromString(buffer)
+    return blob
+
+
+def _check_blobs(blobs: Mapping[str, Sequence[np.ndarray]], net_param: caffe_pb2.NetParameter) -> None:
+    names = {layer.name for layer in net_param.layer}
+    unknown = sorted(set(blobs) - names)
+    if unknown:
+        raise CaffeinitError(f"weights given for layer '{unknown[0]}', which is not in net '{net_param.name}'")
+
+
+def _layer_as_saved(layer: caffe_pb2.LayerParameter, n_blobs: int, phase: int | None) -> caffe_pb2.LayerParameter:
+    """A copy of ``layer`` without blobs plus what Caffe's set-up adds to its own copy of the parameters."""
+    saved = caffe_pb2.LayerParameter()
+    saved.CopyFrom(layer)
+    saved.ClearField("blobs")
+    if phase is not None and not saved.HasField("phase"):
+        saved.phase = phase
+    if saved.type == "BatchNorm":
+        # BatchNormLayer::LayerSetUp adds a ParamSpec with lr_mult 0 for each blob that has none.
+        while len(saved.param) < n_blobs:
+            saved.param.add().lr_mult = 0.0
+    return saved
+
+
+def net_to_proto(net_param: caffe_pb2.NetParameter, blobs: Mapping[str, Sequence[np.ndarray]],
+                 phase: int | None = None) -> caffe_pb2.NetParameter:
+    """What Caffe's Net::ToProto writes: the net's name, then each layer's parameters with its blobs replaced by
+    ``blobs[layer.name]`` (layers missing from ``blobs`` get none).
+
+    ``net_param`` is the net as Caffe's Net::Init holds it: filtered, upgraded, splits inserted, each layer's
+    phase set (``phase`` sets it on the layers that lack one).
+    """
+    _check_blobs(blobs, net_param)
+    out = caffe_pb2.NetParameter(name=net_param.name)
+    for layer in net_param.layer:
+        arrays = blobs.get(layer.name, ())
+        saved = out.layer.add()
+        saved.CopyFrom(_layer_as_saved(layer, len(arrays), phase))
+        for array in arrays:
+            saved.blobs.append(array_to_blob(array))
+    return out
+
+
+def _layer_chunks(layer: caffe_pb2.LayerParameter, arrays: Sequence[np.ndarray] | None,
+                  phase: int | None) -> Iterable[bytes | memoryview]:
+    """The serialized NetParameter.layer entry for one layer: its own blobs, or ``arrays`` written in place of
+    them. Fields are in field-number order (as protobuf writes them), so the blobs go between fields 1-6 and
+    fields 8 and up."""
+    if arrays is None:
+        body = layer.SerializeToString()
+        return [_key(_LAYER_FIELD) + _varint(len(body)), body]
+    saved = _layer_as_saved(layer, len(arrays), phase)
+    before = caffe_pb2.LayerParameter()
+    after = caffe_pb2.LayerParameter()
+    before.CopyFrom(saved)
+    after.CopyFrom(saved)
+    for field, _ in saved.ListFields():
+        (after if field.number < _BLOBS_FIELD else before).ClearField(field.name)
+    head, tail = before.SerializeToString(), after.SerializeToString()
+    chunks: list[bytes | memoryview] = [head]
+    for array in arrays:
+        parts, size = _blob_parts(array)
+        chunks += [_key(_BLOBS_FIELD) + _varint(size), *parts]
+    chunks.append(tail)
+    size = sum(len(c) for c in chunks)
+    return [_key(_LAYER_FIELD) + _varint(size), *chunks]
+
+
+def write_caffemodel(path: PathLike, net_param: caffe_pb2.NetParameter,
+                     blobs: Mapping[str, Sequence[np.ndarray]] | None = None, phase: int | None = None,
+                     inputs: Iterable[PathLike] = ()) -> None:
+    """Write ``net_param`` as a binary caffemodel, atomically, never over one of ``inputs``.
+
+    With ``blobs``, write what ``net_to_proto(net_param, blobs, phase)`` would give (byte for byte) straight from
+    the arrays (``phase`` only applies then). The layers are streamed one at a time.
+    """
+    check_output_path(path, inputs)
+    if blobs is not None:
+        _check_blobs(blobs, net_param)
+        if len(net_param.layers):
+            raise CaffeinitError(f"net '{net_param.name}' has V1 'layers'; upgrade it before writing new weights")
+        head = caffe_pb2.NetParameter(name=net_param.name)
+    else:
+        head = caffe_pb2.NetParameter()
+        head.CopyFrom(net_param)
+        head.ClearField("layer")
+    with atomic_output(path, inputs) as temp, open(temp, "wb") as f:
+        f.write(head.SerializeToString())
+        for layer in net_param.layer:
+            arrays = None if blobs is None else blobs.get(layer.name, ())
+            for chunk in _layer_chunks(layer, arrays, phase):
+                f.write(chunk)
+            if f.tell() > MAX_MESSAGE_BYTES:
+                raise CaffeinitError(f"{path}: the caffemodel would exceed 2 GiB ({MAX_MESSAGE_BYTES:,} bytes), "
+                                     "which neither protobuf nor Caffe can read")
+
+
+def write_binaryproto(path: PathLike, array: np.ndarray, inputs: Iterable[PathLike] = ()) -> None:
+    """Write ``array`` as one BlobProto (a (C, H, W) mean is written 1 x C x H x W, as compute_image_mean does)."""
+    array = np.asarray(array)
+    if array.ndim == 3:
+        array = array[np.newaxis]
+    parts, _ = _blob_parts(array)
+    with atomic_output(path, inputs) as temp, open(temp, "wb") as f:
+        for part in parts:
+            f.write(part)

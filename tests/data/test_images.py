@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from caffeinit.data.images import ImageDecodeError, decode_image, read_image
+
+
+def write_rgb_png(path, rgb):
+    Image.fromarray(np.asarray(rgb, np.uint8), "RGB").save(path)
+    return str(path)
+
+
+def test_colour_images_come_out_bgr_and_grey_has_one_channel(tmp_path):
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[..., 0] = 200  # red, as PIL writes it
+    rgb[..., 2] = 10
+    path = write_rgb_png(tmp_path / "red.png", rgb)
+    bgr = read_image(path)
+    assert bgr.shape == (2, 3, 3)
+    np.testing.assert_array_equal(bgr[0, 0], [10, 0, 200])
+    grey = read_image(path, color=False)
+    assert grey.shape == (2, 3, 1)
+    # OpenCV's grey conversion: 0.299 R + 0.587 G + 0.114 B, rounded
+    assert abs(int(grey[0, 0, 0]) - round(0.299 * 200 + 0.114 * 10)) <= 1
+
+
+def test_resize_is_opencv_bilinear_not_antialiased(tmp_path):
+    row = [0, 10, 30, 60, 100, 150, 210, 250]
+    rgb = np.repeat(np.array(row, np.uint8)[None, :, None], 3, axis=2).repeat(2, axis=0)
+    path = write_rgb_png(tmp_path / "ramp.png", rgb)
+    # shrinking 8 -> 2: destination pixel x samples source x = (x + 0.5) * 4 - 0.5, i.e. 1.5 and 5.5
+    small = read_image(path, size=(2, 2))
+    np.testing.assert_array_equal(small[:, :, 0], [[20, 180], [20, 180]])
+    # growing 2 -> 4: source positions -0.25 (clamped), 0.25, 0.75, 1.25 (clamped)
+    path2 = write_rgb_png(tmp_path / "two.png", np.array([[[0] * 3, [100] * 3]], np.uint8))
+    big = read_image(path2, size=(1, 4))
+    np.testing.assert_array_equal(big[0, :, 1], [0, 25, 75, 100])
+
+
+def test_native_decode_keeps_alpha_and_forced_modes(tmp_path):
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 1], rgba[..., 3] = 50, 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    assert decode_image(data, "native").shape == (2, 2, 4)
+    assert decode_image(data, "color").shape == (2, 2, 3)
+    assert decode_image(data, "gray").shape == (2, 2, 1)
+
+
+def test_missing_and_undecodable_files(tmp_path):
+    with pytest.raises(ImageDecodeError, match="no such file"):
+        read_image(str(tmp_path / "nope.jpg"))
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ImageDecodeError, match="cannot decode"):
+        read_image(str(tmp_path / "bad.jpg"))
+    with pytest.raises(ImageDecodeError, match="cannot decode"):
+        decode_image(b"junk")

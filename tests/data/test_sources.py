@@ -1,0 +1,293 @@
+import os
+
+import h5py
+import lmdb
+import numpy as np
+import pytest
+from PIL import Image
+
+from caffeinit.data import (ImageSource, Preprocess, batches, find_images, layer_source, parse_image_list,
+                            peek_top_shapes)
+from caffeinit.errors import CaffeinitError
+from caffeinit.proto import caffe_pb2
+from tests.data.caffe_oracle import caffe_transform
+
+TEST, TRAIN = caffe_pb2.TEST, caffe_pb2.TRAIN
+
+
+def make_png(path, rgb):
+    Image.fromarray(np.asarray(rgb, np.uint8), "RGB").save(path)
+    return rgb
+
+
+# -- lists, folders, globs -----------------------------------------------------------------------------------------
+def test_list_parsing_odd_whitespace_missing_labels_and_relative_paths(tmp_path):
+    (tmp_path / "list.txt").write_bytes(b"a.jpg 3\r\n\n  sub/b c.jpg\t7  \r\nd.jpg\n/abs/e.jpg 1\n"
+                                        b"name with space.jpg\n")
+    entries = parse_image_list(str(tmp_path / "list.txt"))
+    assert [(e.path, e.label) for e in entries] == [
+        (os.path.join(str(tmp_path), "a.jpg"), 3), (os.path.join(str(tmp_path), "sub/b c.jpg"), 7),
+        (os.path.join(str(tmp_path), "d.jpg"), 0), ("/abs/e.jpg", 1),
+        (os.path.join(str(tmp_path), "name with space.jpg"), 0)]
+    assert [e.where.rsplit(":", 1)[1] for e in entries] == ["1", "3", "4", "5", "6"]
+    # root_folder: plain concatenation, as Caffe does
+    rooted = parse_image_list(str(tmp_path / "list.txt"), root_folder="/data/pre_")
+    assert rooted[0].path == "/data/pre_a.jpg" and rooted[3].path == "/data/pre_/abs/e.jpg"
+
+
+def test_empty_list_folder_and_glob_errors(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(CaffeinitError, match="empty.txt' is empty"):
+        parse_image_list(str(tmp_path / "empty.txt"))
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(CaffeinitError, match="no image files"):
+        find_images(str(tmp_path / "dir"))
+    with pytest.raises(CaffeinitError, match="no files match"):
+        find_images(str(tmp_path / "*.jpg"))
+    with pytest.raises(CaffeinitError, match="not a file, a directory"):
+        find_images(str(tmp_path / "nothing"))
+
+
+def test_folder_is_recursive_and_sorted_and_glob_matches(tmp_path):
+    (tmp_path / "x" / "y").mkdir(parents=True)
+    for name in ["x/y/b.PNG", "x/a.jpg", "x/notes.txt", "c.jpeg"]:
+        (tmp_path / name).write_bytes(b"")
+    assert [os.path.relpath(e.path, tmp_path) for e in find_images(str(tmp_path))] == \
+        ["c.jpeg", "x/a.jpg", "x/y/b.PNG"]
+    assert [os.path.basename(e.path) for e in find_images(str(tmp_path / "x" / "*.jpg"))] == ["a.jpg"]
+
+
+def test_missing_image_names_file_and_line_or_is_skipped(tmp_path):
+    make_png(tmp_path / "ok.png", np.full((4, 4, 3), 9))
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    (tmp_path / "list.txt").write_text("ok.png 1\nmissing.png 2\nok.png 3\nbad.png 4\n")
+    pre = Preprocess(mean_values=(1.0,))
+    source = ImageSource(str(tmp_path / "list.txt"), pre, label_top="label")
+    with pytest.raises(CaffeinitError, match=r"list.txt:2: cannot read image '.*missing.png': no such file"):
+        list(batches(source, 2, 4, progress=False))
+    skipping = ImageSource(str(tmp_path / "list.txt"), pre, label_top="label", skip_bad=True)
+    with pytest.warns(UserWarning, match="skipped 2 unreadable images"):
+        out = list(batches(skipping, 2, 3, progress=False, num_threads=1))
+    assert skipping.skipped == 2
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in out]), [1, 3, 1])  # wraps after bad.png
+    np.testing.assert_array_equal(out[0]["data"], np.full((2, 3, 4, 4), 8, np.float32))
+    all_bad = tmp_path / "bad.txt"
+    all_bad.write_text("bad.png\nmissing.png\n")
+    with pytest.raises(CaffeinitError, match="could be read"), pytest.warns(UserWarning):
+        list(batches(ImageSource(str(all_bad), pre, skip_bad=True), 1, 1, progress=False))
+
+
+# -- ImageData layer -----------------------------------------------------------------------------------------------
+def image_data_layer(tmp_path, **image_data):
+    rng = np.random.default_rng(0)
+    images = [make_png(tmp_path / f"im{i}.png", rng.integers(0, 256, (6, 8, 3))) for i in range(3)]
+    (tmp_path / "list.txt").write_text("".join(f"im{i}.png {i + 5}\n" for i in range(3)))
+    lp = caffe_pb2.LayerParameter(name="images", type="ImageData", top=["data", "label"])
+    lp.image_data_param.source = str(tmp_path / "list.txt")
+    lp.image_data_param.root_folder = str(tmp_path) + "/"
+    lp.image_data_param.batch_size = 2
+    for key, value in image_data.items():
+        setattr(lp.image_data_param, key, value)
+    return lp, images
+
+
+def test_image_data_layer_source_and_shapes(tmp_path):
+    lp, images = image_data_layer(tmp_path)
+    lp.transform_param.crop_size = 4
+    lp.transform_param.mean_value.extend([10, 20, 30])
+    assert peek_top_shapes(lp, TEST) == [(2, 3, 4, 4), (2,)]
+    out = list(batches(layer_source(lp, TEST), 2, 3, progress=False))
+    assert [b["data"].shape[0] for b in out] == [2, 1]
+    for k, rgb in enumerate(images):
+        bgr_chw = rgb[..., ::-1].transpose(2, 0, 1)
+        want = caffe_transform(bgr_chw, 4, 1, 2, False, mean_values=(10, 20, 30))
+        np.testing.assert_allclose(out[k // 2]["data"][k % 2], want)
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in out]), [5, 6, 7])
+
+
+def test_image_data_resize_grey_and_errors(tmp_path):
+    lp, _ = image_data_layer(tmp_path, new_height=5, new_width=7, is_color=False)
+    assert peek_top_shapes(lp, TEST) == [(2, 1, 5, 7), (2,)]
+    lp.image_data_param.new_width = 0
+    with pytest.raises(CaffeinitError, match="new_height and new_width must be set together"):
+        peek_top_shapes(lp, TEST)
+    lp.image_data_param.new_width = 7
+    lp.image_data_param.root_folder = "/nonexistent/"
+    with pytest.raises(CaffeinitError, match=r"list.txt:1: cannot read image '/nonexistent/im0.png'"):
+        peek_top_shapes(lp, TEST)
+
+
+def test_image_data_shuffle_is_seeded(tmp_path):
+    lp, _ = image_data_layer(tmp_path, shuffle=True)
+    source = layer_source(lp, TEST)
+    labels = lambda seed: [float(x[1]) for x in source.samples(6, seed)]  # noqa: E731
+    assert labels(1) == labels(1)
+    assert sorted(labels(1)[:3]) == [5, 6, 7] and sorted(labels(1)[3:]) == [5, 6, 7]
+    assert any(labels(1) != labels(s) for s in range(2, 6))
+
+
+# -- LMDB / LevelDB ------------------------------------------------------------------------------------------------
+def write_lmdb(path, datums):
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i, d in enumerate(datums):
+            txn.put(f"{i:08d}".encode(), d.SerializeToString())
+    env.close()
+    return str(path)
+
+
+def raw_datum(array, label):
+    c, h, w = array.shape
+    return caffe_pb2.Datum(channels=c, height=h, width=w, data=array.astype(np.uint8).tobytes(), label=label)
+
+
+def data_layer(source, crop=0, **transform):
+    lp = caffe_pb2.LayerParameter(name="data", type="Data", top=["data", "label"])
+    lp.data_param.source = source
+    lp.data_param.backend = caffe_pb2.DataParameter.LMDB
+    lp.data_param.batch_size = 2
+    lp.transform_param.crop_size = crop
+    for key, value in transform.items():
+        if isinstance(value, list):
+            getattr(lp.transform_param, key).extend(value)
+        else:
+            setattr(lp.transform_param, key, value)
+    return lp
+
+
+def test_lmdb_raw_datums_with_crop_mean_scale(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (3, 6, 7)) for _ in range(3)]
+    path = write_lmdb(tmp_path / "db", [raw_datum(a, i) for i, a in enumerate(arrays)])
+    lp = data_layer(path, crop=4, mean_value=[5, 6, 7], scale=0.5)
+    assert peek_top_shapes(lp, TEST) == [(2, 3, 4, 4), (2,)]
+    out = list(batches(layer_source(lp, TEST), 2, 4, progress=False))  # 4 > 3 records: wraps around
+    data = np.concatenate([b["data"] for b in out])
+    for k in range(4):
+        want = caffe_transform(arrays[k % 3], 4, 1, 1, False, 0.5, mean_values=(5, 6, 7))
+        np.testing.assert_allclose(data[k], want)
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in out]), [0, 1, 2, 0])
+
+
+def test_lmdb_encoded_and_float_datums(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 4, 3)).astype(np.uint8)
+    make_png(tmp_path / "x.png", rgb)
+    encoded = caffe_pb2.Datum(data=(tmp_path / "x.png").read_bytes(), encoded=True, label=4)
+    path = write_lmdb(tmp_path / "enc", [encoded])
+    lp = data_layer(path)
+    assert peek_top_shapes(lp, TEST) == [(2, 3, 5, 4), (2,)]
+    data = next(batches(layer_source(lp, TEST), 1, 1, progress=False))
+    np.testing.assert_array_equal(data["data"][0], rgb[..., ::-1].transpose(2, 0, 1))
+    assert data["label"][0] == 4
+    grey = data_layer(path, force_gray=True)
+    assert peek_top_shapes(grey, TEST) == [(2, 1, 5, 4), (2,)]
+
+    values = np.linspace(-1, 1, 2 * 3 * 2).astype(np.float32)
+    fpath = write_lmdb(tmp_path / "float", [caffe_pb2.Datum(channels=2, height=3, width=2, float_data=values)])
+    flp = data_layer(fpath, scale=2.0)
+    out = next(batches(layer_source(flp, TEST), 1, 1, progress=False))
+    np.testing.assert_allclose(out["data"][0], values.reshape(2, 3, 2) * 2)
+
+
+def test_lmdb_errors_name_the_database_and_record(tmp_path):
+    with pytest.raises(CaffeinitError, match=r"LMDB '.*nowhere' does not exist"):
+        peek_top_shapes(data_layer(str(tmp_path / "nowhere")), TEST)
+    arrays = [np.zeros((3, 4, 4)), np.zeros((3, 5, 5))]
+    path = write_lmdb(tmp_path / "mixed", [raw_datum(a, 0) for a in arrays])
+    with pytest.raises(CaffeinitError, match=r"record '00000001': Datum gives 3x5x5 .* input 'data' takes 3x4x4"):
+        list(batches(layer_source(data_layer(path), TEST), 2, 2, progress=False))
+    short = caffe_pb2.Datum(channels=3, height=4, width=4, data=b"\0" * 10)
+    path = write_lmdb(tmp_path / "short", [short])
+    with pytest.raises(CaffeinitError, match=r"record '00000000': Datum says 3x4x4 but holds 10 bytes"):
+        peek_top_shapes(data_layer(path), TEST)
+    env = lmdb.open(str(tmp_path / "empty"))
+    env.close()
+    with pytest.raises(CaffeinitError, match="is empty"):
+        peek_top_shapes(data_layer(str(tmp_path / "empty")), TEST)
+
+
+def test_leveldb_records_in_key_order(tmp_path):
+    plyvel = pytest.importorskip("plyvel")
+    db = plyvel.DB(str(tmp_path / "ldb"), create_if_missing=True)
+    arrays = [np.full((1, 2, 2), v) for v in (7, 3)]
+    db.put(b"b", raw_datum(arrays[0], 1).SerializeToString())
+    db.put(b"a", raw_datum(arrays[1], 0).SerializeToString())
+    db.close()
+    lp = data_layer(str(tmp_path / "ldb"))
+    lp.data_param.backend = caffe_pb2.DataParameter.LEVELDB
+    out = next(batches(layer_source(lp, TEST), 2, 2, progress=False))
+    np.testing.assert_array_equal(out["data"][:, 0, 0, 0], [3, 7])
+    np.testing.assert_array_equal(out["label"], [0, 1])
+
+
+# -- HDF5 ----------------------------------------------------------------------------------------------------------
+def test_hdf5_files_in_order_with_shapes_and_errors(tmp_path):
+    rng = np.random.default_rng(2)
+    parts = []
+    for k, rows in enumerate((3, 2)):
+        data, label = rng.normal(size=(rows, 2, 3)), np.arange(rows) + 10 * k
+        with h5py.File(tmp_path / f"p{k}.h5", "w") as f:
+            f["data"], f["label"] = data, label
+        parts.append((data, label))
+    (tmp_path / "files.txt").write_text("p0.h5\n\np1.h5\n")
+    lp = caffe_pb2.LayerParameter(name="h5", type="HDF5Data", top=["data", "label"])
+    lp.hdf5_data_param.source = str(tmp_path / "files.txt")
+    lp.hdf5_data_param.batch_size = 4
+    assert peek_top_shapes(lp, TEST) == [(4, 2, 3), (4,)]
+    out = list(batches(layer_source(lp, TEST), 4, 6, progress=False))
+    data = np.concatenate([b["data"] for b in out])
+    want = np.concatenate([parts[0][0], parts[1][0], parts[0][0][:1]]).astype(np.float32)
+    np.testing.assert_array_equal(data, want)
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in out]), [0, 1, 2, 10, 11, 0])
+
+    lp.top[1] = "target"
+    with pytest.raises(CaffeinitError, match="files.txt:1: HDF5 file .*p0.h5' has no dataset 'target'"):
+        peek_top_shapes(lp, TEST)
+    (tmp_path / "files.txt").write_text("p0.h5\ngone.h5\n")
+    with pytest.raises(CaffeinitError, match="files.txt:2: HDF5 file 'gone.h5' does not exist"):
+        layer_source(lp, TEST)
+    lp.transform_param.scale = 2
+    with pytest.raises(CaffeinitError, match="does not transform"):
+        layer_source(lp, TEST)
+
+
+# -- shapes of the other data layers -------------------------------------------------------------------------------
+def test_shapes_of_input_memory_dummy_window():
+    lp = caffe_pb2.LayerParameter(name="in", type="Input", top=["a", "b"])
+    lp.input_param.shape.add().dim.extend([2, 3, 5, 5])
+    assert peek_top_shapes(lp) == [(2, 3, 5, 5), (2, 3, 5, 5)]
+    lp.input_param.shape.add().dim.extend([2])
+    assert peek_top_shapes(lp) == [(2, 3, 5, 5), (2,)]
+    with pytest.raises(CaffeinitError, match="pass images with --images"):
+        layer_source(lp)
+
+    mem = caffe_pb2.LayerParameter(name="m", type="MemoryData", top=["data", "label"])
+    mem.memory_data_param.batch_size, mem.memory_data_param.channels = 4, 1
+    mem.memory_data_param.height = mem.memory_data_param.width = 6
+    assert peek_top_shapes(mem) == [(4, 1, 6, 6), (4,)]
+
+    dummy = caffe_pb2.LayerParameter(name="d", type="DummyData", top=["x", "y"])
+    dummy.dummy_data_param.num.extend([2])
+    dummy.dummy_data_param.channels.extend([3, 1])
+    dummy.dummy_data_param.height.extend([4])
+    dummy.dummy_data_param.width.extend([4])
+    assert peek_top_shapes(dummy) == [(2, 3, 4, 4), (2, 1, 4, 4)]
+    dummy2 = caffe_pb2.LayerParameter(name="d", type="DummyData", top=["x"])
+    dummy2.dummy_data_param.shape.add().dim.extend([5, 7])
+    assert peek_top_shapes(dummy2) == [(5, 7)]
+
+    window = caffe_pb2.LayerParameter(name="w", type="WindowData", top=["data", "label"])
+    window.window_data_param.batch_size = 8
+    window.transform_param.crop_size = 227
+    assert peek_top_shapes(window) == [(8, 3, 227, 227), (8,)]
+
+
+def test_input_shapes_match_conformance_goldens(shared):
+    from google.protobuf import text_format
+    for case in ("lenet", "cifar10_quick"):
+        net = text_format.Parse(shared("conformance", case, "net.prototxt").read_text(), caffe_pb2.NetParameter())
+        golden = np.load(shared("conformance", case, "golden.npz"))
+        for layer in net.layer:
+            if layer.type == "Input":
+                for top, shape in zip(layer.top, peek_top_shapes(layer)):
+                    assert golden[top].shape == shape

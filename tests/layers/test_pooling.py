@@ -1,0 +1,228 @@
+"""Pooling and SPP against a float64 numpy transcription of Caffe's pooling_layer.cpp / spp_layer.cpp and the
+conformance goldens written by real Caffe."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.layers import pooling  # noqa: F401  (registers the layers)
+from caffeinit.proto import caffe_pb2
+from tests.layers.test_structure import make, rand, run, run_case
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def caffe_pooled(size, k, s, p, ceil):
+    """pooling_layer.cpp Reshape: ceil/floor of a float division, then the clip rule when padding."""
+    span = (size + 2 * p - k) / s
+    out = int(math.ceil(span) if ceil else math.floor(span)) + 1
+    if p and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def caffe_pool(x, method, k, s, p, ceil=True):
+    """Forward_cpu of Caffe's Pooling for MAX (value and mask) and AVE, windows written out as in the C++ loops.
+    k, s, p are (h, w) pairs."""
+    n, c, height, width = x.shape
+    oh, ow = caffe_pooled(height, k[0], s[0], p[0], ceil), caffe_pooled(width, k[1], s[1], p[1], ceil)
+    top = np.zeros((n, c, oh, ow))
+    mask = np.full((n, c, oh, ow), -1.0)
+    x = x.astype(np.float64)
+    for ph in range(oh):
+        for pw in range(ow):
+            hs, ws = ph * s[0] - p[0], pw * s[1] - p[1]
+            if method == "MAX":
+                he, we = min(hs + k[0], height), min(ws + k[1], width)
+                hs, ws = max(hs, 0), max(ws, 0)
+                best = np.full((n, c), -FLT_MAX)
+                where = np.full((n, c), -1.0)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        better = x[:, :, h, w] > best
+                        best = np.where(better, x[:, :, h, w], best)
+                        where = np.where(better, h * width + w, where)
+                top[:, :, ph, pw], mask[:, :, ph, pw] = best, where
+            else:
+                he, we = min(hs + k[0], height + p[0]), min(ws + k[1], width + p[1])
+                pool_size = (he - hs) * (we - ws)
+                hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, height), min(we, width)
+                total = np.zeros((n, c))
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        total = total + x[:, :, h, w]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    top[:, :, ph, pw] = total / pool_size
+    return top, mask
+
+
+def pool_layer(method, k, s, p, ceil=True, n_tops=1, extra=""):
+    mode = "" if ceil else "round_mode: FLOOR"
+    return make("Pooling", f"pooling_param {{ pool: {method} kernel_size: {k} stride: {s} pad: {p} {mode} {extra} }}",
+                n_tops=n_tops)
+
+
+def sweep_configs():
+    return [(h, k, s, p) for h in range(1, 13) for k in range(1, 6) for s in range(1, 5) for p in range(k)
+            if caffe_pooled(h, k, s, p, True) >= 1]
+
+
+def test_sweep_covers_the_documented_grid():
+    assert sum(h + 2 * p >= k for h, k, s, p in sweep_configs()) * 2 == 1336
+
+
+@pytest.mark.parametrize("ceil", [True, False])
+def test_pooling_sweep_matches_caffe(ceil):
+    """H 1-12, k 1-5, s 1-4, pad 0..k-1, MAX (value + mask) and AVE: shapes and values."""
+    checked = 0
+    for height, k, s, p in sweep_configs():
+        if not ceil and caffe_pooled(height, k, s, p, False) < 1:
+            continue
+        x = rand(2, 2, height, height, seed=height * 100 + k * 10 + s)
+        for method in ("MAX", "AVE"):
+            want, want_mask = caffe_pool(x, method, (k, k), (s, s), (p, p), ceil)
+            tops = run(pool_layer(method, k, s, p, ceil, n_tops=2 if method == "MAX" else 1), x)
+            assert tops[0].shape == want.shape, (method, height, k, s, p)
+            np.testing.assert_allclose(tops[0], want, rtol=1e-6, atol=1e-6, err_msg=str((method, height, k, s, p)))
+            assert (np.isnan(tops[0]) == np.isnan(want)).all()
+            if method == "MAX":
+                np.testing.assert_array_equal(tops[1], want_mask, err_msg=str((height, k, s, p)))
+            checked += 1
+    assert checked >= 1336
+
+
+def test_window_outside_image_keeps_caffe_values():
+    """pad 0, k 1, s 3, H 5: Caffe keeps a 3rd window wholly outside: -FLT_MAX for MAX, 0 / negative size for AVE."""
+    x = rand(1, 1, 5, 5)
+    top, mask = run(pool_layer("MAX", 1, 3, 0, n_tops=2), x)
+    assert top.shape == (1, 1, 3, 3)
+    assert (top[0, 0, 2, :] == np.float32(-FLT_MAX)).all() and (mask[0, 0, 2, :] == -1).all()
+    np.testing.assert_array_equal(top[0, 0, :2, :2], x[0, 0, ::3, ::3])
+    ave = run(pool_layer("AVE", 1, 3, 0), x)[0]
+    assert ave[0, 0, 2, 0] == 0 and np.signbit(ave[0, 0, 2, 0])  # 0 / -1 = -0.0
+    assert ave[0, 0, 2, 2] == 0 and not np.signbit(ave[0, 0, 2, 2])  # 0 / (-1 * -1)
+
+
+def test_max_ties_keep_the_first_index():
+    x = np.ones((1, 1, 4, 4), np.float32)
+    top, mask = run(pool_layer("MAX", 2, 2, 1, n_tops=2), x)
+    want_mask = caffe_pool(x, "MAX", (2, 2), (2, 2), (1, 1))[1]
+    np.testing.assert_array_equal(mask, want_mask)
+    assert mask[0, 0, 1, 1] == 1 * 4 + 1
+
+
+def test_rectangular_windows():
+    x = rand(2, 3, 9, 7)
+    text = "pooling_param { pool: AVE kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 2 pad_w: 1 }"
+    want = caffe_pool(x, "AVE", (3, 2), (2, 3), (2, 1))[0]
+    np.testing.assert_allclose(run(make("Pooling", text), x)[0], want, rtol=1e-6, atol=1e-6)
+    text = text.replace("AVE", "MAX")
+    want = caffe_pool(x, "MAX", (3, 2), (2, 3), (2, 1))[0]
+    np.testing.assert_array_equal(run(make("Pooling", text), x)[0], want.astype(np.float32))
+
+
+def test_global_pooling():
+    x = rand(2, 3, 5, 4)
+    top = run(make("Pooling", "pooling_param { pool: AVE global_pooling: true }"), x)[0]
+    np.testing.assert_allclose(top, x.astype(np.float64).mean(axis=(2, 3), keepdims=True), rtol=1e-6, atol=1e-7)
+    top = run(make("Pooling", "pooling_param { pool: MAX global_pooling: true }"), x)[0]
+    np.testing.assert_array_equal(top, x.max(axis=(2, 3), keepdims=True))
+
+
+def test_stochastic_test_phase_formula():
+    """GPU TEST formula: sum(x^2)/sum(x) over the (unpadded) window, 0 where the sum is not positive."""
+    x = rand(1, 2, 5, 5)
+    x[0, 0] = np.abs(x[0, 0])
+    top = run(make("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }"), x)[0]
+    assert top.shape == (1, 2, 3, 3)
+    for ph in range(3):
+        for pw in range(3):
+            win = x[:, :, 2 * ph:2 * ph + 2, 2 * pw:2 * pw + 2].astype(np.float64)
+            total, squares = win.sum(axis=(2, 3)), (win ** 2).sum(axis=(2, 3))
+            want = np.where(total > 0, squares / np.where(total > 0, total, 1), 0)
+            np.testing.assert_allclose(top[:, :, ph, pw], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(CaffeinitError, match="STOCHASTIC"):
+        make("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 2 }", phase=caffe_pb2.TRAIN)
+
+
+def test_torch_fast_path_is_used_where_exact():
+    layer = pool_layer("MAX", 3, 2, 0)
+    layer.setup([(1, 1, 112, 112)])
+    assert layer.geometry.torch_exact and layer.geometry.out_hw == (56, 56)  # ResNet-50 pool1: ceil gives 56
+    layer = pool_layer("AVE", 4, 2, 3)
+    layer.setup([(1, 1, 6, 6)])
+    assert not layer.geometry.torch_exact
+
+
+def test_autograd_flows_through_padded_path():
+    layer = pool_layer("MAX", 4, 2, 3)
+    layer.setup([(1, 1, 6, 6)])
+    x = torch.from_numpy(rand(1, 1, 6, 6)).requires_grad_()
+    layer.forward([x], [])[0].sum().backward()
+    assert x.grad is not None and x.grad.sum() > 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("pool: MAX kernel_size: 2 pad: 2", "pad"),
+    ("pool: MAX kernel_size: 3 kernel_h: 3 kernel_w: 3", "kernel_size"),
+    ("pool: MAX kernel_h: 3", "kernel"),
+    ("pool: MAX global_pooling: true kernel_size: 3", "global_pooling"),
+    ("pool: MAX global_pooling: true stride: 2", "global_pooling"),
+    ("pool: MAX kernel_size: 3 pad: 1 pad_h: 1 pad_w: 1", "pad"),
+    ("pool: MAX kernel_size: 3 stride_h: 2", "stride"),
+    ("pool: STOCHASTIC kernel_size: 3 pad: 1", "padding"),
+    ("pool: MAX kernel_size: 0", "kernel"),
+])
+def test_bad_parameters_name_the_layer(text, message):
+    layer = make("Pooling", f"pooling_param {{ {text} }}")
+    with pytest.raises(CaffeinitError, match=message) as info:
+        layer.setup([(1, 1, 8, 8)])
+    assert "layer 'L' (Pooling)" in str(info.value)
+
+
+def test_bad_shapes_and_tops():
+    with pytest.raises(CaffeinitError, match="4 axes"):
+        pool_layer("MAX", 2, 2, 0).setup([(1, 8, 8)])
+    with pytest.raises(CaffeinitError, match="second"):
+        pool_layer("AVE", 2, 2, 0, n_tops=2).check_counts(1, 2)
+    with pytest.raises(CaffeinitError, match="not positive"):
+        pool_layer("MAX", 3, 1, 0).setup([(1, 1, 1, 1)])
+
+
+# -- SPP ------------------------------------------------------------------------------------------------------
+
+def caffe_spp(x, height, method):
+    """spp_layer.cpp: level i pools with kernel ceil(H/2^i), stride = kernel, pad (kernel*2^i - H + 1)/2."""
+    parts = []
+    for level in range(height):
+        bins = 2 ** level
+        k = [math.ceil(n / bins) for n in x.shape[2:]]
+        p = [(kk * bins - n + 1) // 2 for kk, n in zip(k, x.shape[2:])]
+        top = caffe_pool(x, method, k, k, p)[0]
+        if height == 1:
+            return top
+        parts.append(top.reshape(x.shape[0], -1))
+    return np.concatenate(parts, axis=1)
+
+
+@pytest.mark.parametrize("height, method, hw", [(3, "MAX", (13, 11)), (3, "AVE", (7, 9)), (1, "MAX", (5, 6)),
+                                                (2, "AVE", (4, 4))])
+def test_spp(height, method, hw):
+    x = rand(2, 3, *hw)
+    top = run(make("SPP", f"spp_param {{ pyramid_height: {height} pool: {method} }}"), x)[0]
+    np.testing.assert_allclose(top, caffe_spp(x, height, method), rtol=1e-6, atol=1e-6)
+
+
+def test_spp_too_small_input_is_an_error():
+    with pytest.raises(CaffeinitError, match="SPP"):
+        make("SPP", "spp_param { pyramid_height: 3 pool: MAX }").setup([(1, 1, 3, 3)])
+
+
+# -- conformance ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["pool_ave_pad1", "pool_floor", "pool_global_max", "pool_max_ceil",
+                                  "pool_max_pad_big"])
+def test_conformance(case):
+    run_case(case)

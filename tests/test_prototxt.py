@@ -1,0 +1,218 @@
+"""Reading nets and solvers from text (caffeinit/prototxt.py)."""
+import glob
+import os
+
+import pytest
+from google.protobuf import text_format
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.prototxt import format_net, parse_net_text, read_net, read_solver, rewrite_ceil_mode
+from caffeinit.proto import caffe_pb2
+from tests.conftest import shared_path
+
+POOLING = caffe_pb2.PoolingParameter
+
+TINY_NET = """name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" pooling_param { pool: MAX kernel_size: 2 } }
+"""
+
+
+# -- corpus ----------------------------------------------------------------------------------------------------------
+def test_every_corpus_net_reads_except_ssd():
+    files = sorted(glob.glob(str(shared_path("corpus", "*.prototxt"))))
+    assert len(files) >= 20
+    for path in files:
+        if "ssd__" in path:
+            continue
+        net = read_net(path)
+        assert len(net.layer) >= 6 and not net.layers and not net.input, path
+        assert all(layer.type for layer in net.layer), path
+
+
+def test_ssd_fails_naming_file_line_layer_field_and_fork():
+    path = shared_path("corpus", "ssd__MobileNetSSD_deploy.prototxt")
+    with pytest.raises(CaffeinitError) as info:
+        read_net(path)
+    message = str(info.value)
+    assert "\n" not in message
+    lines = path.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines, 1) if "permute_param" in line)
+    column = lines[first - 1].index("permute_param") + 1
+    assert message.startswith(f"{path}:{first}:{column}: layer 'conv11_mbox_loc_perm': ")
+    assert "unknown field 'permute_param'" in message and "SSD" in message
+
+
+def test_densenet_ceil_mode_false_reads_as_round_mode_floor():
+    net = read_net(shared_path("corpus", "shicai__DenseNet_121.prototxt"))
+    pools = {layer.name: layer.pooling_param for layer in net.layer if layer.type == "Pooling"}
+    assert len(pools) == 5
+    assert pools["pool1"].HasField("round_mode") and pools["pool1"].round_mode == POOLING.FLOOR
+    assert all(not p.HasField("round_mode") for name, p in pools.items() if name != "pool1")
+
+
+# -- ceil_mode -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, mode", [("true", POOLING.CEIL), ("false", POOLING.FLOOR), ("1", POOLING.CEIL),
+                                         ("0", POOLING.FLOOR), ("True", POOLING.CEIL)])
+def test_ceil_mode_values(value, mode):
+    net = parse_net_text(TINY_NET.replace("kernel_size: 2", f"kernel_size: 2 ceil_mode: {value}"))
+    assert net.layer[1].pooling_param.round_mode == mode and net.layer[1].pooling_param.kernel_size == 2
+
+
+def test_ceil_mode_rewrite_touches_only_pooling_param():
+    text = ('# ceil_mode: false in a comment\n'
+            'layer { name: "ceil_mode: true" pooling_param {\n ceil_mode : false pad: 1 } }\n'
+            'layer { convolution_param { ceil_mode: true } }\n')
+    out = rewrite_ceil_mode(text)
+    assert out == ('# ceil_mode: false in a comment\n'
+                   'layer { name: "ceil_mode: true" pooling_param {\n round_mode: FLOOR pad: 1 } }\n'
+                   'layer { convolution_param { ceil_mode: true } }\n')
+    # ceil_mode elsewhere stays an unknown field, reported at its own line.
+    with pytest.raises(CaffeinitError, match=r"^net.prototxt:4:29: .*unknown field 'ceil_mode' in "
+                                             r"caffe.ConvolutionParameter"):
+        parse_net_text(out, "net.prototxt")
+
+
+def test_line_numbers_survive_the_rewrite():
+    text = 'layer {\n pooling_param {\n  ceil_mode: false\n }\n bogus_field: 1\n}\n'
+    with pytest.raises(CaffeinitError, match=r"^n.prototxt:5:2: .*unknown field 'bogus_field'"):
+        parse_net_text(text, "n.prototxt")
+
+
+# -- errors ----------------------------------------------------------------------------------------------------------
+def test_syntax_error_names_file_line_and_column(tmp_path):
+    path = tmp_path / "bad.prototxt"
+    path.write_text('name: "x"\nlayer {\n  name: "a"\n  type: "ReLU"\n  bottom "x"\n}\n')
+    with pytest.raises(CaffeinitError) as info:
+        read_net(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:5:10: ") and "\n" not in message
+
+
+def test_unterminated_block_is_a_syntax_error():
+    with pytest.raises(CaffeinitError, match=r"^x.prototxt:\d+:\d+: "):
+        parse_net_text('layer { name: "a"\n', "x.prototxt")
+
+
+def test_unknown_fields_name_their_fork():
+    cases = {"roi_pooling_param": "Fast/Faster R-CNN", "bn_param": "BN", "interp_param": "PSPNet",
+             "upsample_param": "SegNet", "normalize_param": "SSD"}
+    for field, fork in cases.items():
+        with pytest.raises(CaffeinitError) as info:
+            parse_net_text(f'layer {{\n  name: "L"\n  {field} {{ }}\n}}\n', "f.prototxt")
+        message = str(info.value)
+        assert message.startswith(f"f.prototxt:3:3: layer 'L': unknown field '{field}'"), message
+        assert fork in message, message
+
+
+def test_plain_unknown_field_names_no_fork():
+    with pytest.raises(CaffeinitError) as info:
+        parse_net_text('layer { name: "a" convolution_param { num_outputs: 3 } }', "t.prototxt")
+    message = str(info.value)
+    assert "unknown field 'num_outputs' in caffe.ConvolutionParameter" in message and "fork" not in message
+
+
+def test_missing_file_is_named(tmp_path):
+    missing = tmp_path / "nope.prototxt"
+    with pytest.raises(CaffeinitError, match=f"{missing}: no such net file"):
+        read_net(missing)
+
+
+def test_caffemodel_given_as_net_is_refused():
+    path = shared_path("corpus", "htshinichi__resnet50_stem.caffemodel")
+    with pytest.raises(CaffeinitError, match=r"resnet50_stem.caffemodel: binary data, not a text net"):
+        read_net(path)
+
+
+def test_repeated_singular_field_keeps_the_last_value_like_caffe():
+    net = parse_net_text('name: "first"\nname: "second"\n')
+    assert net.name == "second"
+
+
+# -- output ----------------------------------------------------------------------------------------------------------
+def test_format_net_round_trips():
+    net = read_net(shared_path("corpus", "v1__alexnet_deploy.prototxt"))
+    text = format_net(net)
+    assert text.startswith('name: "AlexNet"\nlayer {\n  name: "input"\n  type: "Input"')
+    assert parse_net_text(text) == net
+
+
+# -- solvers ---------------------------------------------------------------------------------------------------------
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_solver_naming_a_net_file_beside_it(tmp_path, monkeypatch):
+    write(tmp_path / "model" / "train_val.prototxt", TINY_NET)
+    solver = write(tmp_path / "model" / "solver.prototxt",
+                   'net: "train_val.prototxt"\nbase_lr: 0.01\nsolver_type: NESTEROV\n')
+    monkeypatch.chdir(tmp_path)  # not the solver's folder
+    net = read_net(solver)
+    assert net.name == "tiny" and [l.name for l in net.layer] == ["data", "pool"]
+    parsed = read_solver(solver)
+    assert parsed.type == "Nesterov" and parsed.base_lr == pytest.approx(0.01)
+
+
+def test_solver_path_written_for_the_caffe_root(tmp_path, monkeypatch):
+    # BVLC's solvers name nets relative to the Caffe root, where caffe runs.
+    write(tmp_path / "caffe" / "models" / "m" / "train_val.prototxt", TINY_NET)
+    solver = write(tmp_path / "caffe" / "models" / "m" / "solver.prototxt",
+                   'train_net: "models/m/train_val.prototxt"\n')
+    monkeypatch.chdir(tmp_path)
+    assert read_net(solver).name == "tiny"
+    monkeypatch.chdir(tmp_path / "caffe")
+    assert read_net(os.path.join("models", "m", "solver.prototxt")).name == "tiny"
+
+
+def test_solver_with_inline_net_param_upgrades_it(tmp_path):
+    v1 = 'name: "inline" layers { name: "r" type: RELU bottom: "x" top: "y" }'
+    solver = write(tmp_path / "solver.prototxt", f"net_param {{ {v1} }}\nmax_iter: 10\n")
+    net = read_net(solver)
+    assert net.name == "inline" and (net.layer[0].name, net.layer[0].type) == ("r", "ReLU")
+    assert read_solver(solver).net_param.layer[0].type == "ReLU"
+
+
+def test_solver_with_only_a_test_net(tmp_path):
+    write(tmp_path / "t.prototxt", TINY_NET)
+    solver = write(tmp_path / "solver.prototxt", 'test_net: "t.prototxt"\ntest_iter: 1\n')
+    assert read_net(solver).name == "tiny"
+
+
+def test_solver_naming_two_train_nets_is_an_error(tmp_path):
+    solver = write(tmp_path / "solver.prototxt", 'net: "a.prototxt"\ntrain_net: "b.prototxt"\n')
+    with pytest.raises(CaffeinitError, match="more than one train net"):
+        read_net(solver)
+
+
+def test_solver_with_missing_net_file_names_it(tmp_path):
+    solver = write(tmp_path / "solver.prototxt", 'net: "gone/train_val.prototxt"\nbase_lr: 0.1\n')
+    with pytest.raises(CaffeinitError, match=r"solver.prototxt: net file 'gone/train_val.prototxt' not found"):
+        read_net(solver)
+
+
+def test_bad_solver_reports_the_solver_syntax_error(tmp_path):
+    solver = write(tmp_path / "solver.prototxt", 'net: "a.prototxt"\nbase_lr 0.1\n')
+    with pytest.raises(CaffeinitError, match=r"solver.prototxt:2:\d+: "):
+        read_solver(solver)
+
+
+def test_solver_text_is_not_taken_for_a_net():
+    solver = text_format.Parse('net: "x.prototxt" base_lr: 0.1', caffe_pb2.SolverParameter())
+    assert solver.net == "x.prototxt"
+    with pytest.raises(CaffeinitError, match="unknown field 'net' in caffe.NetParameter"):
+        parse_net_text('net: "x.prototxt" base_lr: 0.1')
+
+
+def test_read_net_on_a_bad_solver_reports_the_solver_error(tmp_path):
+    solver = write(tmp_path / "solver.prototxt", 'net: "a.prototxt"\nbase_lr 0.1\n')
+    with pytest.raises(CaffeinitError, match=r"solver.prototxt:2:\d+: ") as info:
+        read_net(solver)
+    assert "NetParameter" not in str(info.value)
+
+
+def test_solver_without_a_net_is_an_error(tmp_path):
+    solver = write(tmp_path / "solver.prototxt", 'base_lr: 0.1\nmax_iter: 5\n')
+    with pytest.raises(CaffeinitError, match="solver.prototxt: a solver that names no net"):
+        read_net(solver)

@@ -1,0 +1,289 @@
+import struct
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from caffeinit import weights
+from caffeinit.errors import CaffeinitError
+from caffeinit.proto import caffe_pb2
+from caffeinit.netstate import filter_net
+from caffeinit.splits import insert_splits
+from caffeinit.upgrade import upgrade_net_as_needed
+from tests.conftest import shared_path
+
+
+def conformance_cases():
+    folder = shared_path("conformance")
+    return sorted(p for p in folder.iterdir() if (p / "weights.caffemodel").is_file())
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+
+def test_corpus_resnet_stem_shapes():
+    arrays = weights.load_weights(shared_path("corpus", "htshinichi__resnet50_stem.caffemodel"))
+    shapes = {name: [a.shape for a in blobs] for name, blobs in arrays.items()}
+    assert shapes == {"conv1": [(64, 3, 7, 7), (64,)],
+                      "bn_conv1": [(64,), (64,), (1,)],
+                      "scale_conv1": [(64,), (64,)]}
+    assert all(a.dtype == np.float32 for blobs in arrays.values() for a in blobs)
+    assert arrays["bn_conv1"][2].tolist() == [1.0]  # this model's BatchNorm scale factor
+    assert np.all(arrays["bn_conv1"][1] >= 0)  # variance sums
+
+
+def test_every_conformance_model_loads():
+    cases = conformance_cases()
+    assert len(cases) >= 20
+    for case in cases:
+        arrays = weights.load_weights(case / "weights.caffemodel")
+        assert all(a.dtype == np.float32 and np.isfinite(a).all() for blobs in arrays.values() for a in blobs)
+    lenet = weights.load_weights(shared_path("conformance", "lenet", "weights.caffemodel"))
+    # From the LeNet definition: 1 -> 20 -> 50 channels, 5x5 kernels, 50*4*4 = 800 -> 500 -> 10.
+    assert {k: [a.shape for a in v] for k, v in lenet.items()} == {
+        "conv1": [(20, 1, 5, 5), (20,)], "conv2": [(50, 20, 5, 5), (50,)],
+        "ip1": [(500, 800), (500,)], "ip2": [(10, 500), (10,)]}
+
+
+def test_loaded_values_reproduce_caffe_forward():
+    # Caffe's InnerProduct output is x.W^T + b: the decoded weights must give Caffe's golden blob.
+    case = shared_path("conformance", "ip_default")
+    w, b = weights.load_weights(case / "weights.caffemodel")["fc"]
+    x = np.load(case / "in_data.npy").reshape(2, -1).astype(np.float64)
+    golden = np.load(case / "golden.npz")["fc"]
+    np.testing.assert_allclose(x @ w.T.astype(np.float64) + b, golden, rtol=1e-5, atol=1e-6)
+
+
+def test_load_weights_from_net_parameter():
+    net = caffe_pb2.NetParameter()
+    net.layer.add(name="relu", type="ReLU")
+    conv = net.layer.add(name="conv", type="Convolution")
+    conv.blobs.add(data=[1, 2], shape=caffe_pb2.BlobShape(dim=[2, 1, 1, 1]))
+    arrays = weights.load_weights(net)
+    assert list(arrays) == ["conv"]
+    np.testing.assert_array_equal(arrays["conv"][0], np.array([1, 2], np.float32).reshape(2, 1, 1, 1))
+
+
+def test_corrupt_truncated_empty_and_missing_files(tmp_path):
+    good = shared_path("conformance", "lenet", "weights.caffemodel").read_bytes()
+    (tmp_path / "cut.caffemodel").write_bytes(good[:len(good) // 2])
+    (tmp_path / "junk.caffemodel").write_bytes(b"\xff" * 64)
+    (tmp_path / "text.caffemodel").write_bytes(b'name: "LeNet"\nlayer {\n  name: "data"\n}\n')
+    for name in ["cut.caffemodel", "junk.caffemodel", "text.caffemodel"]:
+        with pytest.raises(CaffeinitError, match=f"{name}: not a valid caffemodel \\(truncated or corrupt"):
+            weights.read_caffemodel(tmp_path / name)
+    (tmp_path / "empty.caffemodel").write_bytes(b"")
+    with pytest.raises(CaffeinitError, match="empty.caffemodel: not a valid caffemodel \\(no layers\\)"):
+        weights.read_caffemodel(tmp_path / "empty.caffemodel")
+    with pytest.raises(CaffeinitError, match="absent.caffemodel: cannot read caffemodel: No such file"):
+        weights.load_weights(tmp_path / "absent.caffemodel")
+
+
+def test_files_over_2_gib_are_refused(tmp_path):
+    huge = tmp_path / "huge.caffemodel"
+    with open(huge, "wb") as f:
+        f.truncate(2**31)  # sparse: nothing is written or read
+    with pytest.raises(CaffeinitError, match="huge.caffemodel: caffemodel is 2,147,483,648 bytes; .*2 GiB"):
+        weights.read_caffemodel(huge)
+
+
+def test_blob_count_mismatch_names_the_blob():
+    net = caffe_pb2.NetParameter()
+    net.layer.add(name="fc").blobs.add(data=[1, 2, 3], shape=caffe_pb2.BlobShape(dim=[2, 2]))
+    with pytest.raises(CaffeinitError, match="layer 'fc' blob 0: shape \\[2, 2\\] needs 4 values but the blob holds 3"):
+        weights.load_weights(net)
+
+
+# -- blob decoding ------------------------------------------------------------------------------------------
+
+def test_legacy_dims_and_their_precedence_over_shape():
+    blob = caffe_pb2.BlobProto(num=1, channels=1, height=2, width=3, data=range(6))
+    assert weights.blob_to_array(blob).shape == (1, 1, 2, 3)
+    # Only some legacy dims set: the others are 0, as in Caffe (and 0 values).
+    assert weights.blob_to_array(caffe_pb2.BlobProto(width=0)).shape == (0, 0, 0, 0)
+    # Blob::FromProto reads the legacy dims when any is set, whatever `shape` says.
+    both = caffe_pb2.BlobProto(num=1, channels=1, height=1, width=6, shape=caffe_pb2.BlobShape(dim=[2, 3]),
+                               data=range(6))
+    assert weights.blob_to_array(both).shape == (1, 1, 1, 6)
+
+
+def test_zero_axis_blob():
+    blob = caffe_pb2.BlobProto(data=[0.25])
+    array = weights.blob_to_array(blob)
+    assert array.shape == () and array.dtype == np.float32 and float(array) == 0.25
+    with pytest.raises(CaffeinitError, match="needs 1 values but the blob holds 2"):
+        weights.blob_to_array(caffe_pb2.BlobProto(data=[1, 2]))
+
+
+def test_double_data_is_preferred():
+    blob = caffe_pb2.BlobProto(shape=caffe_pb2.BlobShape(dim=[2]), data=[1, 2], double_data=[0.1, 1e300])
+    array = weights.blob_to_array(blob)
+    assert array.dtype == np.float32
+    assert array.tolist() == [np.float32(0.1), np.inf]  # rounded to float32 as Caffe's static_cast does
+    blob = caffe_pb2.BlobProto(shape=caffe_pb2.BlobShape(dim=[2]), data=[1, 2])
+    assert weights.blob_to_array(blob).tolist() == [1, 2]
+
+
+def test_fit_blob_legacy_matching():
+    ip_weight = np.arange(120, dtype=np.float32).reshape(1, 1, 6, 20)
+    fitted = weights.fit_blob(ip_weight, (6, 20), "fc", 0)
+    assert fitted.shape == (6, 20) and np.array_equal(fitted.ravel(), ip_weight.ravel())
+    assert weights.fit_blob(np.zeros((1, 1, 1, 6), np.float32), [6], "fc", 1).shape == (6,)
+    assert weights.fit_blob(np.zeros((1, 1, 1, 1), np.float32), (), "prelu", 0).shape == ()
+    conv = np.zeros((5, 3, 3, 3), np.float32)
+    assert weights.fit_blob(conv, (5, 3, 3, 3), "conv", 0) is conv
+    bad = [(np.zeros((2, 1, 6, 20)), (6, 20)),  # leading legacy dim must be 1
+           (np.zeros((1, 6, 20)), (6, 20)),  # only 4-D blobs are legacy
+           (np.zeros((6, 20)), (20, 6)),
+           (np.zeros((1, 1, 1, 6)), (1, 1, 1, 1, 6))]  # more than 4 axes never match legacy dims
+    for array, expected in bad:
+        with pytest.raises(CaffeinitError) as err:
+            weights.fit_blob(array, expected, "fc", 1)
+        assert str(err.value) == (f"layer 'fc': blob 1 has shape {list(array.shape)} in the weights but the net "
+                                  f"needs {list(expected)}")
+
+
+# -- writing ------------------------------------------------------------------------------------------------
+
+def test_array_to_blob_bytes_by_hand():
+    array = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+    # data (field 5, packed: 6 floats = 24 bytes), then shape (field 7) holding dim (field 1, packed) [2, 3]
+    expected = b"\x2a\x18" + struct.pack("<6f", 1, 2, 3, 4, 5, 6) + b"\x3a\x04\x0a\x02\x02\x03"
+    assert weights.array_to_blob(array).SerializeToString() == expected
+    # A 0-axis blob: no shape, one value.
+    assert weights.array_to_blob(np.float32(-1.5)).SerializeToString() == b"\x2a\x04" + struct.pack("<f", -1.5)
+    # Big dims take multi-byte varints (300 = 0xac 0x02); float64 and strided input become float32 C order.
+    wide = np.arange(600, dtype=np.float64).reshape(300, 2).T
+    blob = weights.array_to_blob(wide)
+    assert list(blob.shape.dim) == [2, 300] and blob.SerializeToString().endswith(b"\x3a\x05\x0a\x03\x02\xac\x02")
+    assert np.array_equal(np.array(blob.data, np.float32), wide.astype(np.float32).ravel())
+
+
+def small_net_and_blobs():
+    net = text_format.Parse("""
+        name: "tiny"
+        layer { name: "in" type: "Input" top: "data" phase: TEST }
+        layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" phase: TEST
+                param { lr_mult: 1 } convolution_param { num_output: 2 kernel_size: 1 } }
+        layer { name: "act" type: "PReLU" bottom: "conv" top: "act" phase: TEST
+                prelu_param { channel_shared: true } }
+        layer { name: "bn" type: "BatchNorm" bottom: "act" top: "bn" phase: TEST }
+    """, caffe_pb2.NetParameter())
+    rng = np.random.default_rng(1)
+    blobs = {"conv": [rng.standard_normal((2, 3, 1, 1)).astype(np.float32), np.arange(2, dtype=np.float32)],
+             "act": [np.float32(0.25)],
+             "bn": [np.ones(2, np.float32), np.full(2, 2, np.float32), np.array([999.98], np.float32)]}
+    return net, blobs
+
+
+def test_round_trip_write_read(tmp_path):
+    net, blobs = small_net_and_blobs()
+    out = tmp_path / "tiny.caffemodel"
+    weights.write_caffemodel(out, net, blobs)
+    loaded = weights.load_weights(out)
+    assert list(loaded) == ["conv", "act", "bn"]
+    for name, arrays in blobs.items():
+        assert [a.shape for a in loaded[name]] == [np.shape(a) for a in arrays]
+        for ours, theirs in zip(loaded[name], arrays):
+            np.testing.assert_array_equal(ours, theirs)
+    saved = weights.read_caffemodel(out)
+    # BatchNorm's set-up adds lr_mult 0 specs; other layers keep their parameters; no legacy dims are written.
+    assert [p.lr_mult for p in saved.layer[3].param] == [0, 0, 0]
+    assert [p.lr_mult for p in saved.layer[1].param] == [1]
+    assert not any(b.HasField("num") for l in saved.layer for b in l.blobs)
+    assert not saved.layer[2].blobs[0].HasField("shape")
+    # The streamed writer and net_to_proto agree byte for byte.
+    assert out.read_bytes() == weights.net_to_proto(net, blobs).SerializeToString()
+
+
+def test_write_refuses_unknown_layers_and_inputs(tmp_path):
+    net, blobs = small_net_and_blobs()
+    with pytest.raises(CaffeinitError, match="weights given for layer 'ghost', which is not in net 'tiny'"):
+        weights.write_caffemodel(tmp_path / "x.caffemodel", net, {**blobs, "ghost": []})
+    source = tmp_path / "in.caffemodel"
+    weights.write_caffemodel(source, net, blobs)
+    before = source.read_bytes()
+    with pytest.raises(CaffeinitError, match="refusing to overwrite input file"):
+        weights.write_caffemodel(source, net, {}, inputs=[source])
+    assert source.read_bytes() == before
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    net, blobs = small_net_and_blobs()
+    out = tmp_path / "model.caffemodel"
+    out.write_bytes(b"old model")
+    # The last layer's blob cannot become float32: the failure comes after earlier layers were written.
+    with pytest.raises(ValueError):
+        weights.write_caffemodel(out, net, {**blobs, "bn": [np.array(["not a number"], object)]})
+    assert out.read_bytes() == b"old model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.caffemodel"]
+
+
+def test_byte_layout_matches_caffe_written_models(tmp_path):
+    for case in conformance_cases():
+        original = (case / "weights.caffemodel").read_bytes()
+        # Re-serializing the parse, through the streamed writer.
+        weights.write_caffemodel(tmp_path / "same.caffemodel", caffe_pb2.NetParameter.FromString(original))
+        assert (tmp_path / "same.caffemodel").read_bytes() == original, case.name
+        # read_caffemodel upgrades as Caffe's reader does: the only change to a model Caffe wrote is
+        # UpgradeNetBatchNorm setting decay_mult 0 next to lr_mult 0 on BatchNorm's three param specs.
+        expected = caffe_pb2.NetParameter.FromString(original)
+        for layer in expected.layer:
+            if layer.type == "BatchNorm" and len(layer.param) == 3:
+                for spec in layer.param:
+                    spec.decay_mult = 0
+        assert weights.read_caffemodel(case / "weights.caffemodel") == expected, case.name
+        # Rebuilding what Net::ToProto writes from the prototxt (upgraded, TEST net, splits) and the arrays.
+        net = text_format.Parse((case / "net.prototxt").read_text(), caffe_pb2.NetParameter())
+        upgrade_net_as_needed(net, str(case / "net.prototxt"))
+        net = insert_splits(filter_net(net, caffe_pb2.TEST), phase=caffe_pb2.TEST)
+        arrays = weights.load_weights(case / "weights.caffemodel")
+        assert weights.net_to_proto(net, arrays, phase=caffe_pb2.TEST).SerializeToString() == original, case.name
+        weights.write_caffemodel(tmp_path / "rebuilt.caffemodel", net, arrays, phase=caffe_pb2.TEST)
+        assert (tmp_path / "rebuilt.caffemodel").read_bytes() == original, case.name
+
+
+# -- mean files ---------------------------------------------------------------------------------------------
+
+def test_binaryproto_round_trip_and_compute_image_mean_layout(tmp_path):
+    mean = np.random.default_rng(2).uniform(0, 255, (3, 4, 5)).astype(np.float32)
+    path = tmp_path / "mean.binaryproto"
+    weights.write_binaryproto(path, mean)
+    np.testing.assert_array_equal(weights.read_mean_binaryproto(path), mean)
+    assert list(caffe_pb2.BlobProto.FromString(path.read_bytes()).shape.dim) == [1, 3, 4, 5]
+    # compute_image_mean writes legacy dims 1 x C x H x W.
+    legacy = caffe_pb2.BlobProto(num=1, channels=3, height=4, width=5, data=mean.ravel())
+    path.write_bytes(legacy.SerializeToString())
+    np.testing.assert_array_equal(weights.read_mean_binaryproto(path), mean)
+
+
+def test_bad_mean_files(tmp_path):
+    path = tmp_path / "mean.binaryproto"
+    path.write_bytes(caffe_pb2.BlobProto(shape=caffe_pb2.BlobShape(dim=[2, 3]), data=range(6)).SerializeToString())
+    with pytest.raises(CaffeinitError, match="mean.binaryproto: a mean file needs a 1xCxHxW or CxHxW blob, "
+                                             "found shape \\[2, 3\\]"):
+        weights.read_mean_binaryproto(path)
+    path.write_bytes(b"\x2a\xff\xff")
+    with pytest.raises(CaffeinitError, match="not a valid binaryproto"):
+        weights.read_mean_binaryproto(path)
+
+
+
+# -- old formats ------------------------------------------------------------------------------------------------
+
+def test_v1_model_is_upgraded_and_legacy_blobs_fit(tmp_path):
+    old = caffe_pb2.NetParameter(name="v1", input=["data"], input_dim=[1, 20, 1, 1])
+    fc = old.layers.add(name="fc", type=caffe_pb2.V1LayerParameter.INNER_PRODUCT, bottom=["data"], top=["fc"])
+    fc.inner_product_param.num_output = 6
+    weight = np.arange(120, dtype=np.float32)
+    fc.blobs.add(num=1, channels=1, height=6, width=20, data=weight)
+    fc.blobs.add(num=1, channels=1, height=1, width=6, data=range(6))
+    path = tmp_path / "v1.caffemodel"
+    path.write_bytes(old.SerializeToString())
+    net = weights.read_caffemodel(path)
+    assert len(net.layers) == 0 and [(l.name, l.type) for l in net.layer] == [("input", "Input"),
+                                                                               ("fc", "InnerProduct")]
+    arrays = weights.load_weights(net)
+    assert [a.shape for a in arrays["fc"]] == [(1, 1, 6, 20), (1, 1, 1, 6)]
+    np.testing.assert_array_equal(weights.fit_blob(arrays["fc"][0], (6, 20), "fc", 0), weight.reshape(6, 20))
+    np.testing.assert_array_equal(weights.fit_blob(arrays["fc"][1], (6,), "fc", 1), np.arange(6))
+
