@@ -52,7 +52,7 @@ class CaffeModel:
                 *, as_numpy: bool = True) -> dict:
         """One forward pass. ``blobs``: "outputs" (Caffe's net.outputs), "all" (every blob Caffe lists, in-place
         blobs holding their final value) or blob names. Returns {blob: array}."""
-        feeds = self._feeds(inputs)
+        feeds = self.feeds_for(inputs)
         names = self._blob_names(blobs)
         keep = {self.net.value_of[b] for b in names}
         with torch.no_grad():
@@ -62,7 +62,9 @@ class CaffeModel:
             out = {b: t.detach().cpu().numpy() for b, t in out.items()}
         return out
 
-    def _feeds(self, inputs) -> dict[str, torch.Tensor]:
+    def feeds_for(self, inputs) -> dict[str, torch.Tensor]:
+        """Input arrays by blob name -> tensors on the device keyed by value name, ready for ``module(...)``.
+        Checks names and shapes; a different batch size reshapes the net (as Caffe does)."""
         missing = [b for b in self.net.feeds if b not in inputs]
         if missing:
             raise CaffeinitError(f"missing input '{missing[0]}' (the net's inputs: {', '.join(self.net.feeds)})")
@@ -80,7 +82,7 @@ class CaffeModel:
                 new_shapes[name] = got
         if new_shapes:
             self.reshape({**self.net.feeds, **new_shapes})
-        return {self.net.value_of[name]: torch.as_tensor(np.asarray(a, np.float32) if not torch.is_tensor(a) else a,
+        return {self.net.feed_values[name]: torch.as_tensor(np.asarray(a, np.float32) if not torch.is_tensor(a) else a,
                                                          dtype=torch.float32, device=self.device)
                 for name, a in inputs.items()}
 

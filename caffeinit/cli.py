@@ -18,6 +18,28 @@ def _add_net_options(p: argparse.ArgumentParser, weights: bool = True, phase: st
     p.add_argument("--level", type=int, default=0, help="net state level")
 
 
+def _add_image_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("images (replace the net's own data layer)")
+    g.add_argument("--images", metavar="LIST|DIR|GLOB",
+                   help="Caffe ImageData list ('path [label]' lines), a directory (recursive) or a glob")
+    g.add_argument("--root-folder", help="prefix for relative paths in the list (default: the list's folder)")
+    g.add_argument("--resize", metavar="H,W", help="warp images to HxW (default: the Input layer's size)")
+    g.add_argument("--crop", metavar="N", help="centre crop (random in TRAIN)")
+    g.add_argument("--mean-value", metavar="B,G,R", help="per-channel mean to subtract (default 104,117,123)")
+    g.add_argument("--mean-file", metavar="MEAN.binaryproto", help="mean image to subtract")
+    g.add_argument("--scale", metavar="S", help="multiply after mean subtraction (default 1)")
+    g.add_argument("--gray", action="store_true", help="decode as greyscale")
+    g.add_argument("--skip-bad-images", action="store_true", help="skip (and count) unreadable images")
+    g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+
+
+def _image_options(args):
+    from caffeinit.data.netinput import ImageOptions
+    return ImageOptions(images=args.images, root_folder=args.root_folder, resize=args.resize, crop=args.crop,
+                        mean_value=args.mean_value, mean_file=args.mean_file, scale=args.scale, gray=args.gray,
+                        skip_bad_images=args.skip_bad_images)
+
+
 def cmd_inspect(args) -> int:
     from caffeinit.api import read_net_param
     from caffeinit.inspect_net import net_summary, net_table
@@ -57,10 +79,15 @@ def cmd_upgrade(args) -> int:
 def cmd_forward(args) -> int:
     import numpy as np
 
-    from caffeinit.api import load
+    from caffeinit.api import load, read_net_param
+    from caffeinit.data import batches
+    from caffeinit.data.netinput import image_feed_shapes, net_source
     from caffeinit.device import describe_device
     from caffeinit.fileio import atomic_output
+    from caffeinit.net import parse_phase
 
+    if args.images and args.input:
+        raise CaffeinitError("use either --images or --input")
     inputs = {}
     for item in args.input:
         name, sep, path = item.partition("=")
@@ -70,8 +97,20 @@ def cmd_forward(args) -> int:
             inputs[name] = np.load(path)
         except (OSError, ValueError) as e:
             raise CaffeinitError(f"--input {name}: cannot read '{path}': {e}") from None
-    model = load(args.net, args.weights, phase=args.phase, stages=args.stage, level=args.level, device=args.device)
+    options = _image_options(args)
+    net_param = read_net_param(args.net)
+    input_shapes = None
+    if args.images:
+        input_shapes = image_feed_shapes(net_param, parse_phase(args.phase), options, args.num_images or 1)
+    model = load(net_param, args.weights, phase=args.phase, stages=args.stage, level=args.level,
+                 device=args.device, seed=args.seed, input_shapes=input_shapes or None)
     print(f"device: {describe_device(model.device)}", file=sys.stderr)
+    if args.images:
+        source = net_source(model.net, options)
+        print(f"data: {source.describe()}" + (f"; {source.preprocess.describe()}" if hasattr(source, "preprocess")
+                                              else ""), file=sys.stderr)
+        count = args.num_images or next(iter(model.net.feeds.values()))[0]
+        inputs = next(batches(source, count, count, seed=args.seed, progress=not args.quiet))
     blobs = model.forward(inputs, args.blobs)
     with atomic_output(args.out, inputs=[args.net] + ([args.weights] if args.weights else [])) as tmp:
         with open(tmp, "wb") as f:
@@ -103,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blobs", default="outputs", help="outputs | all | NAME,NAME,... (default outputs)")
     p.add_argument("--out", required=True, metavar="OUT.npz")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    p.add_argument("--num-images", type=int, help="with --images: how many (default: the net's batch size)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_image_options(p)
     p.set_defaults(func=cmd_forward)
     return parser
 

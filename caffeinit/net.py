@@ -42,6 +42,7 @@ class Net:
     blob_shapes: dict[str, Shape]  # every blob after its last writer, in creation order
     value_shapes: dict[str, Shape] = field(default_factory=dict)
     value_of: dict[str, str] = field(default_factory=dict)  # blob -> its final value name
+    feed_values: dict[str, str] = field(default_factory=dict)  # data-layer top blob -> the value it feeds
 
     def layer(self, name: str) -> LayerNode:
         for node in self.layers:
@@ -84,6 +85,7 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
     available: set[str] = set()
     inputs: dict[str, Shape] = {}
     feeds: dict[str, Shape] = {}
+    feed_values: dict[str, str] = {}
     used_values: set[str] = set()
 
     for index, lp in enumerate(filtered.layer):
@@ -121,13 +123,15 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
             top_values.append(value)
             if layer.is_data:
                 feeds[blob] = tuple(top_shapes[j])
+                feed_values[blob] = value
                 if lp.type == "Input":
                     inputs[blob] = tuple(top_shapes[j])
         nodes.append(LayerNode(index, lp.name, lp.type, lp, layer, list(lp.bottom), list(lp.top), bottom_values,
                                top_values, bottom_shapes, [tuple(s) for s in top_shapes]))
 
     return Net(name=filtered.name, phase=phase, param=filtered, layers=nodes, inputs=inputs, feeds=feeds,
-               outputs=sorted(available), blob_shapes=blob_shapes, value_shapes=value_shapes, value_of=value_of)
+               outputs=sorted(available), blob_shapes=blob_shapes, value_shapes=value_shapes, value_of=value_of,
+               feed_values=feed_values)
 
 
 def _fresh(name: str, used: set[str]) -> str:

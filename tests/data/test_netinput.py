@@ -1,0 +1,62 @@
+"""What feeds a net: --images with deploy preprocessing, or replacing a train net's data layer."""
+import cv2
+import numpy as np
+import pytest
+
+from caffeinit.api import load
+from caffeinit.data import batches
+from caffeinit.data.netinput import ImageOptions, image_feed_shapes, net_source
+from caffeinit.errors import CaffeinitError
+from caffeinit.prototxt import read_net
+from tests.conftest import ROOT, shared_path
+
+CAFFENET = ROOT / "models" / "caffenet" / "deploy.prototxt"
+IMAGES = ROOT / "models" / "images" / "list.txt"
+
+
+def test_deploy_default_is_warp_bgr_minus_mean():
+    model = load(CAFFENET)
+    source = net_source(model.net, ImageOptions(images=str(IMAGES)))
+    batch = next(batches(source, 2, 2, progress=False))
+    first = IMAGES.read_text().split()[0]
+    pixels = cv2.resize(cv2.imread(str(IMAGES.parent / first), cv2.IMREAD_COLOR), (227, 227),
+                        interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    want = (pixels - np.array([104, 117, 123], np.float32)).transpose(2, 0, 1)
+    assert batch["data"].shape == (2, 3, 227, 227)
+    np.testing.assert_array_equal(batch["data"][0], want)
+
+
+def test_flags_override_the_default():
+    model = load(CAFFENET)
+    source = net_source(model.net, ImageOptions(images=str(IMAGES), resize="256,256", crop="227",
+                                                mean_value="1,2,3", scale="0.5"))
+    batch = next(batches(source, 1, 1, progress=False))
+    first = IMAGES.read_text().split()[0]
+    pixels = cv2.resize(cv2.imread(str(IMAGES.parent / first)), (256, 256)).astype(np.float32)
+    want = ((pixels[14:241, 14:241] - np.array([1, 2, 3], np.float32)) * 0.5).transpose(2, 0, 1)
+    np.testing.assert_allclose(batch["data"][0], want, rtol=0, atol=1e-5)
+
+
+def test_input_net_without_images_is_an_error():
+    model = load(CAFFENET)
+    with pytest.raises(CaffeinitError, match="pass images with --images"):
+        net_source(model.net, ImageOptions())
+
+
+def test_preprocessing_that_does_not_fit_the_input_is_an_error():
+    model = load(CAFFENET)
+    with pytest.raises(CaffeinitError, match="gives 3x200x200 images but the net's input 'data' is 3x227x227"):
+        net_source(model.net, ImageOptions(images=str(IMAGES), resize="256,256", crop="200"))
+
+
+def test_images_replace_a_train_nets_data_layer():
+    param = read_net(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))
+    shapes = image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES)), 4)
+    assert shapes == {"data": (4, 3, 256, 256), "label": (4,)}  # the JPEGs' own size: the layer does not resize
+    model = load(param, phase="train", input_shapes=shapes)
+    source = net_source(model.net, ImageOptions(images=str(IMAGES)))
+    batch = next(batches(source, 4, 4, progress=False))
+    assert set(batch) == {"data", "label"}
+    first = IMAGES.read_text().split()[0]
+    want = cv2.imread(str(IMAGES.parent / first)).astype(np.float32).transpose(2, 0, 1) * 0.00390625
+    np.testing.assert_allclose(batch["data"][0], want, rtol=1e-6)
