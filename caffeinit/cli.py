@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+
+import numpy as np
 
 from caffeinit.errors import CaffeinitError
 
@@ -119,6 +120,68 @@ def cmd_forward(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from caffeinit.api import load, read_net_param
+    from caffeinit.data import batches
+    from caffeinit.data.netinput import image_feed_shapes, net_source
+    from caffeinit.device import describe_device, select_device
+    from caffeinit.fileio import check_output_path
+    from caffeinit.init import InitConfig, initialize
+    from caffeinit.net import parse_phase
+
+    config = InitConfig(method=args.method, between=args.between, between_iters=args.between_iters,
+                        tolerance=args.tolerance, bias=args.bias, num_images=args.num_images,
+                        batch_size=args.batch_size, reinit=args.reinit, seed=args.seed)
+    config.check()
+    inputs = [p for p in (args.net, args.weights, args.images) if p]
+    for path in (args.output, args.report, args.plot, args.onnx):
+        if path:
+            check_output_path(path, inputs)  # fail before the work, not after
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+
+    options = _image_options(args)
+    net_param = read_net_param(args.net)
+    phase = parse_phase(args.phase)
+    shapes = image_feed_shapes(net_param, phase, options, args.batch_size)
+    device = select_device(args.device, args.precision)
+    model = load(net_param, args.weights, phase=phase, stages=args.stage, level=args.level, device=device,
+                 seed=args.seed, input_shapes=shapes or None)
+    source = net_source(model.net, options)
+    say(f"device: {describe_device(device)}; precision: {args.precision}")
+    say(f"data: {source.describe()}" + (f"; {source.preprocess.describe()}" if hasattr(source, "preprocess") else ""))
+    if args.weights and model.module.missing:
+        say(f"weights: {len(model.module.missing)} layers not in {args.weights}: {', '.join(model.module.missing)}")
+
+    data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
+    report = initialize(model, data, config, progress=not args.quiet)
+    blobs = model.blobs()
+    for layer, arrays in blobs.items():
+        for k, a in enumerate(arrays):
+            if not np.isfinite(a).all():
+                raise CaffeinitError(f"layer '{layer}' blob {k} is not finite after the initialization; "
+                                     "nothing was written")
+    model.save_caffemodel(args.output, inputs=inputs)
+    if not args.quiet:
+        print(report.table())
+    say(f"wrote {args.output}")
+    if args.report:
+        from caffeinit.fileio import atomic_write_bytes
+        atomic_write_bytes(args.report, (json.dumps(report.to_dict(), indent=1) + "\n").encode(), inputs=inputs)
+        say(f"wrote {args.report}")
+    if args.plot:
+        report.plot(args.plot)
+        say(f"wrote {args.plot}")
+    if args.onnx:
+        _export_onnx(model, args.onnx, inputs, say, opset=None, static_batch=False, check=True)
+    return 0
+
+
+def _export_onnx(model, path, inputs, say, opset, static_batch, check) -> None:
+    from caffeinit.onnx_export import export_onnx
+    result = export_onnx(model, path, opset=opset, static_batch=static_batch, check=check, inputs=inputs)
+    say(str(result))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caffeinit", description=__doc__.splitlines()[0].split(": ", 1)[-1])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -146,6 +209,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_image_options(p)
     p.set_defaults(func=cmd_forward)
+
+    p = sub.add_parser("run", help="data-dependent initialization (Kraehenbuehl et al. 2016) -> caffemodel",
+                       description="Initialize every learnable layer from real images: within-layer (each unit's "
+                       "output has mean --bias and std 1) then between-layer (every layer learns at the same rate).")
+    _add_net_options(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.caffemodel")
+    p.add_argument("--method", default="gaussian", choices=("gaussian", "orthogonal", "pca", "zca", "kmeans", "rand"),
+                   help="within-layer draw (default gaussian, as the reference; the paper's best is kmeans)")
+    p.add_argument("--between", action=argparse.BooleanOptionalAction, default=True,
+                   help="equalize the layers' change rates (default on)")
+    p.add_argument("--between-iters", type=int, default=10, metavar="N", help="at most N between-layer updates")
+    p.add_argument("--tolerance", type=float, default=0.05, help="between-layer stopping tolerance (default 0.05)")
+    p.add_argument("--bias", type=float, default=0.1, metavar="BETA", help="target mean of every unit (default 0.1)")
+    p.add_argument("--num-images", type=int, default=160, help="images used (default 160)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--reinit", default="missing", metavar="all|missing|LAYER",
+                   help="with --weights: draw all layers, only those missing from the weights (default), or LAYER "
+                   "and every later one")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    p.add_argument("--precision", default="ieee", choices=("ieee", "tf32"), help="fp32 mode on GPUs (default ieee)")
+    p.add_argument("--report", metavar="REPORT.json", help="per-layer statistics and change rates as JSON")
+    p.add_argument("--plot", metavar="REPORT.png", help="plot of the per-layer statistics and change rates")
+    p.add_argument("--onnx", metavar="OUT.onnx", help="also write the initialized net as ONNX")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    _add_image_options(p)
+    p.set_defaults(func=cmd_run)
     return parser
 
 

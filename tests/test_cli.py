@@ -116,3 +116,21 @@ def test_upgrade_refuses_to_overwrite_its_input(tmp_path):
     before = src.read_text()
     code, _, err = run_cli("upgrade", src, "-o", src)
     assert code == 1 and before == src.read_text()
+
+
+def test_upgrade_with_weights_writes_a_loadable_caffemodel(tmp_path):
+    case = shared_path("conformance", "v0_lenet")
+    out, wout = tmp_path / "net.prototxt", tmp_path / "w.caffemodel"
+    assert main(["upgrade", str(case / "net.prototxt"), "--weights", str(case / "weights.caffemodel"),
+                 "-o", str(out), "--weights-out", str(wout)]) == 0
+    from caffeinit.weights import load_weights
+    before, after = load_weights(str(case / "weights.caffemodel")), load_weights(str(wout))
+    assert sorted(before) == sorted(after)
+    for name in before:
+        for a, b in zip(before[name], after[name]):
+            np.testing.assert_array_equal(a, b)
+    x = np.load(case / "in_data.npy")
+    golden = np.load(case / "golden.npz")
+    from caffeinit.api import load
+    prob = load(out, weights=wout).forward({"data": x})["prob"]
+    np.testing.assert_allclose(prob, golden["prob"], rtol=0, atol=1e-5 * np.abs(golden["prob"]).max())

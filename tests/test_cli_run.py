@@ -1,0 +1,66 @@
+"""`caffeinit run` end to end on a bundled net and images: outputs, determinism, bad input."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from caffeinit.cli import main
+from tests.conftest import ROOT
+
+CIFAR = ROOT / "models" / "cifar10_quick" / "deploy.prototxt"
+IMAGES = ROOT / "models" / "images" / "list.txt"
+FAST = ["--num-images", "8", "--batch-size", "4", "--between-iters", "2", "--quiet", "--device", "cpu"]
+
+
+def run(tmp_path, *extra, name="out.caffemodel"):
+    out = tmp_path / name
+    code = main(["run", str(CIFAR), "--images", str(IMAGES), "-o", str(out), *FAST, *map(str, extra)])
+    return code, out
+
+
+def test_run_writes_a_caffemodel_with_every_learnable_blob(tmp_path):
+    code, out = run(tmp_path, "--report", tmp_path / "r.json")
+    assert code == 0
+    from caffeinit.weights import load_weights
+    blobs = load_weights(str(out))
+    assert sorted(blobs) == ["conv1", "conv2", "conv3", "ip1", "ip2"]
+    assert blobs["conv1"][0].shape == (32, 3, 5, 5) and blobs["ip2"][1].shape == (10,)
+    assert all(np.isfinite(a).all() for arrays in blobs.values() for a in arrays)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [layer["name"] for layer in report["layers"]][:2] == ["conv1", "conv2"]
+
+
+def test_seed_gives_bitwise_identical_output(tmp_path):
+    digests = []
+    for name in ("a.caffemodel", "b.caffemodel"):
+        code, out = run(tmp_path, "--seed", "7", name=name)
+        assert code == 0
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    code, out = run(tmp_path, "--seed", "8", name="c.caffemodel")
+    assert hashlib.sha256(out.read_bytes()).hexdigest() != digests[0]
+
+
+def test_output_in_missing_folder_is_a_clear_error(tmp_path, capsys):
+    code = main(["run", str(CIFAR), "--images", str(IMAGES), "-o", str(tmp_path / "nope" / "o.caffemodel"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 1 and "nope" in err and err.count("\n") == 1
+
+
+def test_failed_run_leaves_existing_output_untouched(tmp_path, capsys):
+    out = tmp_path / "out.caffemodel"
+    out.write_bytes(b"precious")
+    bad_list = tmp_path / "list.txt"
+    bad_list.write_text("missing.jpg 0\n")
+    code = main(["run", str(CIFAR), "--images", str(bad_list), "-o", str(out), *FAST])
+    err = capsys.readouterr().err
+    assert code == 1 and "missing.jpg" in err and f"{bad_list}:1" in err
+    assert out.read_bytes() == b"precious"
+
+
+def test_run_refuses_to_overwrite_an_input(tmp_path, capsys):
+    net = tmp_path / "net.prototxt"
+    net.write_text(CIFAR.read_text())
+    code = main(["run", str(net), "--images", str(IMAGES), "-o", str(net), *FAST])
+    assert code == 1 and net.read_text() == CIFAR.read_text()
