@@ -79,7 +79,7 @@ class TorchNet(torch.nn.Module):
         ``feeds`` maps value names (data-layer tops, or any cached value such as a frontier) to tensors.
         ``keep``: value names to return; None keeps everything. Values not kept are freed after their last use.
         """
-        layers = self.net.layers[start:stop]
+        layers = self._net_for_batch(feeds).layers[start:stop]
         values = dict(feeds)
         keep_set = None if keep is None else set(keep)
         for node in layers:
@@ -105,6 +105,25 @@ class TorchNet(torch.nn.Module):
         if keep_set is not None:
             values = {v: t for v, t in values.items() if v in keep_set}
         return values
+
+
+    def _net_for_batch(self, feeds: Mapping[str, torch.Tensor]) -> Net:
+        """The net set up for the batch size of ``feeds`` (Caffe reshapes every layer on each forward): layers
+        whose shape bookkeeping depends on the batch (losses, ArgMax, ...) then see the right one. Nets for other
+        batch sizes are built once and cached."""
+        batch = next((int(t.shape[0]) for v, t in feeds.items() if self.net.value_shapes.get(v) and t.dim()), None)
+        declared = next((s[0] for s in self.net.feeds.values() if s), None)
+        if batch is None or declared is None or batch == declared:
+            return self.net
+        cached = getattr(self, "_nets_by_batch", None)
+        if cached is None or cached[0] is not self.net:
+            cached = self._nets_by_batch = (self.net, {})
+        net = cached[1].get(batch)
+        if net is None:
+            from caffeinit.net import build_net
+            shapes = {b: (batch,) + tuple(s[1:]) for b, s in self.net.feeds.items() if s}
+            net = cached[1][batch] = build_net(self.net.param, self.net.phase, input_shapes=shapes)
+        return net
 
 
 def frontier(net: Net, start: int) -> list[str]:

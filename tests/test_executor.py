@@ -110,3 +110,34 @@ def test_cpu_and_cuda_agree_on_every_corpus_net():
         for blob in a:
             scale = max(np.abs(a[blob]).max(), 1e-12)
             assert np.abs(a[blob] - b[blob]).max() / scale <= 1e-5, (path.name, blob)
+
+
+def test_layers_follow_the_runtime_batch_size():
+    # The init feeds a smaller last batch straight to the module: no layer may bake in the prototxt's batch.
+    conformance = shared_path("conformance")
+    for case in sorted(p for p in conformance.iterdir() if p.is_dir()):
+        if case.name == "reshape_flatten":  # its Reshape spells out the batch dimension: Caffe needs that batch too
+            continue
+        model = load(case / "net.prototxt", weights=case / "weights.caffemodel")
+        golden = np.load(case / "golden.npz")
+        feeds = {name: torch.from_numpy(np.load(case / f"in_{name}.npy")[:1]) for name in model.net.feeds}
+        with torch.no_grad():
+            values = model.module({model.net.feed_values[b]: t for b, t in feeds.items()})
+        for blob in golden.files:
+            want = golden[blob][:1]
+            got = values[model.net.value_of[blob]].numpy()
+            assert got.shape == want.shape, (case.name, blob)
+            assert np.abs(got - want).max() <= 1e-5 * max(np.abs(want).max(), 1e-30), (case.name, blob)
+
+
+def test_smaller_batch_through_a_train_net_with_loss():
+    param = read_net(str(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt")))
+    net = build_net(param, "train", input_shapes={"data": (4, 1, 28, 28), "label": (4,)})
+    module = TorchNet(net, seed=0)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((4, 1, 28, 28)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, 4).astype(np.float32))
+    full = module({"data": x, "label": y}, keep={"loss"})["loss"]
+    halves = [module({"data": x[i:i + 2], "label": y[i:i + 2]}, keep={"loss"})["loss"] for i in (0, 2)]
+    # SoftmaxWithLoss normalizes by the valid count (VALID): the mean of the two halves is the full loss.
+    assert torch.allclose((halves[0] + halves[1]) / 2, full, rtol=1e-5)

@@ -226,13 +226,13 @@ class MVN(Layer):
             raise self.error("bottom must have at least one axis")
         if len(shape) > 4:
             raise self.error(f"bottom must have at most 4 axes, got shape {list(shape)}")
-        # Caffe's legacy num()/channels(): a missing channel axis counts as 1.
-        self.groups = shape[0] if self.across_channels or len(shape) < 2 else shape[0] * shape[1]
         return [shape]
 
     def forward(self, bottoms, blobs):
         x = bottoms[0]
-        rows = x.reshape(self.groups, -1)
+        # Caffe's legacy num()/channels(): a missing channel axis counts as 1.
+        groups = x.shape[0] if self.across_channels or x.dim() < 2 else x.shape[0] * x.shape[1]
+        rows = x.reshape(groups, -1)
         centred = rows - rows.mean(dim=1, keepdim=True)
         if self.normalize_variance:
             std = torch.sqrt((centred * centred).mean(dim=1, keepdim=True))

@@ -131,11 +131,11 @@ class Flatten(Layer):
         p = self.param.flatten_param
         start = canonical_axis(self, p.axis, len(shape), "flatten_param.axis")
         end = canonical_axis(self, p.end_axis, len(shape), "flatten_param.end_axis")
-        self.top_shape = shape[:start] + (count(shape, start, end + 1),) + shape[end + 1:]
-        return [self.top_shape]
+        self.start, self.end = start, end
+        return [shape[:start] + (count(shape, start, end + 1),) + shape[end + 1:]]
 
     def forward(self, bottoms, blobs):
-        return [bottoms[0].reshape(self.top_shape)]
+        return [bottoms[0].flatten(self.start, self.end)]
 
 
 @register_layer
@@ -147,7 +147,13 @@ class Reshape(Layer):
 
     def setup(self, bottom_shapes):
         _no_in_place(self)
-        shape = tuple(bottom_shapes[0])
+        return [self.top_shape(tuple(bottom_shapes[0]))]
+
+    def forward(self, bottoms, blobs):
+        # From the runtime shape: a batch other than the prototxt's passes through dims 0 and -1, as in Caffe.
+        return [bottoms[0].reshape(self.top_shape(tuple(bottoms[0].shape)))]
+
+    def top_shape(self, shape):
         p = self.param.reshape_param
         dims = list(p.shape.dim)
         if dims.count(-1) > 1:
@@ -179,11 +185,7 @@ class Reshape(Layer):
         if count(top) != count(shape):
             raise self.error(f"output count {count(top)} ({top}) does not match input count {count(shape)} "
                              f"({list(shape)})")
-        self.top_shape = tuple(top)
-        return [self.top_shape]
-
-    def forward(self, bottoms, blobs):
-        return [bottoms[0].reshape(self.top_shape)]
+        return tuple(top)
 
 
 @register_layer
@@ -447,7 +449,7 @@ class ArgMax(Layer):
             return [values if self.out_max_val else indices]
         values, indices = self._top_k(x.reshape(x.shape[0], -1), 1)
         top = torch.stack([indices, values], dim=1) if self.out_max_val else indices.unsqueeze(1)
-        return [top.reshape(self.top_shape)]
+        return [top.reshape((x.shape[0],) + self.top_shape[1:])]
 
 
 @register_layer
