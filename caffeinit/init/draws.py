@@ -2,8 +2,9 @@
 
 ``gaussian`` and ``orthogonal`` ignore the data. ``pca``, ``zca``, ``kmeans`` and ``rand`` work on input patches P
 (samples x fan-in): centre P, eigendecompose its covariance (float64), keep components with eigenvalue above
-1e-6 of the largest, and whiten with S = diag(1 / sqrt(lambda + 1e-3 lambda_max)) (a relative floor, so the scale of the
-data does not matter). Then:
+1e-6 of the largest, and whiten with S = diag(1 / sqrt(lambda + 1e-2 lambda_max)) (a relative floor, so the scale of the
+data does not matter). At most samples / 4 components are kept: the rest are not estimated well enough to be
+whitened (they would amplify noise on fresh images). Then:
   pca: rows of S V^T (the top components, whitened);   zca: rows of V S V^T (filters centred on one input each);
   kmeans: spherical k-means on the L2-normalized whitened patches Z = P_c V S, centres c mapped back as c S V^T;
   rand: random rows of Z mapped back the same way.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 
 EIG_DROP = 1e-6  # components below this fraction of the largest eigenvalue are discarded
-EIG_FLOOR = 1e-3  # whitening regularizer, relative to the largest eigenvalue
+EIG_FLOOR = 1e-2  # whitening regularizer, relative to the largest eigenvalue
 
 
 def gaussian(n_out: int, fan_in: int, gen: torch.Generator, device) -> torch.Tensor:
@@ -48,6 +49,7 @@ def whitening(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not top > 0:
         return vec[:, :0], lam[:0]
     keep = lam > EIG_DROP * top
+    keep[max(1, n // 4):] = False
     lam, vec = lam[keep], vec[:, keep]
     return vec, 1.0 / torch.sqrt(lam + EIG_FLOOR * top)
 

@@ -1,0 +1,128 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.init import InitConfig, initialize
+from tests.init.nets import PLAIN, images, model
+
+
+def test_seed_gives_a_bitwise_identical_caffemodel(tmp_path):
+    paths = []
+    for run, seed in enumerate((3, 3, 4)):
+        m = model(PLAIN)
+        initialize(m, images(4), InitConfig(method="kmeans", seed=seed), progress=False)
+        paths.append(tmp_path / f"run{run}.caffemodel")
+        m.save_caffemodel(paths[-1])
+    data = [p.read_bytes() for p in paths]
+    assert data[0] == data[1] and data[0] != data[2]
+
+
+def test_pretrained_layers_keep_their_direction_and_the_rest_is_drawn():
+    donor = model(PLAIN)
+    initialize(donor, images(4, seed=1), InitConfig(between=False, measure_before=False), progress=False)
+    loaded = {k: v for k, v in donor.blobs().items() if k in ("conv1", "fc1")}
+    m = model(PLAIN, loaded)
+    report = initialize(m, images(4, seed=2), InitConfig(), progress=False)
+    blobs = m.blobs()
+    for name in ("conv1", "fc1"):
+        assert report.layer(name).method == "kept"
+        w0, w1 = loaded[name][0].ravel().astype(np.float64), blobs[name][0].ravel().astype(np.float64)
+        ratio = w1 / w0
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+        assert ratio[0] > 0
+    assert report.layer("conv2").method == "gaussian" and report.layer("fc2").method == "gaussian"
+
+
+def test_reinit_from_a_layer_draws_that_layer_and_later_ones():
+    donor = model(PLAIN)
+    initialize(donor, images(2), InitConfig(measure_before=False), progress=False)
+    m = model(PLAIN, donor.blobs())
+    report = initialize(m, images(2), InitConfig(reinit="conv2", between=False, measure_before=False),
+                        progress=False)
+    assert [report.layer(n).method for n in ("conv1", "conv2", "fc1", "fc2")] == ["kept"] + ["gaussian"] * 3
+    np.testing.assert_array_equal(m.blobs()["conv1"][0], donor.blobs()["conv1"][0])
+    with pytest.raises(CaffeinitError, match="no layer 'conv9'"):
+        initialize(model(PLAIN), images(1), InitConfig(reinit="conv9"), progress=False)
+
+
+@pytest.mark.parametrize("batches,match", [
+    ([{"image": np.zeros((2, 3, 12, 12), np.float32)}], "no values for input 'data'"),
+    ([{"data": np.zeros((2, 3, 12, 12), np.float32), "label": np.zeros(2)}], "unknown input 'label'"),
+    ([{"data": np.zeros((2, 3, 10, 12), np.float32)}], r"input 'data' has shape \(2, 3, 10, 12\)"),
+    ([], "no images"),
+])
+def test_bad_batches(batches, match):
+    with pytest.raises(CaffeinitError, match=match):
+        initialize(model(PLAIN), batches, progress=False)
+
+
+@pytest.mark.parametrize("field,value,match", [("method", "lsuv", "unknown init method 'lsuv'"),
+                                               ("between_iters", 0, "between-iters must be at least 1"),
+                                               ("tolerance", 0.0, "tolerance must be positive")])
+def test_bad_options(field, value, match):
+    with pytest.raises(CaffeinitError, match=match):
+        initialize(model(PLAIN), images(1), InitConfig(**{field: value}), progress=False)
+
+
+def test_report_table_json_and_plot(tmp_path):
+    m = model(PLAIN)
+    report = initialize(m, images(2), InitConfig(), progress=False)
+    text = report.table()
+    for name in ("conv1", "conv2", "fc1", "fc2", "16 images"):
+        assert name in text
+    data = json.loads(json.dumps(report.to_dict()))
+    assert [r["name"] for r in data["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    assert data["spread_after"] < 1.001 < data["spread_before"]
+    report.plot(tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+DIGITS = """name: "digits"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 32 dim: 1 dim: 8 dim: 8 } } }
+""" + "".join(
+    f'layer {{ name: "conv{i}" type: "Convolution" bottom: "{"data" if i == 1 else f"conv{i - 1}"}" top: "conv{i}" '
+    f'convolution_param {{ num_output: 16 kernel_size: 3 pad: 1 weight_filler {{ type: "gaussian" std: 0.01 }} }} }}\n'
+    f'layer {{ name: "relu{i}" type: "ReLU" bottom: "conv{i}" top: "conv{i}" }}\n' for i in range(1, 7)) + """
+layer { name: "fc1" type: "InnerProduct" bottom: "conv6" top: "fc1"
+        inner_product_param { num_output: 32 weight_filler { type: "gaussian" std: 0.01 } } }
+layer { name: "relu7" type: "ReLU" bottom: "fc1" top: "fc1" }
+layer { name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2"
+        inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.01 } } }
+"""
+
+
+def _train(m, x, y, lr, steps=200, batch=32):
+    params = [p for p in m.module.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    value = m.net.value_of["fc2"]
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=gen)
+        out = m.module({"data": x[idx]}, keep={value})[value]
+        loss = torch.nn.functional.cross_entropy(out, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses[-20:]))
+
+
+@pytest.mark.parametrize("lr", [0.001, 0.01])
+def test_trainability_on_digits(lr):
+    """8-layer plain net, gaussian 0.01 fillers: stuck at ln 10 from the fillers, learns from caffeinit's weights."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    x = torch.from_numpy((digits.images / 16.0 - 0.5).astype(np.float32)[:, None])
+    y = torch.from_numpy(digits.target.astype(np.int64))
+    torch.manual_seed(0)
+    filler = model(DIGITS)
+    assert abs(_train(filler, x, y, lr) - math.log(10)) < 0.05
+    m = model(DIGITS)
+    batches = [{"data": x[i:i + 32].numpy()} for i in range(0, 320, 32)]
+    initialize(m, batches, InitConfig(), progress=False)
+    assert _train(m, x, y, lr) < 1.0

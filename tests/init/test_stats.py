@@ -1,0 +1,30 @@
+import numpy as np
+import torch
+
+from caffeinit.init.stats import ChannelStats
+
+
+def test_chan_merge_matches_float64_numpy_on_adversarial_data():
+    rng = np.random.default_rng(1)
+    batches = [1000 + 0.01 * rng.standard_normal((7 + i, 3, 5, 4)) for i in range(20)]
+    stats = ChannelStats()
+    for b in batches:
+        stats.update(torch.from_numpy(b.astype(np.float32)))
+    ref = np.concatenate([b.astype(np.float32).astype(np.float64) for b in batches]).transpose(1, 0, 2, 3)
+    ref = ref.reshape(3, -1)
+    assert stats.count == ref.shape[1]
+    np.testing.assert_allclose(stats.mean.numpy(), ref.mean(1), rtol=1e-8)
+    np.testing.assert_allclose(stats.var.numpy(), ref.var(1), rtol=1e-4)
+
+
+def test_channel_axis_and_batch_size_do_not_change_the_result():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((12, 5, 6)).astype(np.float32) * 3 + 2
+    whole, parts = ChannelStats(), ChannelStats()
+    whole.update(torch.from_numpy(x), channel_axis=2)
+    for chunk in np.split(x, [1, 5, 6]):
+        parts.update(torch.from_numpy(chunk), channel_axis=2)
+    ref = x.astype(np.float64).reshape(-1, 6)
+    for s in (whole, parts):
+        np.testing.assert_allclose(s.mean.numpy(), ref.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(s.std.numpy(), ref.std(0), rtol=1e-5)

@@ -1,0 +1,96 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from caffeinit.init import InitConfig, initialize
+from tests.init.nets import MIXED, PLAIN, conv, HEAD, images, ip, model
+
+BETA = 0.1
+AFFINE = ("conv1", "conv2", "fc1", "fc2")
+
+
+def _channel_stats(m, batches, values, axes):
+    out = {v: [] for v in values}
+    with torch.no_grad():
+        for b in batches:
+            got = m.module({"data": torch.from_numpy(b["data"])}, keep=set(values))
+            for v in values:
+                out[v].append(got[v].double().numpy())
+    stats = {}
+    for v in values:
+        x = np.moveaxis(np.concatenate(out[v]), axes.get(v, 1), 0).reshape(out[v][0].shape[axes.get(v, 1)], -1)
+        stats[v] = (x.mean(1), x.std(1))
+    return stats
+
+
+@pytest.mark.parametrize("method", ["gaussian", "orthogonal", "pca", "zca", "kmeans", "rand"])
+def test_every_method_normalizes_each_channel(method):
+    m = model(PLAIN)
+    init = images(16, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough samples everywhere: no fallback warning
+        report = initialize(m, init, InitConfig(method=method, between=False, measure_before=False), progress=False)
+    for name in AFFINE:
+        assert report.layer(name).method == method
+    # exact on the init images: the one-pass affine update equals a second forward
+    for name, (mean, std) in _channel_stats(m, init, AFFINE, {}).items():
+        np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
+    # fresh images: within sampling tolerance (128 init + 256 fresh images, 4 sigma)
+    tol = 4 * np.sqrt(1 / 128 + 1 / 256)
+    for name, (mean, std) in _channel_stats(m, images(32, seed=2), AFFINE, {}).items():
+        assert np.abs(mean - BETA).max() < tol, (name, mean)
+        assert np.abs(std - 1).max() < tol, (name, std)
+
+
+def test_fewer_samples_than_outputs_falls_back_to_gaussian_with_a_warning():
+    m = model(PLAIN.replace("num_output: 16", "num_output: 40"))  # fc1: 40 outputs, 16 images
+    with pytest.warns(UserWarning, match="fc1.*16 input samples for 40 outputs"):
+        report = initialize(m, images(2), InitConfig(method="kmeans", between=False, measure_before=False),
+                            progress=False)
+    assert report.layer("fc1").method == "gaussian" and report.layer("conv1").method == "kmeans"
+
+
+def test_dead_channels_keep_their_draw_and_get_the_bias():
+    m = model(PLAIN)
+    black = [{"data": np.zeros((8, 3, 12, 12), np.float32)} for _ in range(2)]
+    with pytest.warns(UserWarning, match="conv1': 8 of 8 output channels are constant"):
+        report = initialize(m, black, InitConfig(between=False, measure_before=False), progress=False)
+    blobs = m.blobs()
+    assert all(np.isfinite(a).all() for v in blobs.values() for a in v)
+    np.testing.assert_array_equal(blobs["conv1"][1], np.full(8, BETA, np.float32))
+    assert report.layer("conv1").dead == 8 and np.abs(blobs["conv1"][0]).max() > 0
+
+
+def test_batchnorm_statistics_make_test_equal_train_and_scale_is_normalized():
+    init = images(4, seed=3)
+    m = model(MIXED)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    blobs = m.blobs()
+    assert blobs["bn1"][2][0] == 1.0
+    everything = {"data": np.concatenate([b["data"] for b in init])}
+    test_out = m.forward(everything, ["fc"])["fc"]
+    train = model(MIXED, blobs, phase="train")  # BatchNorm uses the batch's own statistics
+    np.testing.assert_allclose(train.forward(everything, ["fc"])["fc"], test_out, rtol=1e-4, atol=1e-4)
+    # Scale after BatchNorm: its output has mean beta and std 1 per channel on the init images
+    mean, std = _channel_stats(m, init, ["conv1@sc1"], {})["conv1@sc1"]
+    np.testing.assert_allclose(mean, BETA, atol=1e-3)
+    np.testing.assert_allclose(std, 1.0, rtol=1e-3)
+
+
+def test_deconvolution_and_transposed_inner_product():
+    text = (HEAD.format(name="deconv") + conv("conv1", "data", 6, group=3)
+            + 'layer { name: "up" type: "Deconvolution" bottom: "conv1" top: "up" convolution_param { num_output: 4 '
+              'kernel_size: 2 stride: 2 group: 2 weight_filler { type: "gaussian" std: 0.01 } } }\n'
+            + ip("fc", "up", 5).replace("num_output: 5", "num_output: 5 transpose: true"))
+    m = model(text)
+    init = images(4, seed=4)
+    report = initialize(m, init, InitConfig(method="pca", between=False, measure_before=False), progress=False)
+    assert report.layer("conv1").method == "pca" and report.layer("fc").method == "pca"
+    assert report.layer("up").method == "gaussian" and "Deconvolution" in report.layer("up").note
+    stats = _channel_stats(m, init, ["conv1", "up", "fc"], {})
+    for name, (mean, std) in stats.items():
+        np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
