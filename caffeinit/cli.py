@@ -131,7 +131,8 @@ def cmd_run(args) -> int:
 
     config = InitConfig(method=args.method, between=args.between, between_iters=args.between_iters,
                         tolerance=args.tolerance, bias=args.bias, num_images=args.num_images,
-                        batch_size=args.batch_size, reinit=args.reinit, seed=args.seed)
+                        batch_size=args.batch_size, reinit=args.reinit, seed=args.seed,
+                        between_batches=args.between_batches, between_draws=args.between_draws)
     config.check()
     inputs = [p for p in (args.net, args.weights, args.images) if p]
     for path in (args.output, args.report, args.plot, args.onnx):
@@ -183,6 +184,8 @@ def _export_onnx(model, path, inputs, say, opset, static_batch, check) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from caffeinit.init.config import InitConfig
+
     parser = argparse.ArgumentParser(prog="caffeinit", description=__doc__.splitlines()[0].split(": ", 1)[-1])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -221,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="equalize the layers' change rates (default on)")
     p.add_argument("--between-iters", type=int, default=10, metavar="N", help="at most N between-layer updates")
     p.add_argument("--tolerance", type=float, default=0.05, help="between-layer stopping tolerance (default 0.05)")
+    p.add_argument("--between-batches", type=int, default=InitConfig.between_batches, metavar="B",
+                   help=f"batches the change rates are averaged over (default {InitConfig.between_batches})")
+    p.add_argument("--between-draws", type=int, default=InitConfig.between_draws, metavar="D",
+                   help=f"random gradient draws per batch (default {InitConfig.between_draws})")
     p.add_argument("--bias", type=float, default=0.1, metavar="BETA", help="target mean of every unit (default 0.1)")
     p.add_argument("--num-images", type=int, default=160, help="images used (default 160)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
