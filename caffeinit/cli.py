@@ -173,14 +173,30 @@ def cmd_run(args) -> int:
         report.plot(args.plot)
         say(f"wrote {args.plot}")
     if args.onnx:
-        _export_onnx(model, args.onnx, inputs, say, opset=None, static_batch=False, check=True)
+        _export_onnx(model, args.onnx, inputs, say, device="auto" if device.type == "cuda" else "cpu")
     return 0
 
 
-def _export_onnx(model, path, inputs, say, opset, static_batch, check) -> None:
-    from caffeinit.onnx_export import export_onnx
-    result = export_onnx(model, path, opset=opset, static_batch=static_batch, check=check, inputs=inputs)
-    say(str(result))
+def _export_onnx(model, path, inputs, say, opset=None, static_batch=False, check=True, device="cpu") -> None:
+    from caffeinit.onnx_export import DEFAULT_OPSET, export_onnx
+    result = export_onnx(model, path, opset=opset or DEFAULT_OPSET, static_batch=static_batch, check=check,
+                         device=device, inputs=inputs)
+    say(result.summary())
+
+
+def cmd_convert(args) -> int:
+    from caffeinit.api import load
+
+    say = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
+    model = load(args.net, args.weights, phase="test", stages=args.stage, level=args.level, device="cpu")
+    if args.weights is None:
+        say("note: no --weights: the ONNX file holds the prototxt's filler values")
+    elif model.module.missing:
+        say(f"note: layers without weights (filler values): {', '.join(model.module.missing)}")
+    inputs = [p for p in (args.net, args.weights) if p]
+    _export_onnx(model, args.onnx, inputs, say, opset=args.opset, static_batch=args.static_batch,
+                 check=not args.no_check, device=args.ort_device)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +228,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_image_options(p)
     p.set_defaults(func=cmd_forward)
+
+    p = sub.add_parser("convert", help="export a net with weights to ONNX, checked against ONNX Runtime",
+                       description="TEST-phase ONNX with Caffe's blob names, a dynamic batch dimension, and pooling "
+                       "lowered so every runtime gives Caffe's numbers. Verified with onnx.checker and ONNX Runtime "
+                       "against the torch graph unless --no-check.")
+    p.add_argument("net", help="network .prototxt (any Caffe format) or solver .prototxt")
+    p.add_argument("--weights", metavar="W.caffemodel", help="weights (default: the prototxt's fillers)")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, >= 19)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch dimension to the prototxt's")
+    p.add_argument("--no-check", action="store_true", help="skip the checker and ONNX Runtime verification")
+    p.add_argument("--ort-device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="ONNX Runtime execution provider for the check (default cpu)")
+    p.add_argument("--stage", action="append", default=[], help="net state stage (repeatable)")
+    p.add_argument("--level", type=int, default=0, help="net state level")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("run", help="data-dependent initialization (Kraehenbuehl et al. 2016) -> caffemodel",
                        description="Initialize every learnable layer from real images: within-layer (each unit's "
