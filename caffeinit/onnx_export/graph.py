@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from caffeinit.errors import CaffeinitError, layer_error
 from caffeinit.net import Net
 from caffeinit.onnx_export.registry import converter_for
+from caffeinit.proto import caffe_pb2
 
 DEFAULT_OPSET = 21
 MIN_OPSET = 18  # Reduce* ops take their axes as an input from 18 on; Softmax is per-axis from 13, BN 14
@@ -21,9 +22,8 @@ FLT_MAX = float(np.finfo(np.float32).max)
 class GraphBuilder:
     """Collects nodes and initializers; hands out unique value names."""
 
-    def __init__(self, opset: int, dynamic_batch: bool):
+    def __init__(self, opset: int):
         self.opset = opset
-        self.dynamic_batch = dynamic_batch
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: set[str] = set()
@@ -79,6 +79,9 @@ def build_model(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, opset: i
     names; other values keep their SSA names. ``debug_outputs`` makes every layer top a graph output too.
     """
     check_opset(opset)
+    if net.phase != caffe_pb2.TEST:
+        raise CaffeinitError(f"net '{net.name}' was built for the TRAIN phase; ONNX export needs the TEST phase "
+                             "(load it with phase='test')")
     consumers = net.consumers()
     input_values = [v for node in net.layers if node.layer.is_data for v in node.top_values if v in consumers]
     if not input_values:
@@ -88,7 +91,7 @@ def build_model(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, opset: i
 
     output_blobs = [b for b in net.outputs if b not in net.feeds]
     names = _value_names(net, output_blobs, set(input_values))
-    g = GraphBuilder(opset, dynamic)
+    g = GraphBuilder(opset)
     g.reserve(list(names.values()))
 
     depends_on_input = set(input_values)

@@ -114,8 +114,12 @@ def compare_with_torch(session, provider: str, export_graph, module, inputs: Map
     wanted = [onnx_to_value[name] for name in export_graph.outputs]
     with torch.no_grad():
         reference = module(feeds, keep=wanted)
-    results = session.run(export_graph.outputs, dict(inputs))
-    errors = {name: relative_error(ours, reference[onnx_to_value[name]].cpu().numpy())
+    try:
+        results = session.run(export_graph.outputs, dict(inputs))
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+        raise CaffeinitError(f"ONNX Runtime failed to run the exported model: {str(e).strip().splitlines()[0]}") \
+            from None
+    errors = {name: relative_error(ours, reference[onnx_to_value[name]].detach().cpu().numpy())
               for name, ours in zip(export_graph.outputs, results)}
     worst = max(errors.values(), default=0.0)
     return Verification(worst, provider, errors)

@@ -1,0 +1,121 @@
+"""Graph building: names, graph inputs/outputs, dynamic and static batch, opsets, shapes, and every blob of the
+conformance nets against the goldens written by real Caffe (run in ONNX Runtime)."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import caffeinit
+from caffeinit.errors import CaffeinitError
+from caffeinit.net import build_net
+from caffeinit.onnx_export import build_model
+from caffeinit.prototxt import parse_net_text
+from tests.conftest import SHARED
+from tests.onnx_export.common import export_and_compare, input_layer, layer, random_blobs, rel_err, session
+
+NET = (input_layer(shape=(4, 3, 8, 8))
+       + layer("Convolution", tops=("conv1",), params="convolution_param { num_output: 4 kernel_size: 3 pad: 1 }")
+       + layer("ReLU", ("conv1",), ("conv1",), name="relu1")
+       + layer("Pooling", ("conv1",), ("pool1",), "pooling_param { pool: MAX kernel_size: 3 stride: 2 }")
+       + layer("InnerProduct", ("pool1",), ("fc",), "inner_product_param { num_output: 5 }")
+       + layer("Softmax", ("fc",), ("prob",))
+       + layer("Flatten", ("pool1",), ("flat",)))
+
+
+def dims(value_info):
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_names_and_dynamic_batch():
+    net = build_net(parse_net_text(NET), "test")
+    model = build_model(net, random_blobs(net)).model
+    assert [i.name for i in model.graph.input] == ["data"]
+    assert [o.name for o in model.graph.output] == ["flat", "prob"]  # Caffe's net.outputs, sorted
+    assert dims(model.graph.input[0]) == ["N", 3, 8, 8]
+    assert dims(model.graph.output[0]) == ["N", 4 * 4 * 4]
+    assert dims(model.graph.output[1]) == ["N", 5]
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    shapes = {v.name: dims(v) for v in inferred.graph.value_info}
+    assert shapes["pool1"] == ["N", 4, 4, 4]  # Caffe's ceil size (floor would give 3)
+    assert shapes["conv1"] == ["N", 4, 8, 8] and shapes["conv1@relu1"] == ["N", 4, 8, 8]
+
+
+def test_static_batch():
+    net = build_net(parse_net_text(NET), "test")
+    model = build_model(net, random_blobs(net), static_batch=True).model
+    assert dims(model.graph.input[0]) == [4, 3, 8, 8]
+    assert dims(model.graph.output[1]) == [4, 5]
+
+
+@pytest.mark.parametrize("run_batch", [1, 3])
+def test_other_batch_size_than_the_prototxt(run_batch):
+    net = NET + layer("Reshape", ("pool1",), ("r",), "reshape_param { shape { dim: 0 dim: -1 dim: 2 } }") \
+        + layer("Reduction", ("r",), ("total",), "reduction_param { axis: 1 }") \
+        + layer("ArgMax", ("prob",), ("top",), "argmax_param { top_k: 2 }") \
+        + layer("Pooling", ("conv1",), ("ave",), "pooling_param { pool: AVE kernel_size: 2 stride: 3 pad: 1 }") \
+        + layer("BatchNorm", ("ave",), ("bn",), "batch_norm_param { use_global_stats: false }")
+    errors, _, results = export_and_compare(net, run_batch=run_batch)
+    assert results["prob"].shape == (run_batch, 5)
+
+
+def test_opset_range():
+    net = build_net(parse_net_text(NET), "test")
+    for opset in (18, 19, 22):
+        model = build_model(net, random_blobs(net), opset=opset).model
+        assert model.opset_import[0].version == opset
+        onnx.checker.check_model(model, full_check=True)
+    with pytest.raises(CaffeinitError, match="opset 11 is not supported"):
+        build_model(net, random_blobs(net), opset=11)
+
+
+def test_in_place_output_keeps_blob_name_and_unused_label_is_no_input():
+    text = (input_layer(shape=(2, 3, 4, 4)) + input_layer("label", (2,))
+            + layer("Convolution", tops=("conv",), params="convolution_param { num_output: 2 kernel_size: 1 }")
+            + layer("ReLU", ("conv",), ("conv",), name="relu"))
+    net = build_net(parse_net_text(text), "test")
+    graph = build_model(net, {"conv": [np.ones((2, 3, 1, 1), np.float32), np.zeros(2, np.float32)]})
+    assert list(graph.inputs) == ["data"]
+    assert graph.outputs == ["conv"]
+    assert graph.value_names["conv"] == "conv@conv"  # the pre-activation value, renamed
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    out = session(graph.model).run(["conv"], {"data": x})[0]
+    assert rel_err(out, np.maximum(x.sum(axis=1, keepdims=True).repeat(2, axis=1), 0)) <= 1e-6
+
+
+def test_missing_weights_blob_is_an_error():
+    net = build_net(parse_net_text(NET), "test")
+    with pytest.raises(CaffeinitError, match=r"layer 'conv1' \(Convolution\): has 1 weight blobs, needs 2"):
+        build_model(net, {"conv1": [np.zeros((4, 3, 3, 3), np.float32)]})
+
+
+CASES = sorted(p.name for p in (SHARED / "conformance").iterdir() if p.is_dir()) if SHARED.is_dir() else []
+
+
+@pytest.mark.parametrize("case", CASES or [pytest.param(None, marks=pytest.mark.skip("../shared absent"))])
+def test_conformance_every_blob_matches_caffe_in_ort(case):
+    """Export with Caffe's own weights; every blob computed by ONNX Runtime matches real Caffe's golden blob."""
+    folder = SHARED / "conformance" / case
+    meta = json.loads((folder / "meta.json").read_text())
+    model = caffeinit.load(folder / "net.prototxt", weights=folder / "weights.caffemodel")
+    graph = build_model(model.net, model.module.blobs_numpy(), debug_outputs=True)
+    feeds = {name: np.load(folder / f"in_{name}.npy") for name in meta["inputs"] if name in graph.inputs}
+    results = dict(zip(graph.outputs, session(graph.model).run(graph.outputs, feeds)))
+    golden = np.load(folder / "golden.npz")
+    compared = 0
+    for blob in golden.files:
+        value = model.net.value_of[blob]
+        if value in model.net.feeds:
+            continue
+        assert rel_err(results[graph.value_names[value]], golden[blob]) <= 1e-5, blob
+        compared += 1
+    assert compared > 0
+    assert sorted(o for o in graph.outputs if o in meta["outputs"]) == \
+        sorted(o for o in meta["outputs"] if o not in model.net.feeds)
+
+
+def test_train_phase_net_is_refused():
+    net = build_net(parse_net_text(NET), "train")
+    with pytest.raises(CaffeinitError, match="built for the TRAIN phase; ONNX export needs the TEST phase"):
+        build_model(net, random_blobs(net))
