@@ -134,3 +134,32 @@ def test_upgrade_with_weights_writes_a_loadable_caffemodel(tmp_path):
     from caffeinit.api import load
     prob = load(out, weights=wout).forward({"data": x})["prob"]
     np.testing.assert_allclose(prob, golden["prob"], rtol=0, atol=1e-5 * np.abs(golden["prob"]).max())
+
+
+def test_convert_gives_caffes_numbers_in_onnx_runtime(tmp_path, capsys):
+    import onnxruntime as ort
+    case = shared_path("conformance", "cifar10_quick")
+    out = tmp_path / "net.onnx"
+    assert main(["convert", str(case / "net.prototxt"), "--weights", str(case / "weights.caffemodel"),
+                 "--onnx", str(out)]) == 0
+    assert "max relative error" in capsys.readouterr().err
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.load(case / "in_data.npy")
+    prob = session.run(["prob"], {"data": x})[0]
+    golden = np.load(case / "golden.npz")["prob"]
+    assert np.abs(prob - golden).max() <= 1e-5 * np.abs(golden).max()
+    # The batch dimension is dynamic.
+    assert session.run(["prob"], {"data": np.concatenate([x, x, x])})[0].shape == (3 * len(x), 10)
+
+
+def test_convert_unsupported_layer_fails_cleanly(tmp_path):
+    net = tmp_path / "loss.prototxt"
+    net.write_text('layer { name: "data" type: "Input" top: "data" top: "label" input_param { shape { dim: 2 dim: 3 } '
+                   'shape { dim: 2 } } }\nlayer { name: "loss" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" '
+                   'top: "loss" }\n')
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"keep")
+    code, _, err = run_cli("convert", net, "--onnx", out)
+    errors = [line for line in err.splitlines() if line.startswith("caffeinit: error:")]
+    assert code == 1 and len(errors) == 1 and "layer 'loss' (SoftmaxWithLoss)" in errors[0]
+    assert "Traceback" not in err and out.read_bytes() == b"keep"

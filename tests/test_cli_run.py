@@ -64,3 +64,16 @@ def test_run_refuses_to_overwrite_an_input(tmp_path, capsys):
     net.write_text(CIFAR.read_text())
     code = main(["run", str(net), "--images", str(IMAGES), "-o", str(net), *FAST])
     assert code == 1 and net.read_text() == CIFAR.read_text()
+
+
+def test_run_onnx_writes_the_initialized_net(tmp_path):
+    import onnxruntime as ort
+    onnx_path = tmp_path / "init.onnx"
+    code, out = run(tmp_path, "--onnx", onnx_path)
+    assert code == 0
+    from caffeinit.api import load
+    model = load(CIFAR, weights=out)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    want = model.forward({"data": x})["prob"]
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(["prob"], {"data": x})[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

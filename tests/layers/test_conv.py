@@ -93,6 +93,7 @@ DECONV_CASES = [  # spatial shape, channels, num_output, kernel, stride, pad, di
     ((3, 5), 2, 3, (3, 2), (1, 3), (1, 0), (2, 1), 1),
     ((6,), 4, 4, (3,), (3,), (1,), (), 4),
     ((3, 3, 2), 2, 2, (2,), (2,), (), (), 1),
+    ((4, 4), 2, 3, (2,), (3,), (2,), (), 1),  # pad beyond the kernel
 ]
 
 

@@ -1,0 +1,231 @@
+"""LRN, BatchNorm, Scale, Bias and MVN against float64 numpy transcriptions of Caffe's CPU code and the
+conformance goldens."""
+import numpy as np
+import pytest
+import torch
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.layers import normalization  # noqa: F401  (registers the layers)
+from caffeinit.proto import caffe_pb2
+from tests.layers.test_structure import make, rand, run, run_case
+
+
+def close(got, want, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(got, np.asarray(want, np.float64), rtol=rtol, atol=atol)
+
+
+# -- LRN ------------------------------------------------------------------------------------------------------
+
+def caffe_lrn_across(x, size, alpha, beta, k):
+    """lrn_layer.cpp CrossChannelForward_cpu: scale = k + alpha/size * window sum of x^2 over channels."""
+    x = x.astype(np.float64)
+    half = (size - 1) // 2
+    channels = x.shape[1]
+    scale = np.full(x.shape, float(k))
+    for c in range(channels):
+        for cc in range(max(0, c - half), min(channels, c + half + 1)):
+            scale[:, c] += alpha / size * x[:, cc] ** 2
+    return x * scale ** -beta
+
+
+def caffe_lrn_within(x, size, alpha, beta):
+    """WITHIN_CHANNEL: square, AVE pool (size, stride 1, pad (size-1)/2), Power(-beta, alpha, 1), product."""
+    x = x.astype(np.float64)
+    half = (size - 1) // 2
+    height, width = x.shape[2:]
+    sq = np.pad(x ** 2, [(0, 0), (0, 0), (half, half), (half, half)])
+    pooled = np.zeros(x.shape)
+    for h in range(height):
+        for w in range(width):
+            pooled[:, :, h, w] = sq[:, :, h:h + size, w:w + size].sum(axis=(2, 3)) / (size * size)
+    return x * (1 + alpha * pooled) ** -beta
+
+
+@pytest.mark.parametrize("size, alpha, beta, k", [(5, 1e-2, 0.75, 2.0), (3, 0.5, 0.6, 1.5), (1, 0.3, 1.0, 0.7)])
+def test_lrn_across_channels(size, alpha, beta, k):
+    x = rand(2, 7, 3, 4) * 2
+    layer = make("LRN", f"lrn_param {{ local_size: {size} alpha: {alpha} beta: {beta} k: {k} }}")
+    close(run(layer, x)[0], caffe_lrn_across(x, size, alpha, beta, k))
+
+
+@pytest.mark.parametrize("size, alpha, beta, k", [(5, 0.2, 0.5, 2.0), (3, 1.0, 0.75, 3.0)])
+def test_lrn_within_channel_ignores_k(size, alpha, beta, k):
+    x = rand(2, 3, 6, 5) * 2
+    text = f"lrn_param {{ local_size: {size} alpha: {alpha} beta: {beta} k: {k} norm_region: WITHIN_CHANNEL }}"
+    close(run(make("LRN", text), x)[0], caffe_lrn_within(x, size, alpha, beta))
+
+
+def test_lrn_errors():
+    with pytest.raises(CaffeinitError, match="odd"):
+        make("LRN", "lrn_param { local_size: 4 }")
+    with pytest.raises(CaffeinitError, match="4 axes"):
+        make("LRN").setup([(2, 3, 4)])
+
+
+# -- BatchNorm ------------------------------------------------------------------------------------------------
+
+def caffe_batchnorm_global(x, mean_sum, var_sum, factor, eps=1e-5):
+    scale = 0.0 if factor == 0 else 1.0 / np.float32(factor)
+    channels = 1 if x.ndim == 1 else x.shape[1]
+    shape = (1, channels) + (1,) * (x.ndim - 2) if x.ndim > 1 else (1,)
+    mean = (mean_sum.astype(np.float64) * scale).reshape(shape)
+    var = (var_sum.astype(np.float64) * scale).reshape(shape)
+    return (x.astype(np.float64) - mean) / np.sqrt(var + eps)
+
+
+@pytest.mark.parametrize("factor", [999.98, 1.0, 0.0])
+def test_batchnorm_global_stats(factor):
+    x = rand(3, 4, 2, 5) * 3 + 1
+    mean_sum = rand(4, seed=1) * factor
+    var_sum = (np.abs(rand(4, seed=2)) + 0.5) * factor
+    blobs = [mean_sum, var_sum, np.array([factor], np.float32)]
+    layer = make("BatchNorm")
+    top = run(layer, x, blobs=blobs)[0]
+    assert layer.blob_shapes == [(4,), (4,), (1,)] and layer.learnable_blobs() == []
+    close(top, caffe_batchnorm_global(x, mean_sum, var_sum, factor), rtol=2e-5, atol=2e-5)
+    if factor == 0:
+        close(top, x / np.sqrt(1e-5), rtol=2e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5), (6, 2), (8,), (2, 3, 2, 2, 2)])
+def test_batchnorm_batch_stats_in_train(shape):
+    x = rand(*shape) * 2 + 3
+    layer = make("BatchNorm", "batch_norm_param { eps: 1e-3 }", phase=caffe_pb2.TRAIN)
+    blobs = [np.zeros(1 if len(shape) == 1 else shape[1], np.float32)] * 2 + [np.array([0], np.float32)]
+    top = run(layer, x, blobs=blobs)[0]
+    channels = 1 if len(shape) == 1 else shape[1]
+    grouped = x.astype(np.float64).reshape(shape[0], channels, -1)
+    mean = grouped.mean(axis=(0, 2), keepdims=True)
+    var = ((grouped - mean) ** 2).mean(axis=(0, 2), keepdims=True)  # biased, as Caffe normalizes
+    close(top, ((grouped - mean) / np.sqrt(var + 1e-3)).reshape(shape), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_use_global_stats_overrides_phase():
+    x = rand(2, 3, 4)
+    blobs = [rand(3, seed=1), np.abs(rand(3, seed=2)) + 1, np.array([1], np.float32)]
+    top = run(make("BatchNorm", "batch_norm_param { use_global_stats: true }", phase=caffe_pb2.TRAIN), x,
+              blobs=blobs)[0]
+    close(top, caffe_batchnorm_global(x, blobs[0], blobs[1], 1.0))
+    top = run(make("BatchNorm", "batch_norm_param { use_global_stats: false }"), x, blobs=blobs)[0]
+    close(top.mean(axis=(0, 2)), np.zeros(3), atol=1e-5)
+
+
+def test_batchnorm_rejects_learned_statistics():
+    with pytest.raises(CaffeinitError, match="lr_mult"):
+        make("BatchNorm", "param { lr_mult: 1 }")
+
+
+# -- Scale / Bias ---------------------------------------------------------------------------------------------
+
+def lined_up(operand, axis, rank):
+    return operand.astype(np.float64).reshape((1,) * axis + operand.shape + (1,) * (rank - axis - operand.ndim))
+
+
+X = rand(2, 3, 4, 5)
+SCALE_FORMS = [  # scale_param text, scale shape, axis where it lines up
+    ("", (3,), 1),
+    ("axis: 0 num_axes: 2", (2, 3), 0),
+    ("axis: -2 num_axes: -1", (4, 5), 2),
+    ("axis: 1 num_axes: -1", (3, 4, 5), 1),
+    ("num_axes: 0", (), 0),
+    ("axis: 3", (5,), 3),
+]
+
+
+@pytest.mark.parametrize("text, shape, axis", SCALE_FORMS)
+@pytest.mark.parametrize("bias_term", [False, True])
+def test_scale_learned(text, shape, axis, bias_term):
+    layer = make("Scale", f"scale_param {{ {text} bias_term: {str(bias_term).lower()} }}")
+    scale, bias = rand(*shape, seed=1), rand(*shape, seed=2)
+    top = run(layer, X, blobs=[scale, bias] if bias_term else [scale])[0]
+    want = X * lined_up(scale, axis, 4) + (lined_up(bias, axis, 4) if bias_term else 0)
+    assert layer.blob_shapes == [shape] * (2 if bias_term else 1)
+    close(top, want)
+
+
+@pytest.mark.parametrize("second, axis_text, axis", [((3, 4), "", 1), ((4, 5), "axis: -2", 2), ((), "axis: 2", 0),
+                                                     ((2, 3, 4, 5), "axis: 0", 0)])
+@pytest.mark.parametrize("bias_term", [False, True])
+def test_scale_two_bottoms(second, axis_text, axis, bias_term):
+    layer = make("Scale", f"scale_param {{ {axis_text} num_axes: 3 bias_term: {str(bias_term).lower()} }}",
+                 n_bottoms=2)
+    scale, bias = rand(*second, seed=1), rand(*second, seed=2)
+    top = run(layer, X, scale, blobs=[bias] if bias_term else [])[0]
+    assert layer.blob_shapes == ([second] if bias_term else [])
+    close(top, X * lined_up(scale, axis, 4) + (lined_up(bias, axis, 4) if bias_term else 0))
+
+
+@pytest.mark.parametrize("text, shape, axis", SCALE_FORMS)
+def test_bias_learned_and_two_bottoms(text, shape, axis):
+    bias = rand(*shape, seed=1)
+    close(run(make("Bias", f"bias_param {{ {text} }}"), X, blobs=[bias])[0], X + lined_up(bias, axis, 4))
+    axis_text = "axis: 0" if not shape else f"axis: {axis}"
+    close(run(make("Bias", f"bias_param {{ {axis_text} }}", n_bottoms=2), X, bias)[0], X + lined_up(bias, axis, 4))
+
+
+def test_scale_bias_fillers():
+    layer = make("Scale", "scale_param { bias_term: true }")
+    layer.setup([X.shape])
+    scale, bias = layer.fill_blobs(np.random.default_rng(0))
+    assert (scale == 1).all() and (bias == 0).all() and scale.shape == bias.shape == (3,)
+    layer = make("Scale", 'scale_param { filler { type: "constant" value: 3 } bias_term: true '
+                          'bias_filler { type: "constant" value: -2 } }')
+    layer.setup([X.shape])
+    scale, bias = layer.fill_blobs(np.random.default_rng(0))
+    assert (scale == 3).all() and (bias == -2).all()
+    layer = make("Bias", 'bias_param { filler { type: "constant" value: 4 } }')
+    layer.setup([X.shape])
+    assert (layer.fill_blobs(np.random.default_rng(0))[0] == 4).all()
+
+
+@pytest.mark.parametrize("type_name, text, shapes, message", [
+    ("Scale", "scale_param { axis: 4 }", [(2, 3, 4, 5)], "axis"),
+    ("Scale", "scale_param { axis: 2 num_axes: 3 }", [(2, 3, 4, 5)], "extends past"),
+    ("Scale", "scale_param { num_axes: -2 }", [(2, 3, 4, 5)], "num_axes"),
+    ("Scale", "", [(2, 3, 4, 5), (4,)], "mismatch"),
+    ("Bias", "bias_param { axis: 2 }", [(2, 3, 4, 5), (4, 5, 6)], "extends past"),
+    ("Bias", "", [(2, 3, 4, 5), (3, 5)], "mismatch"),
+])
+def test_scale_bias_errors(type_name, text, shapes, message):
+    layer = make(type_name, text, n_bottoms=len(shapes))
+    with pytest.raises(CaffeinitError, match=message) as info:
+        layer.setup(shapes)
+    assert f"({type_name})" in str(info.value)
+
+
+# -- MVN ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("normalize_variance", [True, False])
+@pytest.mark.parametrize("across_channels", [True, False])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 4), (2, 3, 6)])
+def test_mvn(normalize_variance, across_channels, shape):
+    x = rand(*shape) * 2 + 1
+    eps = 1e-3
+    text = (f"mvn_param {{ normalize_variance: {str(normalize_variance).lower()} "
+            f"across_channels: {str(across_channels).lower()} eps: {eps} }}")
+    rows = x.astype(np.float64).reshape(shape[0] if across_channels else shape[0] * shape[1], -1)
+    want = rows - rows.mean(axis=1, keepdims=True)
+    if normalize_variance:
+        want = want / (np.sqrt((want ** 2).mean(axis=1, keepdims=True)) + eps)  # eps on the std
+    close(run(make("MVN", text), x)[0], want.reshape(shape))
+
+
+def test_autograd_through_scale_and_batchnorm():
+    layer = make("Scale", "scale_param { bias_term: true }")
+    layer.setup([X.shape])
+    scale = torch.ones(3, requires_grad=True)
+    bias = torch.zeros(3, requires_grad=True)
+    layer.forward([torch.from_numpy(X)], [scale, bias])[0].sum().backward()
+    close(scale.grad.numpy(), X.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+
+
+# -- conformance ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["lrn_across", "lrn_within", "batchnorm_scale"])
+def test_conformance(case):
+    run_case(case)
+
+
+def test_conformance_mvn():
+    pytest.importorskip("caffeinit.layers.activation")  # Dropout lives there
+    run_case("mvn_dropout")

@@ -1,0 +1,103 @@
+"""Fillers against the distributions of Caffe's filler.hpp: exact values where Caffe's are deterministic,
+moments and supports (with generous sampling tolerances) where they are random."""
+import math
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.fillers import fill
+from caffeinit.proto import caffe_pb2
+
+
+def filler(text):
+    return text_format.Parse(text, caffe_pb2.FillerParameter())
+
+
+def draw(text, shape, seed=0):
+    values = fill(filler(text), shape, np.random.default_rng(seed))
+    assert values.dtype == np.float32 and values.shape == tuple(shape)
+    return values.astype(np.float64)
+
+
+def test_default_is_constant_zero():
+    assert (draw("", (3, 4)) == 0).all()
+    assert (draw('type: "constant" value: -1.5', (2, 3)) == -1.5).all()
+
+
+def test_zero_axis_blob():
+    values = draw('type: "constant" value: 0.25', ())
+    assert values.shape == () and values == 0.25
+
+
+def test_uniform():
+    values = draw('type: "uniform" min: -2 max: 3', (200, 100))
+    assert values.min() >= -2 and values.max() <= 3
+    assert abs(values.mean() - 0.5) < 0.05 and abs(values.var() - 25 / 12) < 0.1
+
+
+def test_gaussian():
+    values = draw('type: "gaussian" mean: 1 std: 0.5', (200, 100))
+    assert abs(values.mean() - 1) < 0.02 and abs(values.std() - 0.5) < 0.02
+
+
+def test_gaussian_sparse():
+    """sparse s keeps each weight with probability s / shape[0] (Caffe's Bernoulli mask)."""
+    values = draw('type: "gaussian" std: 1 sparse: 5', (20, 5000))
+    kept = (values != 0).mean()
+    assert abs(kept - 5 / 20) < 0.01
+
+
+def test_positive_unitball_rows_sum_to_one():
+    values = draw('type: "positive_unitball"', (6, 3, 2, 2))
+    assert (values >= 0).all()
+    np.testing.assert_allclose(values.reshape(6, -1).sum(axis=1), np.ones(6), rtol=1e-6)
+
+
+SHAPE = (64, 16, 3, 3)  # fan_in = 16*9 = 144, fan_out = 64*9 = 576
+
+
+@pytest.mark.parametrize("norm, n", [("FAN_IN", 144), ("FAN_OUT", 576), ("AVERAGE", 360)])
+def test_xavier(norm, n):
+    values = draw(f'type: "xavier" variance_norm: {norm}', SHAPE)
+    bound = math.sqrt(3 / n)
+    assert np.abs(values).max() <= bound * (1 + 1e-6) and np.abs(values).max() > 0.99 * bound
+    assert abs(values.var() * n - 1) < 0.05  # uniform(-a, a) has variance a^2 / 3 = 1 / n
+
+
+@pytest.mark.parametrize("norm, n", [("FAN_IN", 144), ("FAN_OUT", 576), ("AVERAGE", 360)])
+def test_msra(norm, n):
+    values = draw(f'type: "msra" variance_norm: {norm}', SHAPE)
+    assert abs(values.mean()) < 0.05 * math.sqrt(2 / n)
+    assert abs(values.var() * n / 2 - 1) < 0.05
+
+
+def test_msra_one_axis_blob_uses_count_as_fan_out():
+    values = draw('type: "msra" variance_norm: FAN_OUT', (20000,))
+    assert abs(values.var() * 20000 / 2 - 1) < 0.05
+
+
+def test_bilinear_hand_computed():
+    """f = ceil(K/2), c = (K-1)/(2f), w(x, y) = (1 - |x/f - c|)(1 - |y/f - c|) per channel."""
+    values = draw('type: "bilinear"', (2, 1, 4, 4))
+    ramp = np.array([0.25, 0.75, 0.75, 0.25])
+    for i in range(2):
+        np.testing.assert_allclose(values[i, 0], np.outer(ramp, ramp), rtol=1e-7)
+    values = draw('type: "bilinear"', (1, 2, 3, 3))
+    np.testing.assert_allclose(values[0, 1], np.outer([0.5, 1, 0.5], [0.5, 1, 0.5]), rtol=1e-7)
+
+
+@pytest.mark.parametrize("text, shape, message", [
+    ('type: "nonsense"', (2, 2), "unknown filler type 'nonsense'"),
+    ('type: "bilinear"', (2, 3, 3), "4-axis"),
+    ('type: "bilinear"', (2, 1, 3, 4), "square"),
+    ('type: "uniform" sparse: 3', (4, 4), "sparse"),
+    ('type: "gaussian" sparse: 9', (4, 4), "exceeds"),
+    ('type: "gaussian" sparse: -2', (4, 4), "sparse"),
+    ('type: "constant"', (0, 4), "empty"),
+])
+def test_errors(text, shape, message):
+    with pytest.raises(CaffeinitError, match=message) as info:
+        fill(filler(text), shape, np.random.default_rng(0), where="layer 'conv1' weight")
+    assert "layer 'conv1' weight" in str(info.value)
