@@ -155,12 +155,6 @@ def cmd_run(args) -> int:
 
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
     report = initialize(model, data, config, progress=not args.quiet)
-    blobs = model.blobs()
-    for layer, arrays in blobs.items():
-        for k, a in enumerate(arrays):
-            if not np.isfinite(a).all():
-                raise CaffeinitError(f"layer '{layer}' blob {k} is not finite after the initialization; "
-                                     "nothing was written")
     model.save_caffemodel(args.output, inputs=inputs)
     if not args.quiet:
         print(report.table())

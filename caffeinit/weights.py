@@ -259,11 +259,24 @@ def write_caffemodel(path: PathLike, net_param: caffe_pb2.NetParameter,
         f.write(head.SerializeToString())
         for layer in net_param.layer:
             arrays = None if blobs is None else blobs.get(layer.name, ())
+            _check_finite(layer, arrays)
             for chunk in _layer_chunks(layer, arrays, phase):
                 f.write(chunk)
             if f.tell() > MAX_MESSAGE_BYTES:
                 raise CaffeinitError(f"{path}: the caffemodel would exceed 2 GiB ({MAX_MESSAGE_BYTES:,} bytes), "
                                      "which neither protobuf nor Caffe can read")
+
+
+def _check_finite(layer: caffe_pb2.LayerParameter, arrays: Sequence[np.ndarray] | None) -> None:
+    """No NaN or infinity ever reaches a written file."""
+    if arrays is None:
+        arrays = [blob_to_array(b, f"layer '{layer.name}' blob {k}") for k, b in enumerate(layer.blobs)]
+    for k, array in enumerate(arrays):
+        finite = np.isfinite(np.asarray(array, np.float32))
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise CaffeinitError(f"layer '{layer.name}' blob {k} has {bad} non-finite values (NaN or inf); "
+                                 "nothing was written")
 
 
 def write_binaryproto(path: PathLike, array: np.ndarray, inputs: Iterable[PathLike] = ()) -> None:

@@ -287,3 +287,21 @@ def test_v1_model_is_upgraded_and_legacy_blobs_fit(tmp_path):
     np.testing.assert_array_equal(weights.fit_blob(arrays["fc"][0], (6, 20), "fc", 0), weight.reshape(6, 20))
     np.testing.assert_array_equal(weights.fit_blob(arrays["fc"][1], (6,), "fc", 1), np.arange(6))
 
+
+
+def test_non_finite_blobs_are_never_written(tmp_path):
+    from caffeinit.weights import write_caffemodel
+    net = caffe_pb2.NetParameter(name="n")
+    net.layer.add(name="fc", type="InnerProduct")
+    out = tmp_path / "w.caffemodel"
+    out.write_bytes(b"old")
+    bad = {"fc": [np.array([[1.0, np.nan]], np.float32), np.zeros(1, np.float32)]}
+    with pytest.raises(CaffeinitError, match="layer 'fc' blob 0 has 1 non-finite values"):
+        write_caffemodel(out, net, bad)
+    assert out.read_bytes() == b"old"
+    # The same through the NetParameter path (e.g. `caffeinit upgrade --weights`).
+    net.layer[0].blobs.add().data.extend([np.inf])
+    net.layer[0].blobs[0].shape.dim.append(1)
+    with pytest.raises(CaffeinitError, match="layer 'fc' blob 0 has 1 non-finite"):
+        write_caffemodel(out, net)
+    assert out.read_bytes() == b"old"

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
+
 from caffeinit.errors import CaffeinitError
 from caffeinit.onnx_export import (  # noqa: F401  (registration side effects)
     activation, conv, inner_product, normalization, pooling, recurrent, structure)
@@ -59,7 +61,13 @@ def export_onnx(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, s
     module = getattr(model, "module", model)
     net = module.net
     start = time.perf_counter()
-    graph = build_model(net, module.blobs_numpy(), opset=opset, static_batch=static_batch)
+    blobs = module.blobs_numpy()
+    for layer, arrays in blobs.items():  # no NaN or infinity ever reaches a written file
+        for k, array in enumerate(arrays):
+            if not np.isfinite(array).all():
+                raise CaffeinitError(f"layer '{layer}' blob {k} has non-finite values (NaN or inf); nothing was "
+                                     "written")
+    graph = build_model(net, blobs, opset=opset, static_batch=static_batch)
     data = graph.model.SerializeToString() if graph.model.ByteSize() <= MAX_PROTO_BYTES else None
     if data is None:
         raise CaffeinitError(f"net '{net.name}' is too large for a single-file ONNX model (over 2 GiB of weights)")

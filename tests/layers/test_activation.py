@@ -6,13 +6,9 @@ import torch
 from caffeinit.errors import CaffeinitError
 from caffeinit.layers import activation  # noqa: F401  (registers the layers)
 from caffeinit.proto import caffe_pb2
-from tests.layers.test_structure import make, rand, run, run_case
+from tests.layers.helpers import close, make, rand, run, run_case
 
 X = np.concatenate([rand(40) * 4, np.array([0, -0, 1e-8, -60, 60, 88], np.float32)]).reshape(2, 23)
-
-
-def close(got, want, rtol=1e-6, atol=1e-6):
-    np.testing.assert_allclose(got, np.asarray(want, np.float64), rtol=rtol, atol=atol)
 
 
 def sigmoid_oracle(x):

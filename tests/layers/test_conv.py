@@ -7,7 +7,7 @@ import pytest
 
 from caffeinit.errors import CaffeinitError
 from caffeinit.layers import conv  # noqa: F401  (registers the layers)
-from tests.layers.test_structure import make, rand, run, run_case
+from tests.layers.helpers import make, rand, run, run_case
 
 
 def caffe_conv(x, w, b, stride, pad, dilation, group):

@@ -5,7 +5,7 @@ import pytest
 from caffeinit.errors import CaffeinitError
 from caffeinit.layers import loss  # noqa: F401  (registers the layers)
 from caffeinit.proto import caffe_pb2
-from tests.layers.test_structure import make, rand, run
+from tests.layers.helpers import make, rand, run
 
 FLT_MIN = np.finfo(np.float32).tiny
 

@@ -7,7 +7,7 @@ import torch
 from caffeinit.errors import CaffeinitError
 from caffeinit.layers import normalization  # noqa: F401  (registers the layers)
 from caffeinit.proto import caffe_pb2
-from tests.layers.test_structure import make, rand, run, run_case
+from tests.layers.helpers import make, rand, run, run_case
 
 
 def close(got, want, rtol=1e-5, atol=1e-6):

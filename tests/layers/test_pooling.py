@@ -9,7 +9,7 @@ import torch
 from caffeinit.errors import CaffeinitError
 from caffeinit.layers import pooling  # noqa: F401  (registers the layers)
 from caffeinit.proto import caffe_pb2
-from tests.layers.test_structure import make, rand, run, run_case
+from tests.layers.helpers import make, rand, run, run_case
 
 FLT_MAX = float(np.finfo(np.float32).max)
 

@@ -4,8 +4,7 @@ import pytest
 
 from caffeinit.errors import CaffeinitError
 from caffeinit.layers import recurrent  # noqa: F401  (registers the layers)
-from tests.layers.test_activation import close
-from tests.layers.test_structure import make, rand, run
+from tests.layers.helpers import close, make, rand, run
 
 
 def lstm_unit_oracle(c_prev, gates, cont):
