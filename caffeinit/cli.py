@@ -41,12 +41,31 @@ def _image_options(args):
                         skip_bad_images=args.skip_bad_images)
 
 
+def _add_input_shape_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", default=[], metavar="BLOB=N,C,H,W",
+                   help="shape of a data-layer top (e.g. when a train net's LMDB is not here); repeatable")
+
+
+def _input_shapes(args) -> dict | None:
+    shapes = {}
+    for item in args.input_shape:
+        name, sep, dims = item.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(",")) if sep and name else None
+        except ValueError:
+            shape = None
+        if not shape or any(d <= 0 for d in shape):
+            raise CaffeinitError(f"--input-shape '{item}': expected BLOB=N,C,H,W with positive integers")
+        shapes[name] = shape
+    return shapes or None
+
+
 def cmd_inspect(args) -> int:
     from caffeinit.api import read_net_param
     from caffeinit.inspect_net import net_summary, net_table
     from caffeinit.net import build_net
 
-    net = build_net(read_net_param(args.net), args.phase, args.stage, args.level)
+    net = build_net(read_net_param(args.net), args.phase, args.stage, args.level, _input_shapes(args))
     if args.weights:
         from caffeinit.executor import TorchNet
         from caffeinit.weights import load_weights
@@ -185,7 +204,8 @@ def cmd_convert(args) -> int:
     from caffeinit.api import load
 
     say = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
-    model = load(args.net, args.weights, phase="test", stages=args.stage, level=args.level, device="cpu")
+    model = load(args.net, args.weights, phase="test", stages=args.stage, level=args.level, device="cpu",
+                 input_shapes=_input_shapes(args))
     if args.weights is None:
         say("note: no --weights: the ONNX file holds the prototxt's filler values")
     elif model.module.missing:
@@ -206,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print a net's layers, blob shapes and parameters")
     _add_net_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _add_input_shape_option(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("upgrade", help="rewrite a net (and weights) in the current Caffe format")
@@ -240,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime execution provider for the check (default cpu)")
     p.add_argument("--stage", action="append", default=[], help="net state stage (repeatable)")
     p.add_argument("--level", type=int, default=0, help="net state level")
+    _add_input_shape_option(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("run", help="data-dependent initialization (Kraehenbuehl et al. 2016) -> caffemodel",

@@ -163,3 +163,16 @@ def test_convert_unsupported_layer_fails_cleanly(tmp_path):
     errors = [line for line in err.splitlines() if line.startswith("caffeinit: error:")]
     assert code == 1 and len(errors) == 1 and "layer 'loss' (SoftmaxWithLoss)" in errors[0]
     assert "Traceback" not in err and out.read_bytes() == b"keep"
+
+
+def test_inspect_train_net_with_input_shapes(capsys):
+    net = shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt")
+    # Without its LMDB the Data layer cannot give its shape: a clear error naming the database...
+    code, _, err = run_cli("inspect", net)
+    assert code == 1 and "mnist_test_lmdb" in err
+    # ...and --input-shape supplies it.
+    assert main(["inspect", str(net), "--phase", "train", "--json", "--input-shape", "data=64,1,28,28",
+                 "--input-shape", "label=64"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["outputs"] == ["loss"] and summary["blobs"]["ip2"] == [64, 10]
+    assert [layer["name"] for layer in summary["layers"]][0] == "mnist"
