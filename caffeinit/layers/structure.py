@@ -302,18 +302,11 @@ class Silence(Layer):
 
 
 @register_layer
-class HDF5Output(Layer):
+class HDF5Output(Silence):
     """A sink. Caffe writes its two bottoms to ``hdf5_output_param.file_name``; caffeinit never writes that file,
     so the forward does nothing."""
     type_name = "HDF5Output"
     min_bottoms = max_bottoms = 2
-    min_tops = max_tops = 0
-
-    def setup(self, bottom_shapes):
-        return []
-
-    def forward(self, bottoms, blobs):
-        return []
 
 
 @register_layer
