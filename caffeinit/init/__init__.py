@@ -28,6 +28,8 @@ from caffeinit.init.roles import affine_of, is_frozen, weight_lr_mult
 from caffeinit.init.stats import ChannelStats
 from caffeinit.init.within import run_within
 
+BEFORE_IMAGES = 4
+
 __all__ = ["DATA_METHODS", "METHODS", "InitConfig", "InitReport", "LayerRecord", "initialize"]
 
 
@@ -66,6 +68,9 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
             result = run_between(module, feeds[:config.between_batches], config, records, progress)
             report.between_iterations, report.between_converged = result.iterations, result.converged
             report.homogeneous = result.homogeneous
+            start = result.rates_before * np.array(result.lr_mults)
+            start = start[np.isfinite(start) & (start > 0)]
+            report.spread_between_start = float(start.max() / start.min()) if len(start) else None
             report.seconds["between"] = time.perf_counter() - t0
     for record in report.layers:
         if record.lr_mult == 0 and record.method == "kept" and record.type != "BatchNorm":
@@ -146,7 +151,8 @@ def _draw_plan(net, module, reinit: str, records: dict[str, LayerRecord]) -> dic
 
 
 def _measure_before(module, feed, config, records) -> None:
-    """Output statistics and change rates under the starting weights, on one batch."""
+    """Output statistics and change rates under the starting weights, for the report only: on the first
+    ``BEFORE_IMAGES`` images of the first batch, so that it costs little."""
     model = build_scale_model(module)
     nodes = [node for node in model.active if affine_of(node) is not None]
     params, seen = [], set()
@@ -165,7 +171,11 @@ def _measure_before(module, feed, config, records) -> None:
                 stats.update(t, affine.channel_axis)
             record.mean_before, record.std_before = float(stats.mean.mean()), float(stats.std.mean())
 
-    rates = measure_rates(module, model, [feed], 1, config.seed, params=params, tap=tap)
+    small = {v: t[:BEFORE_IMAGES] for v, t in feed.items()}
+    try:
+        rates = measure_rates(module, model, [small], 1, config.seed, params=params, tap=tap)
+    except CaffeinitError:  # a layer that needs the declared batch size (e.g. a Reshape with a fixed first dim)
+        rates = measure_rates(module, model, [feed], 1, config.seed, params=params, tap=tap)
     rate_of = {id(p): r for p, r in zip(params, rates)}
     for node in nodes:
         rate = rate_of[id(module.layer_blobs[node.index][0])]

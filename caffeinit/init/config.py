@@ -27,8 +27,8 @@ class InitConfig:
     seed: seeds every random draw (a seed gives bitwise-identical CPU results).
     max_samples: cap on input patches gathered per layer (and group) for the data-dependent draws.
     kmeans_iters: Lloyd iterations of the spherical k-means.
-    measure_before: measure each layer's output statistics and change rate under the starting weights on one
-        batch, for the report (costs one forward+backward over one batch).
+    measure_before: measure each layer's output statistics and change rate under the starting weights on the
+        first 4 images, for the report (costs one forward+backward over 4 images).
     """
     method: str = "gaussian"
     within: bool = True

@@ -41,6 +41,7 @@ class InitReport:
     between_converged: bool | None = None
     homogeneous: bool | None = None
     output_scale: float = 1.0  # the net's end values are multiplied by this (1 on homogeneous nets)
+    spread_between_start: float | None = None  # max/min rate when the between-layer step began (its first measure)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerRecord:
@@ -56,7 +57,12 @@ class InitReport:
         return max(rates) / min(rates) if rates else None
 
     def to_dict(self) -> dict:
+        """Plain data for JSON; a non-finite statistic (a net whose starting weights overflow) becomes None."""
         data = asdict(self)
+        for layer in data["layers"]:
+            for key, value in layer.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    layer[key] = None
         data["spread_before"] = self.spread("before")
         data["spread_after"] = self.spread("after")
         return data

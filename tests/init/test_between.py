@@ -5,7 +5,7 @@ import torch
 from caffeinit.init import InitConfig, initialize
 from caffeinit.init.between import build_scale_model, end_values
 from tests.conftest import shared_path
-from tests.init.nets import DAG, FROZEN_SHARED, MIXED, PLAIN, images, model
+from tests.init.nets import DAG, FROZEN_SHARED, HEAD, MIXED, PLAIN, conv, images, ip, layer, model, relu
 
 
 def _outputs(m, batches, value):
@@ -88,7 +88,8 @@ def test_frozen_layers_do_not_drawn_or_break_when_no_gradient_reaches_them():
 
 def test_non_homogeneous_layers_iterate_and_stay_finite():
     m = model(MIXED)
-    report = initialize(m, images(4, seed=8), InitConfig(between_batches=4), progress=False)
+    # one between-layer batch: the iteration's own batch, so the check is free of batch-to-batch sampling noise
+    report = initialize(m, images(4, seed=8), InitConfig(between_batches=1), progress=False)
     assert report.homogeneous is False
     assert all(np.isfinite(a).all() for v in m.blobs().values() for a in v)
     assert report.between_converged and report.spread("after") < 1.1
@@ -99,7 +100,7 @@ def test_scale_model_constraints_on_a_dag():
     sm = build_scale_model(m.module)
     names = [nodes[0].name for nodes in sm.group_nodes]
     x = sm.solve(np.log(np.arange(1.0, len(names) + 1)), np.ones(len(names), bool))
-    level = {v: float(c @ x) for v, c in sm.lin.items()}
+    level = {v: float(c @ x) for v, c in sm.linearize().lin.items()}
     assert abs(level["conv1"] - level["b"]) < 1e-9  # Eltwise bottoms share one scale
     assert abs(level["left"] - level["right"]) < 1e-9  # so do Concat bottoms
     assert abs(level["fc"]) < 1e-9  # the end keeps its scale
@@ -129,3 +130,81 @@ def test_resnet50_stem_with_its_real_weights_is_rescaled_without_changing_its_fu
     for v in ends:
         np.testing.assert_allclose(after[v].numpy(), before[v].numpy(), rtol=1e-3, atol=1e-3)
     assert report.spread("after") < 1.01 < report.spread("before")
+
+
+# two strongly saturated LRNs (u = alpha/n sum x^2 is about 1 on unit-variance inputs: local exponent about 0.3)
+LRN_NET = (HEAD.format(name="lrn") + conv("conv1", "data", 8) + relu("relu1", "conv1")
+           + layer("norm1", "LRN", "conv1", extra="lrn_param { local_size: 3 alpha: 3 beta: 0.75 } ")
+           + conv("conv2", "norm1", 8) + relu("relu2", "conv2")
+           + layer("norm2", "LRN", "conv2", extra="lrn_param { local_size: 5 alpha: 5 beta: 0.75 k: 2 } ")
+           + conv("conv3", "norm2", 8) + relu("relu3", "conv3") + ip("fc", "conv3", 5))
+
+
+def test_saturated_lrn_converges_in_few_updates():
+    m = model(LRN_NET)
+    init = images(4, seed=11)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    conv1 = m.blobs()["conv1"][0].copy()
+    spread_before = _spread(_rates(m, init))
+    m.module.layer_blobs[m.net.layer("conv1").index][0].data.mul_(30.0)  # push norm1 deep into saturation
+    assert _spread(_rates(m, init)) > spread_before
+    # 8 draws per batch: this net's rates are noisy (5 outputs, 8 images a batch)
+    report = initialize(m, init, InitConfig(within=False, measure_before=False, between_draws=8), progress=False)
+    assert report.homogeneous is False and report.between_converged
+    assert report.between_iterations <= 5
+    oracle = _rates(m, init, draws=8)  # measured independently, with other gradient draws
+    assert _spread(oracle) < 1.15
+    for name, rate in oracle.items():  # the reported rates (measured on all init batches) agree
+        assert abs(report.layer(name).rate_after / rate - 1) < 0.1, name
+    assert np.isfinite(m.blobs()["conv1"][0]).all() and not np.allclose(m.blobs()["conv1"][0], conv1 * 30)
+
+
+def _lrn_numpy(x, size, alpha, beta, k):
+    """Caffe's LRN ACROSS_CHANNELS (lrn_layer.cpp) in float64: scale = k + alpha/size * sum of x^2 over the size
+    channels centred on c (zero-padded), y = x scale^-beta. Returns (y, scale)."""
+    pad = (size - 1) // 2
+    sq = np.pad(x ** 2, ((0, 0), (pad, pad), (0, 0), (0, 0)))
+    scale = k + alpha / size * sum(sq[:, i:i + x.shape[1]] for i in range(size))
+    return x * scale ** -beta, scale
+
+
+def _rms(a):
+    return np.sqrt(np.mean(a ** 2))
+
+
+@pytest.mark.parametrize("gain", [0.3, 1.0, 3.0])
+def test_lrn_probe_exponents_match_the_formula(gain):
+    from google.protobuf import text_format
+
+    from caffeinit.init.between import ScaleProbe
+    from caffeinit.layers.registry import layer_class
+    from caffeinit.proto import caffe_pb2
+    rng = np.random.default_rng(12)
+    x = (gain * rng.standard_normal((2, 7, 5, 5))).astype(np.float32)
+    param = text_format.Parse('name: "n" type: "LRN" lrn_param { local_size: 5 alpha: 1 beta: 0.75 k: 2 }',
+                              caffe_pb2.LayerParameter())
+    lrn = layer_class("LRN")(param)
+    lrn.setup([x.shape])
+    probe = ScaleProbe(lrn, torch.from_numpy(x), [], torch.Generator().manual_seed(0))
+    x64 = x.astype(np.float64)
+    # local: d log RMS(y(s x)) / d log s = sum y^2 (1 - 2 beta (scale - k) / scale) / sum y^2
+    y, scale = _lrn_numpy(x64, 5, 1.0, 0.75, 2.0)
+    local = float(np.sum(y ** 2 * (1 - 2 * 0.75 * (scale - 2) / scale)) / np.sum(y ** 2))
+    g, h = probe.exponents(0.0)
+    assert abs(g - local) < 0.01, (g, local)
+    assert 0 < h < 1.05
+    # secant to a level L: log(RMS y(e^L x) / RMS y(x)) / L
+    for level in (-1.0, 2.0):
+        secant = np.log(_rms(_lrn_numpy(np.exp(level) * x64, 5, 1.0, 0.75, 2.0)[0]) / _rms(y)) / level
+        assert abs(probe.exponents(level)[0] - secant) < 1e-4, level
+
+
+def test_linearization_of_a_homogeneous_dag():
+    """Backward levels: on a homogeneous net every rate moves by exactly -2 x_k for every x the constraints allow
+    (ends kept, merged branches at one level)."""
+    from caffeinit.init.between import _null_space
+    sm = build_scale_model(model(DAG).module)
+    linear = sm.linearize()
+    allowed = _null_space(linear.constraints, len(sm.groups))
+    assert allowed.shape[1] >= 2
+    np.testing.assert_allclose(linear.response @ allowed, -2 * allowed, atol=1e-12)

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 
@@ -77,6 +78,10 @@ def test_report_table_json_and_plot(tmp_path):
     data = json.loads(json.dumps(report.to_dict()))
     assert [r["name"] for r in data["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
     assert data["spread_after"] < 1.001 < data["spread_before"]
+    assert data["spread_after"] < 1.001 < data["spread_between_start"]
+    report.layer("conv2").std_before = math.inf  # starting weights that overflow: valid JSON all the same
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert data["layers"][1]["std_before"] is None and "inf" in report.table()
     report.plot(tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -95,20 +100,32 @@ layer { name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2"
 """
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Tiny ops: OpenMP barriers only cost time, and a lot of it on a machine busy with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _train(m, x, y, lr, steps=200, batch=32):
     params = [p for p in m.module.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
     value = m.net.value_of["fc2"]
     losses = []
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (batch,), generator=gen)
-        out = m.module({"data": x[idx]}, keep={value})[value]
-        loss = torch.nn.functional.cross_entropy(out, y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    with _one_thread():
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (batch,), generator=gen)
+            out = m.module({"data": x[idx]}, keep={value})[value]
+            loss = torch.nn.functional.cross_entropy(out, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
     return float(np.mean(losses[-20:]))
 
 
