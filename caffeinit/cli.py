@@ -192,6 +192,38 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_stats(args) -> int:
+    from caffeinit.api import load, read_net_param
+    from caffeinit.data import batches
+    from caffeinit.data.netinput import image_feed_shapes, net_source
+    from caffeinit.device import describe_device, select_device
+    from caffeinit.fileio import atomic_write_bytes, check_output_path
+    from caffeinit.init.measure import measure, measure_table, measures_to_dict
+    from caffeinit.net import parse_phase
+
+    inputs = [p for p in (args.net, args.weights, args.images) if p]
+    if args.json:
+        check_output_path(args.json, inputs)
+    options = _image_options(args)
+    net_param = read_net_param(args.net)
+    phase = parse_phase(args.phase)
+    shapes = image_feed_shapes(net_param, phase, options, args.batch_size)
+    device = select_device(args.device, args.precision)
+    model = load(net_param, args.weights, phase=phase, stages=args.stage, level=args.level, device=device,
+                 seed=args.seed, input_shapes=shapes or None)
+    source = net_source(model.net, options)
+    print(f"device: {describe_device(device)}; data: {source.describe()}", file=sys.stderr)
+    if model.module.missing:
+        print(f"note: filler values for layers {', '.join(model.module.missing)}", file=sys.stderr)
+    data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
+    measures = measure(model, data, draws=args.draws, seed=args.seed)
+    print(measure_table(measures))
+    if args.json:
+        atomic_write_bytes(args.json, (json.dumps(measures_to_dict(measures), indent=1) + "\n").encode(),
+                           inputs=inputs)
+    return 0
+
+
 def _export_onnx(model, path, inputs, say, opset=None, static_batch=False, check=True, device="cpu",
                  tolerance=1e-4) -> None:
     from caffeinit.onnx_export import DEFAULT_OPSET, export_onnx
@@ -263,6 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, default=0, help="net state level")
     _add_input_shape_option(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("stats", help="per-layer output statistics and change rates (the paper's diagnostic)",
+                       description="For every Convolution/InnerProduct-like layer: its output's per-channel mean and "
+                       "std (before in-place nonlinearities) and its change rate RMS(dL/dW)/RMS(W) under random "
+                       "gradients at the last non-loss layer; equal rates mean all layers learn at the same speed.")
+    _add_net_options(p)
+    p.add_argument("--num-images", type=int, default=64, help="images used (default 64)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--draws", type=int, default=1, help="random gradient draws per batch (default 1)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    p.add_argument("--precision", default="ieee", choices=("ieee", "tf32"), help="fp32 mode on GPUs (default ieee)")
+    p.add_argument("--json", metavar="STATS.json", help="also write the figures as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_image_options(p)
+    p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("run", help="data-dependent initialization (Kraehenbuehl et al. 2016) -> caffemodel",
                        description="Initialize every learnable layer from real images: within-layer (each unit's "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from caffeinit.net import Net
+from caffeinit.tables import format_table
 
 
 def net_summary(net: Net) -> dict:
@@ -29,10 +30,7 @@ def net_table(net: Net) -> str:
         rows.append((n.name, n.type, f"{','.join(n.bottoms) or '-'} -> {','.join(n.tops) or '-'}",
                      " ".join(_shape(s) for s in n.top_shapes) or "-",
                      " ".join(_shape(s) for s in n.layer.blob_shapes) or "-", f"{count:,}" if count else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("")
+    lines = [format_table(rows), ""]
     lines.append(f"net '{net.name}': {len(net.layers)} layers, {total:,} parameters; inputs "
                  f"{', '.join(f'{b} {_shape(s)}' for b, s in net.feeds.items()) or '-'}; outputs "
                  f"{', '.join(net.outputs) or '-'}")

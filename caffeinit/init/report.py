@@ -5,6 +5,8 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
+from caffeinit.tables import format_table
+
 
 @dataclass
 class LayerRecord:
@@ -76,9 +78,7 @@ class InitReport:
                          f"{_num(r.mean_before)} -> {_num(r.mean_after)}",
                          f"{_num(r.std_before)} -> {_num(r.std_after)}",
                          f"{_num(r.rate_before)} -> {_num(r.rate_after)}"))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = [format_table(rows)]
         for r in self.layers:
             if r.note:
                 lines.append(f"note: {r.name}: {r.note}")
