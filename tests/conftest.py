@@ -3,7 +3,8 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+# ../shared beside the checkout (developers, CI); a shared/ inside the checkout on machines that only get the repo.
+SHARED = ROOT.parent / "shared" if (ROOT.parent / "shared").is_dir() else ROOT / "shared"
 
 
 def shared_path(*parts) -> pathlib.Path:
