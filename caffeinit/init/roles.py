@@ -75,16 +75,42 @@ class Affine:
             return len(layer.kernel) == 2 and len(self.node.bottoms) >= 1
         return False
 
-    def patches(self, x: torch.Tensor, group: int) -> torch.Tensor:
-        """Rows of input patches of group ``group`` (samples x fan-in), in the weight's element order."""
+    def patch_count(self, x: torch.Tensor) -> int:
+        """How many input patches (rows of ``patches``) the bottom ``x`` holds."""
         layer = self.node.layer
         if self.kind == "ip":
-            return x.reshape(-1, layer.inputs)
+            return x.numel() // layer.inputs
+        lead = math.prod(x.shape[:layer.axis])
+        out = [(size + 2 * p - (d * (k - 1) + 1)) // s + 1 for size, k, s, p, d in
+               zip(x.shape[layer.axis + 1:], layer.kernel, layer.stride, layer.pad, layer.dilation)]
+        return lead * math.prod(out)
+
+    def patches(self, x: torch.Tensor, group: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of input patches of group ``group`` (samples x fan-in), in the weight's element order: all of them,
+        or only the rows numbered ``rows`` (gathered directly, without unfolding the whole bottom)."""
+        layer = self.node.layer
+        if self.kind == "ip":
+            flat = x.reshape(-1, layer.inputs)
+            return flat if rows is None else flat[rows.to(x.device)]
         x = x.reshape((-1,) + tuple(x.shape[layer.axis:]))
         per = x.shape[1] // self.groups
         part = x[:, group * per:(group + 1) * per]
-        cols = F.unfold(part, layer.kernel, dilation=layer.dilation, padding=layer.pad, stride=layer.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        if rows is None:
+            cols = F.unfold(part, layer.kernel, dilation=layer.dilation, padding=layer.pad, stride=layer.stride)
+            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel, layer.stride, layer.pad, layer.dilation
+        padded = F.pad(part, (pw, pw, ph, ph))
+        channels, height, width = padded.shape[1:]
+        out_h = (height - dh * (kh - 1) - 1) // sh + 1
+        out_w = (width - dw * (kw - 1) - 1) // sw + 1
+        rows = rows.to(x.device)
+        image, place = rows // (out_h * out_w), rows % (out_h * out_w)
+        corner = image * (channels * height * width) + (place // out_w) * sh * width + (place % out_w) * sw
+        c = torch.arange(channels, device=x.device)[:, None, None] * (height * width)
+        ky = torch.arange(kh, device=x.device)[None, :, None] * (dh * width)
+        kx = torch.arange(kw, device=x.device)[None, None, :] * dw
+        offsets = (c + ky + kx).reshape(-1)  # (channel, ky, kx) order, as F.unfold and the weight
+        return padded.reshape(-1)[corner[:, None] + offsets[None, :]]
 
 
 def affine_of(node: LayerNode) -> Affine | None:

@@ -173,11 +173,12 @@ def _gather_patches(affine: Affine, inputs: list[torch.Tensor], group: int, targ
     per_batch = math.ceil(target / len(inputs))
     rows = []
     for x in inputs:
-        p = affine.patches(x, group)
-        if p.shape[0] > per_batch:
-            index = torch.randperm(p.shape[0], generator=gen, device=gen.device)[:per_batch].to(p.device)
-            p = p[index]
-        rows.append(p)
+        count = affine.patch_count(x)
+        if count > per_batch:
+            index = torch.randperm(count, generator=gen, device=gen.device)[:per_batch]
+            rows.append(affine.patches(x, group, index))
+        else:
+            rows.append(affine.patches(x, group))
     return torch.cat(rows)
 
 

@@ -1,0 +1,34 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from caffeinit.init.roles import affine_of
+from tests.init.nets import model
+
+
+CONV = """
+input: "data" input_shape {{ dim: 3 dim: 4 dim: 23 dim: 19 }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param {{ num_output: 4 group: {group} kernel_h: {kh} kernel_w: {kw} stride_h: {sh} stride_w: {sw}
+                      pad_h: {ph} pad_w: {pw} dilation: {d} }} }}
+"""
+
+
+@pytest.mark.parametrize("geometry", [dict(group=1, kh=11, kw=11, sh=4, sw=4, ph=0, pw=0, d=1),
+                                      dict(group=2, kh=3, kw=2, sh=2, sw=1, ph=1, pw=2, d=2),
+                                      dict(group=2, kh=5, kw=5, sh=1, sw=1, ph=2, pw=2, d=1)])
+def test_selected_patch_rows_equal_the_unfolded_rows(geometry):
+    node = model(CONV.format(**geometry)).net.layer("conv")
+    affine = affine_of(node)
+    x = torch.randn(3, 4, 23, 19)
+    per = 4 // geometry["group"]
+    extent = (geometry["kh"], geometry["kw"])
+    for group in range(geometry["group"]):
+        # the oracle: torch's unfold, rows ordered (image, y, x), columns (channel, ky, kx) like the weight
+        cols = F.unfold(x[:, group * per:(group + 1) * per], extent, dilation=geometry["d"],
+                        padding=(geometry["ph"], geometry["pw"]), stride=(geometry["sh"], geometry["sw"]))
+        oracle = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        assert affine.patch_count(x) == oracle.shape[0]
+        rows = torch.randperm(oracle.shape[0], generator=torch.Generator().manual_seed(group))[:40]
+        assert torch.equal(affine.patches(x, group, rows), oracle[rows])
+        assert torch.equal(affine.patches(x, group), oracle)
