@@ -129,7 +129,7 @@ def _train(m, x, y, lr, steps=200, batch=32):
     return float(np.mean(losses[-20:]))
 
 
-@pytest.mark.parametrize("lr", [0.001, 0.01])
+@pytest.mark.parametrize("lr", [0.001, 0.003, 0.01])
 def test_trainability_on_digits(lr):
     """8-layer plain net, gaussian 0.01 fillers: stuck at ln 10 from the fillers, learns from caffeinit's weights."""
     from sklearn.datasets import load_digits
