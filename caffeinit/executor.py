@@ -1,12 +1,14 @@
 """Run a built Net as a torch graph: an interpreter over the layer list and a value-name -> tensor map."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
 from caffeinit.errors import CaffeinitError, layer_error
+from caffeinit.layers.base import Layer
 from caffeinit.net import LayerNode, Net
 
 Tap = Callable[[LayerNode, list], None]
@@ -19,7 +21,8 @@ class TorchNet(torch.nn.Module):
     shared through a ParamSpec name are the same Parameter object. Non-learnable blobs (BatchNorm statistics) have
     ``requires_grad=False``. ``forward`` can run any slice of layers from cached values, call a tap after every layer
     (the taps see each layer's tops before any in-place successor replaces them), and free values after their last
-    use.
+    use. Without autograd, taps and with ``keep`` given, a layer that can (``Layer.forward_inplace``) overwrites a
+    bottom that dies there, as Caffe does, when no other value, input or parameter shares its memory.
     """
 
     def __init__(self, net: Net, blobs: Mapping[str, list[np.ndarray]] | None = None, *,
@@ -59,6 +62,8 @@ class TorchNet(torch.nn.Module):
             self.layer_blobs.append(plist)
         self.unused_weights = sorted(blobs)  # source layers not in this net (Caffe ignores them)
         self._last_use = _last_uses(net)
+        self._can_run_inplace = {node.index for node in net.layers
+                                 if type(node.layer).forward_inplace is not Layer.forward_inplace}
         self.to(device)
 
     @property
@@ -82,6 +87,10 @@ class TorchNet(torch.nn.Module):
         layers = self._net_for_batch(feeds).layers[start:stop]
         values = dict(feeds)
         keep_set = None if keep is None else set(keep)
+        # In place needs every value that dies to be freed (keep), nothing that reads tops later (tap) and no graph
+        # that may have saved a bottom for backward (an earlier consumer's, too: so no grad mode at all).
+        live = _LiveStorage(self, feeds) if keep_set is not None and tap is None and not torch.is_grad_enabled() \
+            else None
         for node in layers:
             if node.layer.is_data:
                 for blob, v in zip(node.tops, node.top_values):
@@ -93,15 +102,29 @@ class TorchNet(torch.nn.Module):
             except KeyError as e:
                 raise CaffeinitError(f"layer '{node.name}' needs value {e.args[0]!r}, which was neither fed nor "
                                      "computed in this run") from None
-            tops = node.layer.forward(bottoms, list(self.layer_blobs[node.index]))
+            blobs = list(self.layer_blobs[node.index])
+            tops = None
+            if live is not None and node.index in self._can_run_inplace:
+                v = node.bottom_values[0]
+                if v not in keep_set and self._last_use.get(v) == node.index and \
+                        node.bottom_values.count(v) == 1 and live.only_owner(bottoms[0]):
+                    tops = node.layer.forward_inplace(bottoms, blobs)
+            if tops is None:
+                tops = node.layer.forward(bottoms, blobs)
             for v, t in zip(node.top_values, tops):
+                if live is not None:
+                    if v in values:
+                        live.drop(values[v])
+                    live.add(t)
                 values[v] = t
             if tap is not None:
                 tap(node, tops)
             if keep_set is not None:
                 for v in node.bottom_values:
-                    if v not in keep_set and self._last_use.get(v, -1) <= node.index:
-                        values.pop(v, None)
+                    if v not in keep_set and self._last_use.get(v, -1) <= node.index and v in values:
+                        t = values.pop(v)
+                        if live is not None:
+                            live.drop(t)
         if keep_set is not None:
             values = {v: t for v, t in values.items() if v in keep_set}
         return values
@@ -124,6 +147,44 @@ class TorchNet(torch.nn.Module):
             shapes = {b: (batch,) + tuple(s[1:]) for b, s in self.net.feeds.items() if s}
             net = cached[1][batch] = build_net(self.net.param, self.net.phase, input_shapes=shapes)
         return net
+
+
+class _LiveStorage:
+    """How many live values of one forward sit on each storage, and the storages that are never overwritten: the
+    caller's feeds and the parameters."""
+
+    def __init__(self, module: TorchNet, feeds: Mapping[str, torch.Tensor]):
+        self.module = module
+        self.count: Counter = Counter()
+        self.protected = {_storage(t) for t in feeds.values() if torch.is_tensor(t)}
+        self.params_added = False
+        for t in feeds.values():
+            self.add(t)
+
+    def add(self, t) -> None:
+        if torch.is_tensor(t):
+            self.count[_storage(t)] += 1
+
+    def drop(self, t) -> None:
+        if torch.is_tensor(t):
+            self.count[_storage(t)] -= 1
+
+    def only_owner(self, t) -> bool:
+        """Whether ``t`` may be overwritten: contiguous, non-empty, its storage held by one live value (itself) and
+        neither fed nor a parameter (a layer may return a parameter or a view of one)."""
+        if not (torch.is_tensor(t) and t.numel() and t.is_contiguous()):
+            return False
+        key = _storage(t)
+        if self.count[key] != 1:
+            return False
+        if not self.params_added:
+            self.protected.update(_storage(p) for p in self.module.parameters())
+            self.params_added = True
+        return key not in self.protected
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
 
 
 def frontier(net: Net, start: int) -> list[str]:

@@ -141,3 +141,209 @@ def test_smaller_batch_through_a_train_net_with_loss():
     halves = [module({"data": x[i:i + 2], "label": y[i:i + 2]}, keep={"loss"})["loss"] for i in (0, 2)]
     # SoftmaxWithLoss normalizes by the valid count (VALID): the mean of the two halves is the full loss.
     assert torch.allclose((halves[0] + halves[1]) / 2, full, rtol=1e-5)
+
+
+# -- in-place inference --------------------------------------------------------------------------------------------
+
+def count_inplace_calls(module):
+    """Wrap every layer's forward_inplace to record the types of the layers that really ran in place."""
+    calls = []
+    for node in module.net.layers:
+        def spy(bottoms, blobs, _layer=node.layer, _original=node.layer.forward_inplace):
+            tops = _original(bottoms, blobs)
+            if tops is not None:
+                calls.append(_layer.type_name)
+            return tops
+        node.layer.forward_inplace = spy
+    return calls
+
+
+def out_of_place(module, feeds, keep):
+    """The reference: the same module with the in-place path switched off."""
+    saved, module._can_run_inplace = module._can_run_inplace, set()
+    try:
+        with torch.no_grad():
+            return module(feeds, keep=keep)
+    finally:
+        module._can_run_inplace = saved
+
+
+def random_batchnorm_stats(net, module, rng):
+    for node in net.layers:
+        if node.type == "BatchNorm":
+            mean, var, factor = module.layer_blobs[node.index]
+            mean.data.copy_(torch.from_numpy(rng.normal(0, 1, mean.shape).astype(np.float32)))
+            var.data.copy_(torch.from_numpy(rng.uniform(0.5, 2, var.shape).astype(np.float32)))
+            factor.data.fill_(float(rng.uniform(0.5, 2)))
+
+
+ELEMENTWISE = '''name: "inplace"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 5 } } }
+layer { name: "side" type: "Input" top: "side" input_param { shape { dim: 2 dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 1 }
+                      bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" param { lr_mult: 1 } param { lr_mult: 1 }
+  scale_param { bias_term: true filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "leaky" type: "ReLU" bottom: "conv" top: "conv" relu_param { negative_slope: 0.1 } }
+layer { name: "bias" type: "Bias" bottom: "conv" top: "conv" bias_param { filler { type: "gaussian" std: 1 } } }
+layer { name: "sig" type: "Sigmoid" bottom: "conv" top: "conv" }
+layer { name: "conv2" type: "Convolution" bottom: "conv" top: "conv2"
+  convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 2 } } }
+layer { name: "tanh" type: "TanH" bottom: "conv2" top: "conv2" }
+layer { name: "scale2" type: "Scale" bottom: "conv2" bottom: "side" top: "conv2" scale_param { axis: 0 } }
+layer { name: "bias2" type: "Bias" bottom: "conv2" bottom: "side" top: "conv2" bias_param { axis: 0 } }
+layer { name: "abs" type: "AbsVal" bottom: "conv2" top: "conv2" }
+layer { name: "drop" type: "Dropout" bottom: "conv2" top: "conv2" }
+layer { name: "relu" type: "ReLU" bottom: "conv2" top: "conv2" }
+'''
+
+
+def elementwise_net():
+    net = build_net(parse_net_text(ELEMENTWISE))
+    module = TorchNet(net, seed=3)
+    random_batchnorm_stats(net, module, np.random.default_rng(4))
+    rng = np.random.default_rng(5)
+    feeds = {"data": torch.from_numpy(rng.standard_normal((2, 4, 5, 5)).astype(np.float32)),
+             "side": torch.from_numpy(rng.standard_normal((2, 4)).astype(np.float32))}
+    return net, module, feeds
+
+
+def test_every_in_place_layer_gives_bitwise_the_out_of_place_numbers():
+    net, module, feeds = elementwise_net()
+    keep = {net.value_of["conv2"]}
+    want = out_of_place(module, feeds, keep)
+    calls = count_inplace_calls(module)
+    with torch.no_grad():
+        got = module(feeds, keep=keep)
+    assert sorted(calls) == sorted(["BatchNorm", "Scale", "ReLU", "Bias", "Sigmoid", "TanH", "Scale", "Bias",
+                                    "AbsVal", "ReLU"])
+    assert torch.equal(got[net.value_of["conv2"]], want[net.value_of["conv2"]])
+    # The oracle for the chain, in numpy from Caffe's formulas (float32 throughout).
+    p = {node.name: [b.detach().numpy() for b in module.layer_blobs[node.index]] for node in net.layers}
+    x, side = feeds["data"].numpy(), feeds["side"].numpy()
+    w, b = p["conv"]
+    y = np.einsum("oc,nchw->nohw", w.reshape(4, 4), x) + b[None, :, None, None]
+    mean, var, factor = p["bn"]
+    y = (y - (mean / factor[0])[None, :, None, None]) / np.sqrt(var / factor[0] + 1e-5)[None, :, None, None]
+    y = y * p["scale"][0][None, :, None, None] + p["scale"][1][None, :, None, None]
+    y = np.maximum(y, 0) + 0.1 * np.minimum(y, 0)
+    y = 1 / (1 + np.exp(-(y + p["bias"][0][None, :, None, None])))
+    y = np.einsum("oc,nchw->nohw", p["conv2"][0].reshape(4, 4), y) + p["conv2"][1][None, :, None, None]
+    y = np.abs(np.tanh(y) * side[:, :, None, None] + side[:, :, None, None])
+    np.testing.assert_allclose(got[net.value_of["conv2"]].numpy(), y, rtol=1e-4, atol=1e-5)
+
+
+def test_in_place_never_touches_inputs_kept_values_or_parameters():
+    text = '''name: "guarded"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }
+layer { name: "relu_in" type: "ReLU" bottom: "data" top: "data" }
+layer { name: "flat_in" type: "Flatten" bottom: "data" top: "flat_in" }
+layer { name: "sig_in" type: "Sigmoid" bottom: "flat_in" top: "flat_in" }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "flat" type: "Flatten" bottom: "conv" top: "flat" }
+layer { name: "abs_view" type: "AbsVal" bottom: "flat" top: "flat" }
+layer { name: "drop" type: "Dropout" bottom: "conv" top: "dropped" }
+layer { name: "tanh_alias" type: "TanH" bottom: "dropped" top: "dropped" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 2 } }
+layer { name: "kept" type: "TanH" bottom: "pool" top: "kept" }
+layer { name: "relu_kept" type: "ReLU" bottom: "kept" top: "kept" }
+layer { name: "param" type: "Parameter" top: "w" parameter_param { shape { dim: 2 dim: 3 } } }
+layer { name: "relu_param" type: "ReLU" bottom: "w" top: "w" }
+'''
+    net = build_net(parse_net_text(text))
+    module = TorchNet(net, seed=0)
+    module.layer_blobs[net.layer("param").index][0].data.normal_(generator=torch.Generator().manual_seed(0))
+    params = [p.detach().clone() for p in module.parameters()]
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32))
+    x_before = x.clone()
+    keep = {net.value_of[b] for b in ("flat_in", "flat", "dropped", "kept", "w")} | {"kept"}
+    want = out_of_place(module, {"data": x}, keep)
+    calls = count_inplace_calls(module)
+    with torch.no_grad():
+        got = module({"data": x}, keep=keep)
+    assert torch.equal(x, x_before)  # relu_in and sig_in (on a view of it) leave the caller's tensor alone
+    assert all(torch.equal(p, q) for p, q in zip(module.parameters(), params))  # relu_param copies the blob
+    assert (got["kept"] < 0).any()  # the kept pre-activation, not overwritten by relu_kept
+    for v in keep:
+        assert torch.equal(got[v], want[v]), v
+    # flat (a view of conv) and dropped (conv itself) are read while conv is still alive for pool; "kept" is kept:
+    # the one tensor that may be overwritten is pool, by the TanH that makes "kept".
+    assert calls == ["TanH"]
+
+
+def test_a_tap_or_autograd_switches_in_place_off():
+    net, module = small_net()
+    calls = count_inplace_calls(module)
+    keep = {"prob"}
+    with torch.no_grad():
+        fast = module({"data": x()}, keep=keep)["prob"]
+    assert calls == ["ReLU", "ReLU"]
+    calls.clear()
+    seen = {}
+    with torch.no_grad():
+        tapped = module({"data": x()}, keep=keep, tap=lambda node, tops: seen.update({node.name: tops[0].clone()}))
+    assert calls == [] and torch.equal(tapped["prob"], fast)
+    assert (seen["conv1"] < 0).any() and torch.equal(seen["relu1"], seen["conv1"].clamp_min(0))
+    out = module({"data": x().requires_grad_()}, keep={"fc"})
+    assert calls == []
+    out["fc"].pow(2).sum().backward()
+    for node in net.layers:
+        for p in module.layer_blobs[node.index]:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), node.name
+
+
+@pytest.mark.parametrize("name", ["htshinichi__resnet50_stem", "shicai__mobilenet_deploy",
+                                  "squeeze__SqueezeNet_v1.1_deploy", "bvlc__models_bvlc_googlenet_deploy"])
+def test_in_place_is_bitwise_identical_on_corpus_nets(name):
+    param = read_net(str(shared_path("corpus", name + ".prototxt")))
+    net = build_net(param)
+    shapes = {b: (1,) + tuple(s[1:]) for b, s in net.feeds.items()}
+    net = build_net(param, input_shapes=shapes)
+    weights = shared_path("corpus", name + ".caffemodel")
+    if weights.exists():
+        from caffeinit.weights import load_weights
+        module = TorchNet(net, load_weights(str(weights)))
+    else:
+        module = TorchNet(net, seed=0)
+        random_batchnorm_stats(net, module, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    feeds = {net.feed_values[b]: torch.from_numpy(rng.standard_normal(s).astype(np.float32))
+             for b, s in shapes.items()}
+    inputs = {v: t.clone() for v, t in feeds.items()}
+    keep = {net.value_of[b] for b in net.outputs}
+    want = out_of_place(module, feeds, keep)
+    calls = count_inplace_calls(module)
+    with torch.no_grad():
+        got = module(feeds, keep=keep)
+    assert calls, name
+    assert set(got) == keep
+    for v in keep:
+        assert torch.equal(got[v], want[v]), (name, v)
+        assert torch.isfinite(got[v]).all(), (name, v)
+    assert all(torch.equal(feeds[v], inputs[v]) for v in feeds)
+
+
+def test_in_place_is_bitwise_identical_on_conformance_cases():
+    used = []
+    for case in sorted(p for p in shared_path("conformance").iterdir() if p.is_dir()):
+        model = load(case / "net.prototxt", weights=case / "weights.caffemodel")
+        module, net = model.module, model.net
+        golden = np.load(case / "golden.npz")
+        feeds = {net.feed_values[b]: torch.from_numpy(np.load(case / f"in_{b}.npy")) for b in net.feeds}
+        keep = {net.value_of[b] for b in net.outputs}
+        want = out_of_place(module, feeds, keep)
+        calls = count_inplace_calls(module)
+        with torch.no_grad():
+            got = module(feeds, keep=keep)
+        used += calls
+        for blob in net.outputs:
+            v = net.value_of[blob]
+            assert torch.equal(got[v], want[v]), (case.name, blob)
+            if blob in golden.files:
+                expected = golden[blob]
+                assert np.abs(got[v].numpy() - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-30), \
+                    (case.name, blob)
+    assert used  # the cases with in-place layers on computed values ran through the in-place path

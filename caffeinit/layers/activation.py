@@ -23,8 +23,16 @@ class _Elementwise(Layer):
     def forward(self, bottoms, blobs):
         return [self.apply(bottoms[0])]
 
+    def forward_inplace(self, bottoms, blobs):
+        y = self.apply_inplace(bottoms[0])
+        return None if y is None else [y]
+
     def apply(self, x):
         raise NotImplementedError
+
+    def apply_inplace(self, x):
+        """``apply`` overwriting ``x`` (the same operations in the same order), or None."""
+        return None
 
 
 def caffe_sigmoid(x):
@@ -44,6 +52,12 @@ class ReLU(_Elementwise):
         if self.negative_slope == 0:
             return torch.clamp(x, min=0)
         return torch.clamp(x, min=0) + self.negative_slope * torch.clamp(x, max=0)
+
+    def apply_inplace(self, x):
+        if self.negative_slope == 0:
+            return x.clamp_(min=0)
+        negative = torch.clamp(x, max=0).mul_(self.negative_slope)
+        return x.clamp_(min=0).add_(negative)
 
 
 @register_layer
@@ -97,6 +111,9 @@ class Sigmoid(_Elementwise):
     def apply(self, x):
         return caffe_sigmoid(x)
 
+    def apply_inplace(self, x):
+        return x.mul_(0.5).tanh_().mul_(0.5).add_(0.5)
+
 
 @register_layer
 class TanH(_Elementwise):
@@ -105,6 +122,9 @@ class TanH(_Elementwise):
     def apply(self, x):
         return torch.tanh(x)
 
+    def apply_inplace(self, x):
+        return x.tanh_()
+
 
 @register_layer
 class AbsVal(_Elementwise):
@@ -112,6 +132,9 @@ class AbsVal(_Elementwise):
 
     def apply(self, x):
         return torch.abs(x)
+
+    def apply_inplace(self, x):
+        return x.abs_()
 
 
 @register_layer

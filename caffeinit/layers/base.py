@@ -17,7 +17,9 @@ class Layer:
     ``setup`` does what Caffe's LayerSetUp + Reshape do: check parameters and bottom shapes (Caffe's CHECKs become
     CaffeinitError naming the layer), return the top shapes, and set ``blob_shapes`` (the shapes of Caffe's
     ``layer.blobs``, in Caffe's order). ``forward`` computes the tops from the bottoms and blobs as torch tensors,
-    giving Caffe's numbers. Layers never work in place: the executor renames in-place tops.
+    giving Caffe's numbers and never writes to its bottoms: the executor renames in-place tops. Layers whose
+    computation can overwrite bottom 0 also implement ``forward_inplace``, which the executor uses for speed when
+    nothing else can see that tensor.
     """
 
     type_name: ClassVar[str] = ""
@@ -68,3 +70,9 @@ class Layer:
     def forward(self, bottoms: list, blobs: list) -> list:
         """torch tensors in, torch tensors out (one per top)."""
         raise NotImplementedError
+
+    def forward_inplace(self, bottoms: list, blobs: list) -> list | None:
+        """``forward`` free to overwrite ``bottoms[0]`` and return it as top 0, with bitwise the same numbers; None
+        where this layer (with its settings) cannot, and the executor then calls ``forward``. The executor calls it
+        only without autograd, on a contiguous bottom 0 that no other live value, caller or parameter shares."""
+        return None

@@ -91,15 +91,26 @@ class BatchNorm(Layer):
         x = bottoms[0]
         grouped = x.reshape(x.shape[0], self.channels, -1)
         if self.use_global_stats:
-            factor = blobs[2].reshape(-1)[0].to(x.dtype)
-            factor = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
-            mean = blobs[0].to(x.dtype) * factor
-            var = blobs[1].to(x.dtype) * factor
+            mean, var = self._global_stats(blobs, x.dtype)
         else:
             mean = grouped.mean(dim=(0, 2))
             var = ((grouped - mean[None, :, None]) ** 2).mean(dim=(0, 2))
         y = (grouped - mean[None, :, None]).div_(torch.sqrt(var + self.eps)[None, :, None])  # in place: one buffer
         return [y.reshape(x.shape)]
+
+    def forward_inplace(self, bottoms, blobs):
+        if not self.use_global_stats:
+            return None
+        x = bottoms[0]
+        mean, var = self._global_stats(blobs, x.dtype)
+        x.view(x.shape[0], self.channels, -1).sub_(mean[None, :, None]).div_(torch.sqrt(var + self.eps)[None, :, None])
+        return [x]
+
+    def _global_stats(self, blobs, dtype):
+        """The stored mean and variance divided by the stored scale factor (a factor of 0 gives zeros)."""
+        factor = blobs[2].reshape(-1)[0].to(dtype)
+        factor = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
+        return blobs[0].to(dtype) * factor, blobs[1].to(dtype) * factor
 
 
 def _param_shape(layer: Layer, bottom: tuple, axis: int, num_axes: int, what: str) -> tuple[int, ...]:
@@ -182,6 +193,14 @@ class Scale(Layer):
             y.add_(_lined_up(blobs[-1].to(x.dtype), self.bias_axis, x.dim()))  # in place on the fresh product
         return [y]
 
+    def forward_inplace(self, bottoms, blobs):
+        x = bottoms[0]
+        scale = bottoms[1] if self.two_bottoms else blobs[0]
+        x.mul_(_lined_up(scale.to(x.dtype), self.scale_axis, x.dim()))
+        if self.bias_term:
+            x.add_(_lined_up(blobs[-1].to(x.dtype), self.bias_axis, x.dim()))
+        return [x]
+
 
 @register_layer
 class Bias(Layer):
@@ -216,6 +235,11 @@ class Bias(Layer):
         x = bottoms[0]
         bias = bottoms[1] if self.two_bottoms else blobs[0]
         return [x + _lined_up(bias.to(x.dtype), self.bias_axis, x.dim())]
+
+    def forward_inplace(self, bottoms, blobs):
+        x = bottoms[0]
+        bias = bottoms[1] if self.two_bottoms else blobs[0]
+        return [x.add_(_lined_up(bias.to(x.dtype), self.bias_axis, x.dim()))]
 
 
 @register_layer
