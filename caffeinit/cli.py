@@ -5,8 +5,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
 from caffeinit.errors import CaffeinitError
 
 
@@ -139,14 +137,33 @@ def cmd_forward(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def _model_and_images(args, say):
+    """The model and its image source for `run` and `stats` (shared options), with what was chosen said once."""
     from caffeinit.api import load, read_net_param
-    from caffeinit.data import batches
     from caffeinit.data.netinput import image_feed_shapes, net_source
     from caffeinit.device import describe_device, select_device
+    from caffeinit.net import parse_phase
+
+    options = _image_options(args)
+    net_param = read_net_param(args.net)
+    phase = parse_phase(args.phase)
+    shapes = image_feed_shapes(net_param, phase, options, args.batch_size)
+    device = select_device(args.device, args.precision)
+    model = load(net_param, args.weights, phase=phase, stages=args.stage, level=args.level, device=device,
+                 seed=args.seed, input_shapes=shapes or None)
+    source = net_source(model.net, options)
+    say(f"device: {describe_device(device)}; precision: {args.precision}")
+    say(f"data: {source.describe()}" + (f"; {source.preprocess.describe()}" if hasattr(source, "preprocess") else ""))
+    if model.module.missing:
+        where = f"not in {args.weights}" if args.weights else "without weights: filler values"
+        say(f"weights: {len(model.module.missing)} layers {where}: {', '.join(model.module.missing)}")
+    return model, source
+
+
+def cmd_run(args) -> int:
+    from caffeinit.data import batches
     from caffeinit.fileio import check_output_path
     from caffeinit.init import InitConfig, initialize
-    from caffeinit.net import parse_phase
 
     config = InitConfig(method=args.method, between=args.between, between_iters=args.between_iters,
                         tolerance=args.tolerance, bias=args.bias, num_images=args.num_images,
@@ -159,18 +176,7 @@ def cmd_run(args) -> int:
             check_output_path(path, inputs)  # fail before the work, not after
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
 
-    options = _image_options(args)
-    net_param = read_net_param(args.net)
-    phase = parse_phase(args.phase)
-    shapes = image_feed_shapes(net_param, phase, options, args.batch_size)
-    device = select_device(args.device, args.precision)
-    model = load(net_param, args.weights, phase=phase, stages=args.stage, level=args.level, device=device,
-                 seed=args.seed, input_shapes=shapes or None)
-    source = net_source(model.net, options)
-    say(f"device: {describe_device(device)}; precision: {args.precision}")
-    say(f"data: {source.describe()}" + (f"; {source.preprocess.describe()}" if hasattr(source, "preprocess") else ""))
-    if args.weights and model.module.missing:
-        say(f"weights: {len(model.module.missing)} layers not in {args.weights}: {', '.join(model.module.missing)}")
+    model, source = _model_and_images(args, say)
 
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
     report = initialize(model, data, config, progress=not args.quiet)
@@ -187,34 +193,20 @@ def cmd_run(args) -> int:
         say(f"wrote {args.plot}")
     if args.onnx:
         # A TF32 torch run is itself ~1e-3 off IEEE fp32: compare with a matching tolerance.
-        _export_onnx(model, args.onnx, inputs, say, device="auto" if device.type == "cuda" else "cpu",
+        _export_onnx(model, args.onnx, inputs, say, device="auto" if model.device.type == "cuda" else "cpu",
                      tolerance=1e-4 if args.precision == "ieee" else 1e-2)
     return 0
 
 
 def cmd_stats(args) -> int:
-    from caffeinit.api import load, read_net_param
     from caffeinit.data import batches
-    from caffeinit.data.netinput import image_feed_shapes, net_source
-    from caffeinit.device import describe_device, select_device
     from caffeinit.fileio import atomic_write_bytes, check_output_path
     from caffeinit.init.measure import measure, measure_table, measures_to_dict
-    from caffeinit.net import parse_phase
 
     inputs = [p for p in (args.net, args.weights, args.images) if p]
     if args.json:
         check_output_path(args.json, inputs)
-    options = _image_options(args)
-    net_param = read_net_param(args.net)
-    phase = parse_phase(args.phase)
-    shapes = image_feed_shapes(net_param, phase, options, args.batch_size)
-    device = select_device(args.device, args.precision)
-    model = load(net_param, args.weights, phase=phase, stages=args.stage, level=args.level, device=device,
-                 seed=args.seed, input_shapes=shapes or None)
-    source = net_source(model.net, options)
-    print(f"device: {describe_device(device)}; data: {source.describe()}", file=sys.stderr)
-    if model.module.missing:
-        print(f"note: filler values for layers {', '.join(model.module.missing)}", file=sys.stderr)
+    model, source = _model_and_images(args, lambda *a: print(*a, file=sys.stderr))
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
     measures = measure(model, data, draws=args.draws, seed=args.seed)
     print(measure_table(measures))

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from caffeinit.cli import main
 from tests.conftest import ROOT, shared_path

@@ -3,7 +3,6 @@ import hashlib
 import json
 
 import numpy as np
-import pytest
 
 from caffeinit.cli import main
 from tests.conftest import ROOT
