@@ -15,7 +15,6 @@ hand-written torch module (nn.Sequential with the same weights) run the same way
 import argparse
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -40,41 +39,16 @@ NETS = {
 
 # -- the nets and their weights -------------------------------------------------------------------------------
 
-def sane_weights(model, rng):
-    """Random blobs that keep activations O(1) through deep nets: N(0, 1/fan_in) filters, small biases, BatchNorm
-    statistics with variance around 1 and scale factor 1, Scale near 1."""
-    blobs = {}
-    for node in model.net.layers:
-        shapes = node.layer.blob_shapes
-        if not shapes:
-            continue
-        if node.type == "BatchNorm":
-            c = shapes[0]
-            blobs[node.name] = [rng.normal(0, 0.1, c).astype(np.float32),
-                                rng.uniform(0.5, 1.5, c).astype(np.float32), np.ones(1, np.float32)]
-            continue
-        arrays = []
-        for k, shape in enumerate(shapes):
-            if k == 0 and node.type == "Scale":
-                arrays.append((1 + rng.normal(0, 0.1, shape)).astype(np.float32))
-            elif k == 0 and len(shape) >= 2:
-                fan_in = int(np.prod(shape[1:]))
-                arrays.append(rng.normal(0, 1 / np.sqrt(fan_in), shape).astype(np.float32))
-            else:
-                arrays.append(rng.normal(0, 0.1, shape).astype(np.float32))
-        blobs[node.name] = arrays
-    return blobs
-
-
 def load_net(name, batch, device, seed=0):
     """(model, feed blob name, input batch) with sane random weights, reshaped to ``batch``."""
     from caffeinit.api import load
+    from caffeinit.fillers import scaled_random_blobs
 
     path = NETS[name]
     if not os.path.exists(path):
         raise SystemExit(f"{path} not found (the corpus nets live in ../shared)")
     rng = np.random.default_rng(seed)
-    model = load(path, weights=sane_weights(load(path), rng), device=device)
+    model = load(path, weights=scaled_random_blobs(load(path).net, rng), device=device)
     (feed, shape), = model.net.feeds.items()
     shape = (batch,) + tuple(shape[1:])
     model.reshape({feed: shape})
@@ -94,11 +68,9 @@ def compared_blobs(model):
 def opencv_net(model, workdir):
     """OpenCV dnn reading the model's net text (round_mode spelled as ceil_mode) and its saved caffemodel."""
     import cv2
-    from caffeinit.prototxt import format_net
+    from caffeinit.prototxt import format_net_with_ceil_mode
 
-    text = format_net(model.net_param)
-    text = re.sub(r"round_mode:\s*CEIL", "ceil_mode: true", text)
-    text = re.sub(r"round_mode:\s*FLOOR", "ceil_mode: false", text)
+    text = format_net_with_ceil_mode(model.net_param)
     proto_path, weights_path = os.path.join(workdir, "net.prototxt"), os.path.join(workdir, "w.caffemodel")
     with open(proto_path, "w") as f:
         f.write(text)

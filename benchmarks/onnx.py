@@ -7,7 +7,6 @@ benchmarks/RESULTS.md)
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import statistics
@@ -27,36 +26,6 @@ NETS = {
 }
 
 
-def random_weights(net, seed=0):
-    """He-scaled normal weights; BatchNorm gets positive variances and a scale factor of 1."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    blobs = {}
-    for node in net.layers:
-        shapes = node.layer.blob_shapes
-        if not shapes:
-            continue
-        if node.type == "BatchNorm":
-            c = shapes[0]
-            blobs[node.name] = [rng.standard_normal(c, dtype=np.float32) * 0.1,
-                                rng.uniform(0.5, 1.5, c).astype(np.float32), np.ones(1, np.float32)]
-            continue
-        arrays = []
-        for shape in shapes:
-            fan_in = math.prod(shape[1:]) if len(shape) >= 2 else 1
-            array = rng.standard_normal(shape, dtype=np.float32)
-            array *= np.float32(math.sqrt(2 / fan_in)) if len(shape) >= 2 else np.float32(0.1)
-            arrays.append(array)
-        blobs[node.name] = arrays
-    return blobs
-
-
-def opencv_prototxt(text: str) -> str:
-    """OpenCV's Caffe proto spells BVLC's round_mode as the fork's bool ceil_mode."""
-    return text.replace("round_mode: FLOOR", "ceil_mode: false").replace("round_mode: CEIL", "ceil_mode: true")
-
-
 def bench_net(name, prototxt, batch, repeats, workdir):
     import cv2
     import numpy as np
@@ -64,12 +33,14 @@ def bench_net(name, prototxt, batch, repeats, workdir):
     import caffeinit
     from caffeinit.onnx_export import export_onnx
     from caffeinit.onnx_export.verify import ort_session, relative_error
+    from caffeinit.fillers import scaled_random_blobs
+    from caffeinit.prototxt import format_net_with_ceil_mode
     from caffeinit.weights import write_caffemodel
 
     shape_net = caffeinit.load(prototxt).net
     feed = next(iter(shape_net.inputs))
     shape = (batch,) + tuple(shape_net.inputs[feed][1:])
-    blobs = random_weights(shape_net)
+    blobs = scaled_random_blobs(shape_net, np.random.default_rng(0))
     model = caffeinit.load(prototxt, weights=blobs, input_shapes={feed: shape})
 
     onnx_path = workdir / f"{name}.onnx"
@@ -83,7 +54,7 @@ def bench_net(name, prototxt, batch, repeats, workdir):
     caffemodel = workdir / f"{name}.caffemodel"
     write_caffemodel(caffemodel, model.net_param, blobs)
     proto_path = workdir / f"{name}.prototxt"
-    proto_path.write_text(opencv_prototxt(Path(prototxt).read_text()))
+    proto_path.write_text(format_net_with_ceil_mode(model.net_param))
     cv_net = cv2.dnn.readNetFromCaffe(str(proto_path), str(caffemodel))
     cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     cv_net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)

@@ -82,3 +82,30 @@ def bilinear_kernel(size: int) -> np.ndarray:
     c = (size - 1) / (2.0 * f)
     ramp = 1 - np.abs(np.arange(size) / f - c)
     return np.outer(ramp, ramp)
+
+
+def scaled_random_blobs(net, rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
+    """Random blobs for every layer of a built ``net`` that keep activations O(1) through deep nets (for tests,
+    benchmarks and comparisons with other runtimes): N(0, 1/fan_in) filters, N(0, 0.1) biases and other blobs,
+    Scale near 1, BatchNorm statistics with variances around 1 and scale factor 1."""
+    blobs = {}
+    for node in net.layers:
+        shapes = node.layer.blob_shapes
+        if not shapes:
+            continue
+        if node.type == "BatchNorm":
+            c = shapes[0]
+            blobs[node.name] = [rng.normal(0, 0.1, c).astype(np.float32),
+                                rng.uniform(0.5, 1.5, c).astype(np.float32), np.array([1.0], np.float32)]
+            continue
+        arrays = []
+        for k, s in enumerate(shapes):
+            if k == 0 and node.type == "Scale":
+                arrays.append((1 + rng.normal(0, 0.1, s)).astype(np.float32))
+            elif k == 0 and len(s) >= 2 and node.type not in ("Bias", "PReLU"):
+                fan_in = int(s[0] * np.prod(s[2:])) if node.type == "Deconvolution" else int(np.prod(s[1:]))
+                arrays.append(rng.normal(0, 1 / np.sqrt(fan_in), s).astype(np.float32))
+            else:
+                arrays.append(rng.normal(0, 0.1, s).astype(np.float32))
+        blobs[node.name] = arrays
+    return blobs

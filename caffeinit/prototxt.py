@@ -249,3 +249,11 @@ def read_solver(path: str | os.PathLike) -> caffe_pb2.SolverParameter:
 def format_net(net: caffe_pb2.NetParameter) -> str:
     """Prototxt text of ``net`` (what ``caffeinit upgrade`` writes)."""
     return text_format.MessageToString(net)
+
+
+def format_net_with_ceil_mode(net: caffe_pb2.NetParameter) -> str:
+    """Prototxt text of ``net`` with ``round_mode`` spelled as the forks' bool ``ceil_mode`` (the inverse of
+    ``rewrite_ceil_mode``), for readers such as OpenCV's dnn whose Caffe proto has only the fork field."""
+    text = format_net(net)
+    text = re.sub(r"round_mode:\s*CEIL", "ceil_mode: true", text)
+    return re.sub(r"round_mode:\s*FLOOR", "ceil_mode: false", text)

@@ -101,3 +101,20 @@ def test_errors(text, shape, message):
     with pytest.raises(CaffeinitError, match=message) as info:
         fill(filler(text), shape, np.random.default_rng(0), where="layer 'conv1' weight")
     assert "layer 'conv1' weight" in str(info.value)
+
+
+def test_scaled_random_blobs_fit_the_net_and_keep_scale():
+    from caffeinit.fillers import scaled_random_blobs
+    from caffeinit.net import build_net
+    from caffeinit.prototxt import parse_net_text
+    net = build_net(parse_net_text(
+        'layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 dim: 8 dim: 6 dim: 6 } } }\n'
+        'layer { name: "c" type: "Convolution" bottom: "d" top: "c" convolution_param { num_output: 400 '
+        'kernel_size: 3 } }\nlayer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }\n'
+        'layer { name: "s" type: "Scale" bottom: "c" top: "c" scale_param { bias_term: true } }\n'))
+    blobs = scaled_random_blobs(net, np.random.default_rng(0))
+    for node in net.layers:
+        assert [a.shape for a in blobs.get(node.name, [])] == [tuple(s) for s in node.layer.blob_shapes]
+    assert abs(blobs["c"][0].std() * np.sqrt(8 * 9) - 1) < 0.05  # N(0, 1/fan_in)
+    assert blobs["bn"][2].tolist() == [1.0] and (blobs["bn"][1] > 0).all()
+    assert abs(blobs["s"][0].mean() - 1) < 0.05

@@ -216,3 +216,13 @@ def test_solver_without_a_net_is_an_error(tmp_path):
     solver = write(tmp_path / "solver.prototxt", 'base_lr: 0.1\nmax_iter: 5\n')
     with pytest.raises(CaffeinitError, match="solver.prototxt: a solver that names no net"):
         read_net(solver)
+
+
+def test_format_net_with_ceil_mode_is_the_inverse_of_the_rewrite():
+    from caffeinit.prototxt import format_net_with_ceil_mode
+    net = parse_net_text('layer { name: "p" type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 '
+                         'round_mode: FLOOR } }\nlayer { name: "q" type: "Pooling" pooling_param { kernel_size: 2 '
+                         'round_mode: CEIL } }\n')
+    text = format_net_with_ceil_mode(net)
+    assert "round_mode" not in text and "ceil_mode: false" in text and "ceil_mode: true" in text
+    assert rewrite_ceil_mode(text) == format_net(net)
