@@ -6,11 +6,14 @@ spelled as ceil_mode) and the same weights written by ``model.save_caffemodel``.
 after a warm-up the two alternate, and the median of each is reported with the ratio caffeinit / OpenCV, the
 largest relative difference of the outputs (max |ours - theirs| / max |theirs|, on the net output and on the input
 of a final Softmax, whose probabilities saturate) and each engine's peak RSS (in its own child process).
+``--unfused`` adds caffeinit with its oneDNN fusion switched off (``TorchNet.fuse_inference``) to the alternation:
+the paired gain of the fusion.
 
 GPU (``--device cuda``): images/s of caffeinit (IEEE fp32) on the same nets, and for CaffeNet the ratio to a
 hand-written torch module (nn.Sequential with the same weights) run the same way.
 
     python benchmarks/forward.py [--device cpu|cuda] [--batch 16] [--repeats 7] [--threads 2] [--nets caffenet,...]
+                                 [--no-rss] [--unfused]
 """
 import argparse
 import json
@@ -29,6 +32,8 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 CORPUS = os.path.join(ROOT, "..", "shared", "corpus")
+if not os.path.isdir(CORPUS):  # machines that only get the repository (a GPU machine): shared/ inside it
+    CORPUS = os.path.join(ROOT, "shared", "corpus")
 NETS = {
     "caffenet": os.path.join(ROOT, "models", "caffenet", "deploy.prototxt"),
     "googlenet": os.path.join(CORPUS, "bvlc__models_bvlc_googlenet_deploy.prototxt"),
@@ -139,8 +144,9 @@ def peak_rss_mb():
 
 # -- CPU: caffeinit vs OpenCV -----------------------------------------------------------------------------------
 
-def caffeinit_runner(model, feed, x):
+def caffeinit_runner(model, feed, x, fuse=True):
     def run():
+        model.module.fuse_inference = fuse
         with torch.inference_mode():
             return model.forward({feed: x})
     return run
@@ -153,7 +159,7 @@ def opencv_runner(net, feed, x, out_layers):
     return run
 
 
-def cpu_compare(name, batch, repeats, threads, workdir):
+def cpu_compare(name, batch, repeats, threads, workdir, unfused=False):
     """Interleaved timing of both engines in this process; returns the row (without RSS). Leaves the net text for
     OpenCV, the caffemodel, the input and the compared layers in ``workdir`` for the RSS children."""
     import cv2
@@ -172,6 +178,8 @@ def cpu_compare(name, batch, repeats, threads, workdir):
     if name == "caffenet":  # plain torch with the same weights: what the Caffe machinery costs on top
         hand, xs = HandCaffeNet.from_model(model), torch.from_numpy(x)
         engines["torch"] = lambda: hand_forward(hand, xs)
+    if unfused:
+        engines["unfused"] = caffeinit_runner(model, feed, x, fuse=False)
 
     with torch.inference_mode():
         ours = model.forward({feed: x}, blobs=blobs)
@@ -187,6 +195,7 @@ def cpu_compare(name, batch, repeats, threads, workdir):
             times[engine].append(time.perf_counter() - t0)
     ms = {engine: 1000 * statistics.median(t) for engine, t in times.items()}
     return {"net": name, "caffeinit_ms": ms["caffeinit"], "opencv_ms": ms["opencv"], "torch_ms": ms.get("torch"),
+            "unfused_ms": ms.get("unfused"),
             "ratio": ms["caffeinit"] / ms["opencv"], "max_rel_err": errors}
 
 
@@ -276,6 +285,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--nets", default=",".join(NETS))
     parser.add_argument("--no-rss", action="store_true", help="skip the per-engine peak RSS child processes")
+    parser.add_argument("--unfused", action="store_true", help="also time caffeinit without its oneDNN fusion")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -300,7 +310,7 @@ def main():
     notes = []
     for name in names:
         with tempfile.TemporaryDirectory() as workdir:
-            row = cpu_compare(name, args.batch, args.repeats, args.threads, workdir)
+            row = cpu_compare(name, args.batch, args.repeats, args.threads, workdir, args.unfused)
             rss = {} if args.no_rss else {e: in_child(name, e, args.threads, workdir) for e in ("caffeinit", "opencv")}
         if rss:
             notes.append(f"{name}: peak RSS includes {rss['caffeinit']['base']:.0f} MB of interpreter, torch and cv2")
@@ -309,9 +319,12 @@ def main():
         if row["torch_ms"] is not None:
             notes.append(f"{name}: hand-written torch module with the same weights {row['torch_ms']:.0f} ms/batch "
                          f"(caffeinit / torch {row['caffeinit_ms'] / row['torch_ms']:.2f})")
+        if row["unfused_ms"] is not None:
+            notes.append(f"{name}: caffeinit without fusion {row['unfused_ms']:.0f} ms/batch "
+                         f"(fused / unfused {row['caffeinit_ms'] / row['unfused_ms']:.2f})")
+        rss_text = {e: f"{rss[e]:.0f} MB" if e in rss else "-" for e in ("caffeinit", "opencv")}
         print(f"| {name} | {row['caffeinit_ms']:.0f} | {row['opencv_ms']:.0f} | {row['ratio']:.2f} | "
-              f"{rss.get('caffeinit', float('nan')):.0f} MB | {rss.get('opencv', float('nan')):.0f} MB | {errors} |",
-              flush=True)
+              f"{rss_text['caffeinit']} | {rss_text['opencv']} | {errors} |", flush=True)
     for note in notes:
         print(note)
     if hasattr(os, "getloadavg"):

@@ -7,7 +7,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from caffeinit.device import select_device
+from caffeinit.device import select_device, set_precision
 from caffeinit.errors import CaffeinitError
 from caffeinit.executor import TorchNet
 from caffeinit.net import Net, build_net, parse_phase
@@ -28,15 +28,23 @@ class CaffeModel:
     >>> model = caffeinit.load("deploy.prototxt", weights="net.caffemodel")
     >>> out = model.forward({"data": images})          # {"prob": array}
     >>> blobs = model.forward({"data": images}, blobs="all")
+
+    ``device``: "auto", "cpu", "cuda[:N]" or a torch.device. ``precision``: "ieee" (default: IEEE fp32 convolutions
+    and matmuls, Caffe's numbers) or "tf32" (faster on Ampere+ GPUs, ~1e-3 relative error); torch's setting is
+    process-wide, so the last model loaded decides it.
     """
 
     def __init__(self, net: str | os.PathLike | caffe_pb2.NetParameter, weights=None, *, phase: str | int = "test",
                  stages: Sequence[str] = (), level: int = 0, device: str | torch.device = "cpu", seed: int = 0,
-                 input_shapes: Mapping[str, Sequence[int]] | None = None):
+                 input_shapes: Mapping[str, Sequence[int]] | None = None, precision: str = "ieee"):
         self.net_param = read_net_param(net)
         self.phase = parse_phase(phase)
         self.stages, self.level = tuple(stages), level
-        self.device = device if isinstance(device, torch.device) else select_device(device)
+        if isinstance(device, torch.device):
+            set_precision(precision)
+            self.device = device
+        else:
+            self.device = select_device(device, precision)
         self.net: Net = build_net(self.net_param, self.phase, self.stages, level, input_shapes)
         blobs = _read_weights(weights)
         self.module = TorchNet(self.net, blobs, seed=seed, device=self.device)

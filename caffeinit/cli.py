@@ -150,7 +150,7 @@ def _model_and_images(args, say):
     shapes = image_feed_shapes(net_param, phase, options, args.batch_size)
     device = select_device(args.device, args.precision)
     model = load(net_param, args.weights, phase=phase, stages=args.stage, level=args.level, device=device,
-                 seed=args.seed, input_shapes=shapes or None)
+                 seed=args.seed, input_shapes=shapes or None, precision=args.precision)
     source = net_source(model.net, options)
     say(f"device: {describe_device(device)}; precision: {args.precision}")
     say(f"data: {source.describe()}" + (f"; {source.preprocess.describe()}" if hasattr(source, "preprocess") else ""))

@@ -14,9 +14,7 @@ def select_device(spec: str = "auto", precision: str = "ieee") -> torch.device:
     Precision ``ieee`` (default) forces IEEE fp32 for convolutions and matmuls: on Ampere and newer GPUs torch
     otherwise uses TF32, which moves per-channel statistics by several percent. ``tf32`` allows it (faster, less exact).
     """
-    if precision not in PRECISIONS:
-        raise CaffeinitError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
-    torch.backends.fp32_precision = "ieee" if precision == "ieee" else "tf32"
+    set_precision(precision)
     spec = spec.lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -30,6 +28,22 @@ def select_device(spec: str = "auto", precision: str = "ieee") -> torch.device:
             raise CaffeinitError(f"device '{spec}' does not exist ({torch.cuda.device_count()} CUDA devices)")
         return device
     raise CaffeinitError(f"unknown device '{spec}' (use auto, cpu, cuda or cuda:N)")
+
+
+def set_precision(precision: str = "ieee") -> None:
+    """Set torch's process-wide fp32 mode for convolutions and matmuls (see ``select_device``)."""
+    if precision not in PRECISIONS:
+        raise CaffeinitError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+    if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9
+        torch.backends.fp32_precision = precision
+        # the children only inherit while "none": torch 2.11 starts cuDNN convolutions at an explicit "tf32"
+        for backend in (torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.cudnn.conv,
+                        torch.backends.cudnn.rnn):
+            if hasattr(backend, "fp32_precision"):
+                backend.fp32_precision = precision
+    else:  # older torch: the legacy flags (assigning fp32_precision there would only add a plain attribute)
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
 def describe_device(device: torch.device) -> str:

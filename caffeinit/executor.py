@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from caffeinit.errors import CaffeinitError, layer_error
+from caffeinit.layers.activation import ReLU
 from caffeinit.layers.base import Layer
 from caffeinit.net import LayerNode, Net
 
@@ -23,7 +24,14 @@ class TorchNet(torch.nn.Module):
     (the taps see each layer's tops before any in-place successor replaces them), and free values after their last
     use. Without autograd, taps and with ``keep`` given, a layer that can (``Layer.forward_inplace``) overwrites a
     bottom that dies there, as Caffe does, when no other value, input or parameter shares its memory.
+
+    On that same inference path on the CPU, layers with a ``forward_inference`` (Convolution, InnerProduct) run
+    through oneDNN, and a ReLU that alone reads such a layer's top, which nobody asked to keep, runs fused into it
+    (its value up to float rounding; convolution tops are then channels-last inside the run, returned values
+    contiguous). ``fuse_inference = False`` keeps every layer on its plain ``forward``.
     """
+
+    fuse_inference = True
 
     def __init__(self, net: Net, blobs: Mapping[str, list[np.ndarray]] | None = None, *,
                  seed: int = 0, device: str | torch.device = "cpu"):
@@ -64,6 +72,7 @@ class TorchNet(torch.nn.Module):
         self._last_use = _last_uses(net)
         self._can_run_inplace = {node.index for node in net.layers
                                  if type(node.layer).forward_inplace is not Layer.forward_inplace}
+        self._readers = _readers(net)
         self.to(device)
 
     @property
@@ -91,7 +100,11 @@ class TorchNet(torch.nn.Module):
         # that may have saved a bottom for backward (an earlier consumer's, too: so no grad mode at all).
         live = _LiveStorage(self, feeds) if keep_set is not None and tap is None and not torch.is_grad_enabled() \
             else None
+        fusible = live is not None and self.fuse_inference and self.device.type == "cpu"
+        fused_relus: set[int] = set()  # ReLU layers already run inside the layer before them
         for node in layers:
+            if node.index in fused_relus:
+                continue
             if node.layer.is_data:
                 for blob, v in zip(node.tops, node.top_values):
                     if v not in values:
@@ -104,14 +117,21 @@ class TorchNet(torch.nn.Module):
                                      "computed in this run") from None
             blobs = list(self.layer_blobs[node.index])
             tops = None
-            if live is not None and node.index in self._can_run_inplace:
+            top_values = node.top_values
+            if fusible and hasattr(node.layer, "forward_inference"):
+                relu = self._fusible_relu(node, layers, keep_set)
+                tops = node.layer.forward_inference(bottoms, blobs, None if relu is None else relu.layer.negative_slope)
+                if tops is not None and relu is not None:
+                    fused_relus.add(relu.index)
+                    top_values = relu.top_values
+            if tops is None and live is not None and node.index in self._can_run_inplace:
                 v = node.bottom_values[0]
                 if v not in keep_set and self._last_use.get(v) == node.index and \
                         node.bottom_values.count(v) == 1 and live.only_owner(bottoms[0]):
                     tops = node.layer.forward_inplace(bottoms, blobs)
             if tops is None:
                 tops = node.layer.forward(bottoms, blobs)
-            for v, t in zip(node.top_values, tops):
+            for v, t in zip(top_values, tops):
                 if live is not None:
                     if v in values:
                         live.drop(values[v])
@@ -126,8 +146,20 @@ class TorchNet(torch.nn.Module):
                         if live is not None:
                             live.drop(t)
         if keep_set is not None:
-            values = {v: t for v, t in values.items() if v in keep_set}
+            values = {v: t.contiguous() if fusible and torch.is_tensor(t) else t
+                      for v, t in values.items() if v in keep_set}
         return values
+
+    def _fusible_relu(self, node: LayerNode, layers: list[LayerNode], keep: set[str]) -> LayerNode | None:
+        """The ReLU that may run fused into ``node``: in this run and the only reader of ``node``'s single top,
+        whose pre-activation value nobody asked to keep."""
+        if len(node.top_values) != 1 or node.top_values[0] in keep:
+            return None
+        readers = self._readers.get(node.top_values[0], [])
+        if len(readers) != 1 or not layers or not layers[0].index <= readers[0] <= layers[-1].index:
+            return None
+        reader = layers[readers[0] - layers[0].index]
+        return reader if isinstance(reader.layer, ReLU) else None
 
 
     def _net_for_batch(self, feeds: Mapping[str, torch.Tensor]) -> Net:
@@ -196,6 +228,15 @@ def frontier(net: Net, start: int) -> list[str]:
             if v in produced_before and v not in need:
                 need.append(v)
     return need
+
+
+def _readers(net: Net) -> dict[str, list[int]]:
+    """Value name -> indices of the layers that read it (once per bottom)."""
+    readers: dict[str, list[int]] = {}
+    for node in net.layers:
+        for v in node.bottom_values:
+            readers.setdefault(v, []).append(node.index)
+    return readers
 
 
 def _last_uses(net: Net) -> dict[str, int]:

@@ -32,9 +32,9 @@ def fill(filler: caffe_pb2.FillerParameter, shape: Sequence[int], rng: np.random
     if kind == "constant":
         values = np.full(count, filler.value, np.float64)
     elif kind == "uniform":
-        values = rng.uniform(filler.min, filler.max, count)
+        values = _uniform(rng, filler.min, filler.max, count)
     elif kind == "gaussian":
-        values = rng.normal(filler.mean, filler.std, count)
+        values = _normal(rng, filler.mean, filler.std, count)
         if filler.sparse >= 0:
             if not shape:
                 raise CaffeinitError(f"{where}: sparse gaussian filling needs a blob with at least one axis")
@@ -50,9 +50,9 @@ def fill(filler: caffe_pb2.FillerParameter, shape: Sequence[int], rng: np.random
         n = _fan(filler, shape, count)
         if kind == "xavier":
             scale = math.sqrt(3.0 / n)
-            values = rng.uniform(-scale, scale, count)
+            values = _uniform(rng, -scale, scale, count)
         else:
-            values = rng.normal(0.0, math.sqrt(2.0 / n), count)
+            values = _normal(rng, 0.0, math.sqrt(2.0 / n), count)
     elif kind == "bilinear":
         if len(shape) != 4:
             raise CaffeinitError(f"{where}: the bilinear filler needs a 4-axis blob, got shape {list(shape)}")
@@ -63,6 +63,21 @@ def fill(filler: caffe_pb2.FillerParameter, shape: Sequence[int], rng: np.random
         raise CaffeinitError(f"{where}: unknown filler type '{kind}' (known: constant, uniform, gaussian, "
                              "positive_unitball, xavier, msra, bilinear)")
     return np.asarray(values, np.float32).reshape(shape)
+
+
+def _normal(rng: np.random.Generator, mean: float, std: float, count: int) -> np.ndarray:
+    # float32 draws: four times faster than float64 ones on fc-sized blobs (fc6: 37.7M values)
+    values = rng.standard_normal(count, dtype=np.float32)
+    values *= np.float32(std)
+    values += np.float32(mean)
+    return values
+
+
+def _uniform(rng: np.random.Generator, low: float, high: float, count: int) -> np.ndarray:
+    values = rng.random(count, dtype=np.float32)
+    values *= np.float32(high - low)
+    values += np.float32(low)
+    return values
 
 
 def _fan(filler: caffe_pb2.FillerParameter, shape: tuple[int, ...], count: int) -> float:

@@ -5,6 +5,7 @@ import torch
 
 from caffeinit.api import load
 from caffeinit.executor import TorchNet, frontier
+from caffeinit.fillers import scaled_random_blobs
 from caffeinit.net import build_net
 from caffeinit.prototxt import parse_net_text, read_net
 from tests.conftest import ROOT, shared_path
@@ -102,12 +103,15 @@ def test_cpu_and_cuda_agree_on_every_corpus_net():
     for path in sorted(shared_path("corpus").glob("*deploy*.prototxt")):
         if "ssd__" in path.name:
             continue
-        cpu = load(path, device="cpu", seed=0)
+        # sane random weights: the prototxts' own fillers overflow to inf in deep nets (MobileNet's conv5_2/dw)
+        weights = scaled_random_blobs(load(path).net, np.random.default_rng(0))
+        cpu = load(path, weights=weights, device="cpu")
         feeds = {k: np.random.default_rng(0).standard_normal((2,) + s[1:]).astype(np.float32)
                  for k, s in cpu.net.feeds.items()}
-        gpu = load(path, weights=cpu.blobs(), device="cuda")
+        gpu = load(path, weights=weights, device="cuda")
         a, b = cpu.forward(feeds, "all"), gpu.forward(feeds, "all")
         for blob in a:
+            assert np.isfinite(a[blob]).all(), (path.name, blob)
             scale = max(np.abs(a[blob]).max(), 1e-12)
             assert np.abs(a[blob] - b[blob]).max() / scale <= 1e-5, (path.name, blob)
 
@@ -146,7 +150,9 @@ def test_smaller_batch_through_a_train_net_with_loss():
 # -- in-place inference --------------------------------------------------------------------------------------------
 
 def count_inplace_calls(module):
-    """Wrap every layer's forward_inplace to record the types of the layers that really ran in place."""
+    """Wrap every layer's forward_inplace to record the types of the layers that really ran in place. Switches the
+    oneDNN fusion off: these tests are about in place alone (fusion has its own tests below)."""
+    module.fuse_inference = False
     calls = []
     for node in module.net.layers:
         def spy(bottoms, blobs, _layer=node.layer, _original=node.layer.forward_inplace):
@@ -159,13 +165,14 @@ def count_inplace_calls(module):
 
 
 def out_of_place(module, feeds, keep):
-    """The reference: the same module with the in-place path switched off."""
+    """The reference: the same module with the in-place path (and the oneDNN fusion) switched off."""
     saved, module._can_run_inplace = module._can_run_inplace, set()
+    saved_fuse, module.fuse_inference = module.fuse_inference, False
     try:
         with torch.no_grad():
             return module(feeds, keep=keep)
     finally:
-        module._can_run_inplace = saved
+        module._can_run_inplace, module.fuse_inference = saved, saved_fuse
 
 
 def random_batchnorm_stats(net, module, rng):
@@ -347,3 +354,147 @@ def test_in_place_is_bitwise_identical_on_conformance_cases():
                 assert np.abs(got[v].numpy() - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-30), \
                     (case.name, blob)
     assert used  # the cases with in-place layers on computed values ran through the in-place path
+
+
+# -- oneDNN fusion on the inference path ---------------------------------------------------------------------------
+
+def count_fused_calls(module):
+    """Wrap every forward_inference to record (layer name, ReLU slope or None) of the calls that ran through
+    oneDNN."""
+    calls = []
+    for node in module.net.layers:
+        if hasattr(node.layer, "forward_inference"):
+            def spy(bottoms, blobs, relu_slope=None, _layer=node.layer, _original=node.layer.forward_inference):
+                tops = _original(bottoms, blobs, relu_slope)
+                if tops is not None:
+                    calls.append((_layer.name, relu_slope))
+                return tops
+            node.layer.forward_inference = spy
+    return calls
+
+
+def unfused(module, feeds, keep):
+    """The reference: every layer on its plain forward (in place still on)."""
+    module.fuse_inference = False
+    try:
+        with torch.no_grad():
+            return module(feeds, keep=keep)
+    finally:
+        module.fuse_inference = True
+
+
+def assert_close(got, want, what):
+    assert got.shape == want.shape, what
+    assert torch.isfinite(got).all(), what
+    assert float((got - want).abs().max()) <= 1e-5 * max(float(want.abs().max()), 1e-30), what
+
+
+@pytest.mark.parametrize("name", ["bvlc__models_bvlc_googlenet_deploy", "soeaver__deploy_vgg16-pytorch"])
+def test_fused_path_matches_the_plain_path_on_corpus_nets(name):
+    from caffeinit.layers import conv
+    if not conv._CONV_POINTWISE.available:
+        pytest.skip("this torch build has no oneDNN pointwise convolution")
+    param = read_net(str(shared_path("corpus", name + ".prototxt")))
+    net = build_net(param, input_shapes={b: (1,) + tuple(s[1:]) for b, s in build_net(param).feeds.items()})
+    rng = np.random.default_rng(1)
+    module = TorchNet(net, scaled_random_blobs(net, rng))  # activations stay O(1) through the deep nets
+    feeds = {net.feed_values[b]: torch.from_numpy(rng.standard_normal(s).astype(np.float32))
+             for b, s in net.feeds.items()}
+    keep = {net.value_of[b] for b in net.outputs} | {net.value_of[net.layers[-1].bottoms[0]]}  # and the logits
+    want = unfused(module, feeds, keep)
+    calls = count_fused_calls(module)
+    with torch.no_grad():
+        got = module(feeds, keep=keep)
+    relu_after = {node.name for node in net.layers if node.type in ("Convolution", "InnerProduct")
+                  and any(r.type == "ReLU" and r.bottom_values == node.top_values for r in net.layers)}
+    assert {layer for layer, slope in calls if slope is not None} == relu_after and relu_after
+    assert set(got) == keep
+    for v in keep:
+        assert got[v].is_contiguous(), v
+        assert_close(got[v], want[v], (name, v))
+
+
+def test_fusion_never_hides_a_kept_pre_activation():
+    net, module = small_net()
+    calls = count_fused_calls(module)
+    want = unfused(module, {"data": x()}, None)
+    with torch.no_grad():
+        got = module({"data": x()}, keep={"conv1", "prob"})
+    assert ("conv1", 0.0) not in calls and ("conv2", 0.0) in calls  # relu2 still fuses
+    assert (got["conv1"] < 0).any() and torch.equal(got["conv1"], want["conv1"])
+    assert_close(got["prob"], want["prob"], "prob")
+    calls.clear()
+    relu1 = net.value_of["conv1"]  # conv1@relu1, the activation: conv1 may fuse
+    with torch.no_grad():
+        got = module({"data": x()}, keep={relu1})
+    assert ("conv1", 0.0) in calls
+    assert got[relu1].is_contiguous()
+    assert_close(got[relu1], want[relu1], relu1)
+    calls.clear()
+    with torch.no_grad():  # a tap sees every layer's own tops: no fusion
+        module({"data": x()}, keep={"prob"}, tap=lambda node, tops: None)
+    module({"data": x()}, keep={"prob"})  # nor with autograd
+    assert calls == []
+
+
+FUSIBLE = '''name: "fusible"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 7 dim: 6 } } }
+layer { name: "conv_a" type: "Convolution" bottom: "data" top: "conv_a"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.5 }
+                      bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "leaky" type: "ReLU" bottom: "conv_a" top: "conv_a" relu_param { negative_slope: 0.1 } }
+layer { name: "conv_b" type: "Convolution" bottom: "conv_a" top: "conv_b"
+  convolution_param { num_output: 4 kernel_size: 1 group: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "relu_b" type: "ReLU" bottom: "conv_b" top: "relu_b" }
+layer { name: "sig_b" type: "Sigmoid" bottom: "conv_b" top: "sig_b" }
+layer { name: "fc" type: "InnerProduct" bottom: "relu_b" top: "fc"
+  inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.2 }
+                        bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "relu_fc" type: "ReLU" bottom: "fc" top: "fc" relu_param { negative_slope: -0.5 } }
+layer { name: "fc2" type: "InnerProduct" bottom: "sig_b" top: "fc2"
+  inner_product_param { num_output: 3 axis: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "fc_a" type: "InnerProduct" bottom: "conv_a" top: "fc_a"
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.2 } } }
+'''
+
+
+def test_leaky_relu_and_inner_products_fuse_like_caffe():
+    """Against numpy transcriptions of Caffe's layers: a leaky ReLU fused into a convolution (whose channels-last top
+    two layers read), a ReLU with a negative slope fused into an InnerProduct, InnerProducts alone (one on axis 2);
+    conv_b has two readers and runs plain."""
+    from tests.layers.test_conv import caffe_conv, caffe_relu
+    net = build_net(parse_net_text(FUSIBLE))
+    module = TorchNet(net, seed=2)
+    calls = count_fused_calls(module)
+    data = np.random.default_rng(3).standard_normal((2, 3, 7, 6)).astype(np.float32)
+    keep = {net.value_of["fc"], "fc2", "fc_a"}
+    with torch.no_grad():
+        got = module({"data": torch.from_numpy(data)}, keep=keep)
+    from caffeinit.layers import conv
+    if conv._CONV_POINTWISE.available:
+        slope = float(np.float32(0.1))  # relu_param.negative_slope is a proto float
+        assert sorted(calls, key=str) == sorted([("conv_a", slope), ("fc", -0.5), ("fc2", None), ("fc_a", None)],
+                                                key=str)
+    p = {node.name: [b.detach().numpy().astype(np.float64) for b in module.layer_blobs[node.index]]
+         for node in net.layers}
+    a = caffe_relu(caffe_conv(data, *p["conv_a"], (1, 1), (1, 1), (1, 1), 1), 0.1)
+    b = caffe_conv(a, p["conv_b"][0], p["conv_b"][1], (1, 1), (0, 0), (1, 1), 2)
+    fc = caffe_relu(np.maximum(b, 0).reshape(2, -1) @ p["fc"][0].T + p["fc"][1], -0.5)
+    fc2 = (1 / (1 + np.exp(-b))).reshape(2, 4, -1) @ p["fc2"][0].T + p["fc2"][1]
+    np.testing.assert_allclose(got[net.value_of["fc"]].numpy(), fc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["fc2"].numpy(), fc2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["fc_a"].numpy(), a.reshape(2, -1) @ p["fc_a"][0].T + p["fc_a"][1], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_without_onednn_the_fused_path_is_the_plain_one(monkeypatch):
+    from caffeinit.layers import conv, inner_product
+    monkeypatch.setattr(conv._CONV_POINTWISE, "op", None)
+    monkeypatch.setattr(inner_product._LINEAR_POINTWISE, "op", None)
+    net, module = small_net()
+    calls = count_fused_calls(module)
+    want = unfused(module, {"data": x()}, {"prob", "conv1"})
+    with torch.no_grad():
+        got = module({"data": x()}, keep={"prob", "conv1"})
+    assert calls == []
+    assert all(torch.equal(got[v], want[v]) for v in want)

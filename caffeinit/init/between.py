@@ -5,36 +5,71 @@ End values: the inputs of loss layers and Accuracy (labels excluded) and the net
 Softmax / ArgMax layers stripped. Only layers that feed an end value take part.
 
 Scale model. Each learnable affine weight W_k (Convolution, Deconvolution, InnerProduct, one-bottom Scale; a
-weight shared through a ParamSpec name is one W_k) is multiplied by exp(x_k). Every value v of the net then becomes
-about exp(l_v) times its old self (forward level, RMS), and the gradient reaching v about exp(m_v) times its old
-self (backward level); both are linear in x. Forward: data 0; an affine top l_in + x_k (its bias is multiplied by
-exp(l_top)); ReLU, PReLU, pooling, Dropout, Concat, Eltwise SUM/MAX, Split, Flatten, Reshape, Slice, Crop pass l on
-(their bottoms are constrained to one common l); Eltwise PROD adds; BatchNorm and MVN (variance) reset l to 0 (the
-BatchNorm statistics are multiplied by exp(l_in) and exp(2 l_in)); a Bias layer passes l on, its bias multiplied by
-exp(l_in). Frozen affine layers (lr_mult 0) and layers the model does not know (Embed, recurrent, ...) are left
-untouched: their bottoms are constrained to l = 0. Every end value is constrained to l = 0, so on a positively
-homogeneous net the function is preserved exactly. Backward: m = 0 at the ends (the injected gradients do not
-change); an affine layer adds x_k, BatchNorm subtracts l_in, a product adds the other factors' levels; a value
-read by several layers takes the mean of their contributions. The log change rate of W_k then moves by
-l_in + m_out - x_k, which is -2 x_k on a homogeneous net: one measurement gives the exact update, the least-squares
-solution of "all log rates equal" on the constraints' null space (a chain is equalized exactly, a DAG as well as
-its merges allow).
+weight shared through a ParamSpec name is one W_k) gets a variable x_k. Every value v of the net then becomes about
+exp(l_v) times its old self (forward level, RMS), and the gradient reaching v about exp(m_v) times its old self
+(backward level); both are linear in x. A level is kept per block of channels (axis 1): a Concat along the channels
+joins its bottoms' blocks, so each branch keeps its own level. Forward: data 0; ReLU, PReLU, pooling, Dropout,
+Split, AbsVal, Eltwise SUM/MAX act per channel and pass the blocks on (the bottoms of an Eltwise are constrained to
+one level per channel: no factor can preserve a sum of differently scaled terms); a Concat or Slice along the
+channels joins or splits blocks (along another axis: bottoms equal per channel); Flatten, Reshape, Tile, Crop, LRN
+and the other layers that mix channels need one level over all channels (constrained) and pass it on; Eltwise PROD
+and two-bottom Scale add; BatchNorm resets every channel to 0 (its statistics are multiplied by exp(l_c) and
+exp(2 l_c) per channel), MVN (variance) to 0 from one common level; a Bias layer passes l on, its bias multiplied
+by exp(l_in). An affine top has one level: l_top = mean_c l_in,c + x_k (channel-weighted); its bias is multiplied
+by exp(l_top) and its weight's input-channel block b by exp(z_b), z_b = l_top - l_in,b (= x_k on an input of one
+block). A layer that reads a split input compensates each block in its own weight this way: Convolution,
+Deconvolution and InnerProduct with axis 1 (an InnerProduct's input channel c owns the columns c x inner), and a
+one-bottom Scale on axis 1; other affine layers need one level. Frozen affine layers (lr_mult 0) and layers the
+model does not know (Embed, recurrent, ...) are left untouched: their bottoms are constrained to l = 0. Every end
+value is constrained to l = 0, so on a positively homogeneous net the function is preserved exactly. Backward:
+m = 0 at the ends (the injected gradients do not change); an affine layer's input block b gets m_out + z_b,
+BatchNorm subtracts l_in per channel, a product adds the other factors' levels; a value read by several layers
+takes the per-channel mean of their contributions.
+
+Rates. The gradient of W_k's block b is (input block b) x (output gradient), so it moves by exp(l_in,b + m_out)
+while the block moves by exp(z_b): with s_b and w_b the blocks' shares of |dL/dW_k|^2 and |W_k|^2 (per input
+channel, measured in the same gradient pass), log C_k moves by
+  1/2 log sum_b s_b exp(2 (l_in,b + m_out))  -  1/2 log sum_b w_b exp(2 z_b)
+(averaged over a shared weight's users), i.e. l_in + m_out - x_k for a weight of one block. On a positively
+homogeneous net whose function is preserved the gradient at every value moves by exactly exp(-l) per channel
+(m = -l), so the change is 1/2 log sum_b s_b exp(-2 z_b) - 1/2 log sum_b w_b exp(2 z_b): exact for any x, given
+the shares at the current weights (-2 x_k for one block). The update is the least-squares solution of "all log
+rates equal" on the constraints' null space, found by Gauss-Newton on this model (one step, the exact solution,
+when no weight is split: the model is then linear). A homogeneous net is therefore measured once, over the
+``between_batches`` init batches, and updated once, Concat or not: chains are equalized exactly, and so are
+Concat-merged branches (GoogLeNet-, SqueezeNet-like: every branch's last layer and every consumer has its own x);
+Eltwise merges still share one level per channel.
+
+ResNet-50 (kaiming, 4.1x after the step): every conv is followed by BatchNorm, so its rate has a free x of its own;
+what cannot be equalized are the Scale layers on each stage's residual stream. branch2c's Scale of every block of
+a stage and the projection branch's Scale are summed into one stream, identity shortcuts carry it from block to
+block, so all of them share one level per channel; their rates differ by up to 4.1x within stage 4 (res4a's two
+Scales 1.96 and res4f's branch2c 0.47 x the median), and no uniform or per-block factor changes their ratio. The
+only function-preserving freedom left is a separate level per channel of the stream, common to every layer of the
+stage. It moves the stage's rates apart only through channels whose gradient shares differ between its layers, and
+those differ little: measured on 8 images, bringing stage 4 from 4.1x to 2.1-2.9x took per-channel factors spanning
+50x to 8000x within each of its weights (a few channels carrying the whole change), so it is not used. In TRAIN nets
+BatchNorm normalizes each batch, so moving scale between BatchNorm's statistics and the following Scale is no
+freedom either.
 
 Non-homogeneous layers (LRN, Sigmoid, TanH, ELU, Softmax inside the net, Power, ...) get local exponents measured on
 the data: scaling the input by s scales the output RMS by about s^g and the backward Jacobian by about s^(h - 1)
 (for LRN ACROSS_CHANNELS g = h is about 1 - 2 beta u / (k + u), u = alpha/n sum x^2), so l_out = g l_in and
 m_in = m_out + (h - 1) l_in; for one update the exponents are secants from the layer's input level now to the one
-the update gives it (a fixed point on the probes alone). The update is then a Newton step on a local model and is
-repeated. A homogeneous net is measured once, over the ``between_batches`` init batches, and updated once. Otherwise
-the iteration measures only the first batch, with the same gradient draws every time (common random numbers: it sees
-no sampling noise), and a Broyden update corrects the model's response with what each update did. When no rate
-would move by more than twice ``tolerance`` (the first batch's rates differ from all batches' by about that much), or the last update narrowed the spread (max/min) by less than half of it (the
-constraints or the model allow no better), the other batches are measured at the current weights (the final check);
-their rates become the new baseline to which the changes seen on the first batch are added, and the iteration stops
-(converged) if that baseline needs no update by more than ``tolerance`` either, else at the next such point (there is
-one final check). At most ``between_iters`` updates; the step is halved when the
-spread grows. The reported rates after the step are the latest all-batch ones (with the first batch's last change;
-exact on homogeneous nets).
+the update gives it (a fixed point on the probes alone). Such a layer changes the function (it does not scale its
+output uniformly), so outputs after the step are not proportional to those before; the homogeneous part after it
+is still rescaled exactly. The update is then a Newton step on a local model and is repeated: the iteration
+measures only the first batch, with the same gradient draws every time (common random numbers: it sees no
+sampling noise), and a Broyden update corrects the model's response with what each update did. An update that
+widened the spread (max/min) is taken back (the weights are divided by what it multiplied) and retried with half
+the step. When no rate would move by more than twice ``tolerance`` (the first batch's rates differ from all
+batches' by about that much), or the last update narrowed the spread by less than half of it, or the step fell
+below 1/16 (the constraints or the model allow no better), the other batches are measured at the current weights
+(the final check); their rates become the new baseline to which the changes seen on the first batch are added, and
+the iteration stops (converged) if that baseline needs no update by more than ``tolerance`` either, or when an
+update after the check is taken back (the sampling noise is reached), else at the next such point (there is one
+final check). At most ``between_iters`` updates. The reported rates after the step are the latest all-batch ones
+(with the first batch's last change; exact on homogeneous nets).
 """
 from __future__ import annotations
 
@@ -53,13 +88,14 @@ from caffeinit.init.roles import affine_of, is_frozen, weight_lr_mult
 from caffeinit.net import LayerNode, Net
 
 STRIPPED_AT_END = ("Softmax", "ArgMax")
-PASS_THROUGH = ("ReLU", "PReLU", "Pooling", "Dropout", "Split", "Flatten", "Reshape", "Concat", "Slice", "Tile",
-                "AbsVal", "Silence", "BatchReindex")
+CHANNELWISE = ("ReLU", "PReLU", "Pooling", "Dropout", "Split", "AbsVal", "Silence", "BatchReindex")
+PASS_THROUGH = ("Flatten", "Reshape", "Tile")  # the level passes on, channel blocks do not
 APPROXIMATE = ("LRN", "Sigmoid", "TanH", "ELU", "BNLL", "Power", "Exp", "Log", "Clip", "Swish", "Softmax")
 EXPONENT_STEP = 0.1  # local exponents are measured by scaling the input by exp(-+ this)
 PROBE_IMAGES = 4  # the probes look at this many images of the first batch
-MODEL_ROUNDS = 8
-DAMPING = 0.03  # Tikhonov weight on x for non-homogeneous nets (a direct direction's response is 2 per unit)  # fixed-point rounds for the secant exponents of one update
+MODEL_ROUNDS = 8  # fixed-point rounds for the secant exponents of one update
+DAMPING = 0.03  # Tikhonov weight on x for non-homogeneous nets (a direct direction's response is 2 per unit)
+SOLVER_ITERS = 50  # Gauss-Newton iterations of one solve (a net without compensated blocks needs one)
 
 
 def end_values(net: Net) -> list[str]:
@@ -92,11 +128,137 @@ def end_values(net: Net) -> list[str]:
 
 
 @dataclass
+class Segments:
+    """A level (forward or backward) per block of channels (axis 1) of one value: ``widths[i]`` channels whose level
+    has the coefficients ``rows[i]`` over the variables. Adjacent blocks never have equal rows."""
+    widths: list[int]
+    rows: list[np.ndarray]
+
+    @classmethod
+    def uniform(cls, channels: int, row: np.ndarray) -> "Segments":
+        return cls([channels], [row])
+
+    @classmethod
+    def joined(cls, widths, rows) -> "Segments":
+        """Blocks in order, adjacent equal rows merged."""
+        out = cls([], [])
+        for w, r in zip(widths, rows):
+            if out.rows and np.array_equal(out.rows[-1], r):
+                out.widths[-1] += int(w)
+            elif w > 0:
+                out.widths.append(int(w))
+                out.rows.append(r)
+        return out
+
+    @property
+    def channels(self) -> int:
+        return sum(self.widths)
+
+    @property
+    def split(self) -> bool:
+        return len(self.rows) > 1
+
+    def mean(self) -> np.ndarray:
+        """The channel-weighted mean row: the level of the whole value."""
+        if not self.split:
+            return self.rows[0]
+        return sum(w * r for w, r in zip(self.widths, self.rows)) / self.channels
+
+    def shifted(self, row: np.ndarray, sign: float = 1.0) -> "Segments":
+        """``row + sign * level`` per block."""
+        return Segments(list(self.widths), [row + sign * r for r in self.rows])
+
+    def per_channel(self, x: np.ndarray) -> np.ndarray:
+        return np.repeat([float(r @ x) for r in self.rows], self.widths)
+
+    def sliced(self, start: int, stop: int) -> "Segments":
+        widths, rows, at = [], [], 0
+        for w, r in zip(self.widths, self.rows):
+            width = min(stop, at + w) - max(start, at)
+            if width > 0:
+                widths.append(width)
+                rows.append(r)
+            at += w
+        return Segments(widths, rows)
+
+
+def _aligned(parts: list[Segments]) -> tuple[list[int], list[list[np.ndarray]]]:
+    """The common refinement of levels over the same channels: widths and, per block, each part's row (parts over
+    different channel counts are compared as whole values)."""
+    if len({p.channels for p in parts}) > 1:
+        return [parts[0].channels], [[p.mean() for p in parts]]
+    if not any(p.split for p in parts):
+        return [parts[0].channels], [[p.rows[0] for p in parts]]
+    ends = sorted({int(e) for p in parts for e in np.cumsum(p.widths)})
+    starts = [0] + ends[:-1]
+    picks = [np.searchsorted(np.cumsum(p.widths), starts, side="right") for p in parts]
+    return list(np.diff([0] + ends)), [[p.rows[i[j]] for p, i in zip(parts, picks)] for j in range(len(ends))]
+
+
+def _average(parts: list[Segments]) -> Segments:
+    """The per-channel mean of several levels of one value."""
+    if len(parts) == 1:
+        return parts[0]
+    widths, pieces = _aligned(parts)
+    return Segments.joined(widths, [np.mean(piece, axis=0) for piece in pieces])
+
+
+@dataclass
 class Linearization:
-    """The scale model at one point: forward levels, the rates' response and the constraints, all linear in x."""
-    lin: dict[str, np.ndarray]  # value -> coefficients of l_v over the variables
-    response: np.ndarray  # row k: coefficients of the change of log C_k
+    """The scale model at one point, all levels linear in x. The predicted change of log C_k is
+    mean over the users u of k of 1/2 log sum_b s_b exp(2 gain_ub x)  -  1/2 log sum_b w_b exp(2 factor_b x)
+    over the blocks b of W_k's input channels (s_b, w_b: the blocks' shares of |dL/dW_k|^2 and |W_k|^2)."""
+    lin: dict[str, Segments]  # value -> forward level per channel block
+    gains: list[list[Segments]]  # per group, per user: the level of its weight gradient (l_in + m_out) per block
+    factors: list[Segments]  # per group: the log factor of its weight per input-channel block
+    factor_nodes: list[LayerNode]  # per group: the user whose input-channel layout ``factors`` follows
     constraints: np.ndarray  # rows that must be 0
+
+    def level(self, v: str, x: np.ndarray) -> float:
+        """The whole-value level of v under x (0 for values the model does not see)."""
+        seg = self.lin.get(v)
+        return 0.0 if seg is None else float(seg.mean() @ x)
+
+    def split_groups(self) -> dict[int, LayerNode]:
+        """Groups whose weight is scaled per input-channel block: group -> the node its layout follows."""
+        return {k: self.factor_nodes[k] for k in range(len(self.factors))
+                if self.factors[k].split or any(g.split for g in self.gains[k])}
+
+    def change(self, x: np.ndarray, shares: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The predicted change of every log rate under x and its Jacobian; ``shares[k]`` = (gradient, weight)
+        squares per input channel of a split group (block widths stand in where missing)."""
+        shares = shares or {}
+        n = len(self.factors)
+        f, jac = np.zeros(n), np.zeros((n, len(x)))
+        for k in range(n):
+            grad_shares, weight_shares = shares.get(k, (None, None))
+            for gain in self.gains[k]:
+                value, slope = _half_log_mean_exp(gain, grad_shares, x)
+                f[k] += value / len(self.gains[k])
+                jac[k] += slope / len(self.gains[k])
+            value, slope = _half_log_mean_exp(self.factors[k], weight_shares, x)
+            f[k] -= value
+            jac[k] -= slope
+        return f, jac
+
+
+def _half_log_mean_exp(seg: Segments, squares: np.ndarray | None, x: np.ndarray) -> tuple[float, np.ndarray]:
+    """1/2 log sum_b p_b exp(2 row_b x) over the blocks of ``seg`` (p_b: the block's share of ``squares`` per channel,
+    of the channels without them) and its gradient sum_b p'_b row_b (p' the reweighted shares)."""
+    if not seg.split:
+        return float(seg.rows[0] @ x), seg.rows[0]
+    widths = np.array(seg.widths)
+    if squares is None or len(squares) != seg.channels or not squares.sum() > 0:
+        p = widths / widths.sum()
+    else:
+        p = np.add.reduceat(squares, np.concatenate([[0], np.cumsum(widths)[:-1]])) / squares.sum()
+    keep = p > 0
+    rows = np.array(seg.rows)[keep]
+    a = 2 * (rows @ x) + np.log(p[keep])
+    top = a.max()
+    e = np.exp(a - top)
+    return 0.5 * (top + math.log(e.sum())), (e / e.sum()) @ rows
 
 
 @dataclass
@@ -109,9 +271,11 @@ class ScaleModel:
     lr_mults: list[float]
     var_of: dict[int, int]  # node index of an affine layer -> its variable
     rules: dict[int, str]  # node index -> rule (see _rule)
+    channels: dict[str, int] = field(default_factory=dict)  # value -> channels (axis 1; 1 without one)
     blocked: set[str] = field(default_factory=set)  # values read by inactive layers: pinned to l = 0
     bias_tops: list[list[str]] = field(default_factory=list)  # tops of the users of each shared bias
     approximate_layers: list[str] = field(default_factory=list)
+    input_channels: dict[int, "_InputChannels"] = field(default_factory=dict)  # split groups' layouts (measuring)
 
     @property
     def homogeneous(self) -> bool:
@@ -122,94 +286,200 @@ class ScaleModel:
         exponents = exponents or {}
         n = len(self.groups)
         zero, eye = np.zeros(n), np.eye(n)
-        lin: dict[str, np.ndarray] = {}
+        lin: dict[str, Segments] = {}
         rows: list[np.ndarray] = []
+        factors: list[Segments | None] = [None] * n
+        factor_nodes: list[LayerNode | None] = [None] * n
+        user_factor: dict[int, Segments] = {}
 
-        def level(v: str) -> np.ndarray:
-            return lin.get(v, zero)
+        def width(v: str) -> int:
+            return self.channels.get(v, 1)
 
-        def same(values: list[str]) -> None:
-            rows.extend(level(v) - level(values[0]) for v in values[1:])
+        def level(v: str) -> Segments:
+            return lin.get(v) or Segments.uniform(width(v), zero)
+
+        def same(values: list[str]) -> None:  # channel by channel
+            if len(values) > 1:
+                for piece in _aligned([level(v) for v in values])[1]:
+                    rows.extend(r - piece[0] for r in piece[1:])
+
+        def uniform(v: str) -> np.ndarray:  # all channels of v at one level: that level
+            seg = level(v)
+            rows.extend(r - seg.rows[0] for r in seg.rows[1:])
+            return seg.mean()
 
         def pinned(values) -> None:
-            rows.extend(level(v) for v in values if level(v).any())
+            rows.extend(r for v in values for r in level(v).rows if r.any())
+
+        def fits(seg: Segments, v: str) -> Segments:  # a top over other channels than its bottom: uniform
+            if seg.channels == width(v):
+                return seg
+            rows.extend(r - seg.rows[0] for r in seg.rows[1:])
+            return Segments.uniform(width(v), seg.mean())
 
         for node in self.active:
-            b, rule = node.bottom_values, self.rules[node.index]
+            b, rule, tops = node.bottom_values, self.rules[node.index], node.top_values
+            out: Segments | list[Segments] | None = None
             if rule == "affine":
                 same(b)
-                out = level(b[0]) + eye[self.var_of[node.index]]
-            elif rule in ("pass", "approx"):
+                k, inp = self.var_of[node.index], level(b[0])
+                if inp.split and _compensates(node):  # per-block factors bring every block to one output level
+                    top = inp.mean() + eye[k]
+                    factor = inp.shifted(top, -1.0)
+                else:
+                    top = uniform(b[0]) + eye[k]
+                    factor = Segments.uniform(inp.channels, eye[k])
+                user_factor[node.index] = factor
+                if factors[k] is not None:  # a shared weight: every user sees the same factors
+                    rows.extend(p[1] - p[0] for p in _aligned([factors[k], factor])[1])
+                if factors[k] is None or (factor.split and not factors[k].split):
+                    factors[k], factor_nodes[k] = factor, node
+                out = Segments.uniform(width(tops[0]) if tops else 1, top)
+            elif rule == "channelwise":
                 same(b)
-                out = level(b[0]) * exponents.get(node.index, (1.0, 1.0))[0]
+                out = level(b[0]) if b else None
+            elif rule == "concat":
+                if node.layer.axis == 1:
+                    parts = [level(v) for v in b]
+                    out = Segments.joined([w for p in parts for w in p.widths], [r for p in parts for r in p.rows])
+                else:
+                    same(b)
+                    out = level(b[0])
+            elif rule == "slice":
+                seg, at, out = level(b[0]), 0, []
+                for v, size in zip(tops, node.layer.sizes):
+                    out.append(seg.sliced(at, at + size) if node.layer.axis == 1 else seg)
+                    at += size
+            elif rule == "pass":
+                out = Segments.uniform(1, uniform(b[0]))
+            elif rule == "approx":
+                same(b)
+                out = Segments.uniform(1, uniform(b[0]) * exponents.get(node.index, (1.0, 1.0))[0])
             elif rule == "first":  # Crop, Bias: bottom 0 carries the signal (a Bias bottom scales with it)
                 if node.type == "Bias":
                     same(b)
-                out = level(b[0])
+                out = Segments.uniform(1, uniform(b[0]))
             elif rule == "prod":
-                out = sum((level(v) for v in b), zero)
-            elif rule == "reset":
-                out = zero
+                out = Segments.uniform(1, sum((uniform(v) for v in b), zero))
+            elif rule == "reset":  # BatchNorm normalizes per channel; MVN and ArgMax see whole values
+                if node.type != "BatchNorm":
+                    uniform(b[0])
+                out = Segments.uniform(1, zero)
             else:  # fixed
                 pinned(b)
-                out = zero
-            for v in node.top_values:
-                lin[v] = out
+                out = Segments.uniform(1, zero)
+            for i, v in enumerate(tops):
+                seg = out[i] if isinstance(out, list) else out
+                lin[v] = fits(seg, v) if seg.split else Segments.uniform(width(v), seg.rows[0])
         pinned(self.blocked)
         pinned(self.ends)
         for tops in self.bias_tops:
             same(tops)
 
-        contributions: dict[str, list[np.ndarray]] = {v: [zero] for v in self.ends}
-        response = -2.0 * eye  # kept for a weight no gradient reaches (its rate is not valid anyway)
-        seen: dict[int, list[np.ndarray]] = {}
+        contributions: dict[str, list[Segments]] = {v: [Segments.uniform(width(v), zero)] for v in self.ends}
+        gains: list[list[Segments]] = [[] for _ in range(n)]
 
-        def push(v: str, m: np.ndarray) -> None:
-            contributions.setdefault(v, []).append(m)
+        def push(v: str, m: Segments) -> None:
+            contributions.setdefault(v, []).append(m if m.channels == width(v) else
+                                                   Segments.uniform(width(v), m.mean()))
 
         for node in reversed(self.active):
-            outs = [np.mean(contributions[v], axis=0) for v in node.top_values if v in contributions]
-            if not outs:
+            tops = [v for v in node.top_values if v in contributions]
+            if not tops:
                 continue
-            m_out, b, rule = np.mean(outs, axis=0), node.bottom_values, self.rules[node.index]
+            b, rule = node.bottom_values, self.rules[node.index]
+            if rule == "slice":
+                parts = [_average(contributions[v]) if v in contributions else Segments.uniform(width(v), zero)
+                         for v in node.top_values]
+                m_in = Segments.joined([w for p in parts for w in p.widths], [r for p in parts for r in p.rows]) \
+                    if node.layer.axis == 1 else _average(parts)
+                push(b[0], m_in)
+                continue
+            m_out = _average([_average(contributions[v]) for v in tops])
+            mo = m_out.mean()
             if rule == "affine":
-                k = self.var_of[node.index]
-                seen.setdefault(k, []).append(level(b[0]) + m_out - eye[k])
-                push(b[0], m_out + eye[k])
-            elif rule == "approx":
-                push(b[0], m_out + (exponents.get(node.index, (1.0, 1.0))[1] - 1.0) * level(b[0]))
-            elif rule == "prod":
-                total = sum((level(v) for v in b), zero)
+                k, inp, factor = self.var_of[node.index], level(b[0]), user_factor[node.index]
+                gains[k].append(inp.shifted(mo) if factor.split else Segments.uniform(inp.channels, mo + inp.mean()))
                 for v in b:
-                    push(v, m_out + total - level(v))
+                    push(v, factor.shifted(mo))
+            elif rule == "approx":
+                push(b[0], Segments.uniform(width(b[0]), mo + (exponents.get(node.index, (1.0, 1.0))[1] - 1.0)
+                                            * level(b[0]).mean()))
+            elif rule == "prod":
+                total = sum((level(v).mean() for v in b), zero)
+                for v in b:
+                    push(v, Segments.uniform(width(v), mo + total - level(v).mean()))
             elif rule == "reset":
-                if node.type != "ArgMax":
-                    push(b[0], m_out - level(b[0]))
-            elif rule == "first" and node.type == "Crop":
-                push(b[0], m_out)
-            else:  # pass, fixed, Bias
+                if node.type == "BatchNorm":
+                    widths, pieces = _aligned([m_out, level(b[0])])
+                    push(b[0], Segments.joined(widths, [p[0] - p[1] for p in pieces]))
+                elif node.type != "ArgMax":
+                    push(b[0], Segments.uniform(width(b[0]), mo - level(b[0]).mean()))
+            elif rule == "concat" and node.layer.axis == 1:
+                at = 0
+                for v in b:
+                    push(v, m_out.sliced(at, at + width(v)))
+                    at += width(v)
+            elif rule in ("channelwise", "concat"):
                 for v in b:
                     push(v, m_out)
-        for k, terms in seen.items():
-            response[k] = np.mean(terms, axis=0)
+            elif rule == "first" and node.type == "Crop":
+                push(b[0], Segments.uniform(width(b[0]), mo))
+            else:  # pass, fixed, Bias
+                for v in b:
+                    push(v, Segments.uniform(width(v), mo))
+        for k in range(n):
+            if not gains[k]:  # no gradient reaches this weight (its rate is not valid anyway)
+                gains[k] = [factors[k].shifted(zero, -1.0)]
         constraints = np.array(rows).reshape(-1, n) if rows else np.zeros((0, n))
-        return Linearization(lin, response, constraints)
+        return Linearization(lin, gains, factors, factor_nodes, constraints)
 
-    def solve(self, log_rates: np.ndarray, valid: np.ndarray, linear: Linearization | None = None) -> np.ndarray:
-        """x minimizing sum over valid k of (log_rates_k + response_k x - t)^2 subject to constraints x = 0 (plus
-        DAMPING |x|^2 on non-homogeneous nets)."""
+    def solve(self, log_rates: np.ndarray, valid: np.ndarray, linear: Linearization | None = None,
+              shares: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+              correction: np.ndarray | None = None) -> np.ndarray:
+        """x minimizing sum over valid k of (log_rates_k + change_k(x) + (correction x)_k - t)^2 subject to
+        constraints x = 0 (plus DAMPING |x|^2 on non-homogeneous nets), by Gauss-Newton from x = 0 (one step when
+        no weight is split into blocks: the model is then linear)."""
         linear = linear or self.linearize()
         n = len(self.groups)
         basis = _null_space(linear.constraints, n)
         if basis.shape[1] == 0 or not valid.any():
             return np.zeros(n)
-        a = np.concatenate([linear.response[valid] @ basis, -np.ones((int(valid.sum()), 1))], axis=1)
-        b = -log_rates[valid]
-        if not self.homogeneous:  # damp directions the approximate layers make weak (a saturated layer's input)
-            a = np.concatenate([a, np.sqrt(DAMPING) * np.eye(basis.shape[1], a.shape[1])])
-            b = np.concatenate([b, np.zeros(basis.shape[1])])
-        sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+        correction = np.zeros((n, n)) if correction is None else correction
+        damping = 0.0 if self.homogeneous else DAMPING
+        dim = basis.shape[1]
+
+        def residual(sol: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            x = basis @ sol[:-1]
+            f, jac = linear.change(x, shares)
+            r = log_rates[valid] + (f + correction @ x)[valid] - sol[-1]
+            a = np.concatenate([(jac + correction)[valid] @ basis, -np.ones((len(r), 1))], axis=1)
+            if damping:  # damp directions the approximate layers make weak (a saturated layer's input)
+                r = np.concatenate([r, math.sqrt(damping) * sol[:-1]])
+                a = np.concatenate([a, math.sqrt(damping) * np.eye(dim, dim + 1)])
+            return r, a
+
+        sol = np.zeros(dim + 1)
+        r, a = residual(sol)
+        cost = float(r @ r)
+        for _ in range(SOLVER_ITERS):
+            step, *_ = np.linalg.lstsq(a, -r, rcond=None)
+            size = 1.0
+            while True:  # halve the step until the cost falls
+                trial = sol + size * step
+                r_new, a_new = residual(trial)
+                new_cost = float(r_new @ r_new)
+                if new_cost < cost or size < 1e-3:
+                    break
+                size /= 2
+            if not new_cost < cost:
+                break
+            sol, r, a, gained, cost = trial, r_new, a_new, cost - new_cost, new_cost
+            if gained <= 1e-12 * (1.0 + cost):
+                break
         x = basis @ sol[:-1]
+        if not np.isfinite(x).all():  # never write a non-finite factor
+            return np.zeros(n)
         x[np.abs(x) < 1e-12] = 0.0
         return x
 
@@ -227,6 +497,8 @@ def build_scale_model(module: TorchNet) -> ScaleModel:
             needed.update(node.bottom_values)
     active = [node for node in net.layers if node.index in active_idx]
     model = ScaleModel(ends, active, [], [], [], {}, {node.index: _rule(node) for node in active})
+    model.channels = {v: int(shape[1]) if len(shape) >= 2 else 1 for node in net.layers
+                      for v, shape in zip(node.top_values, node.top_shapes)}
     index_of_weight: dict[int, int] = {}
     for node in active:
         if model.rules[node.index] != "affine":
@@ -257,11 +529,17 @@ def _rule(node: LayerNode) -> str:
     t = node.type
     if affine_of(node) is not None:
         return "fixed" if is_frozen(node) else "affine"
+    if t in CHANNELWISE:
+        return "channelwise"
+    if t == "Concat":
+        return "concat"
+    if t == "Slice":
+        return "slice"
     if t in PASS_THROUGH:
         return "pass"
     if t == "Eltwise":
         from caffeinit.proto import caffe_pb2
-        return "prod" if node.layer.operation == caffe_pb2.EltwiseParameter.PROD else "pass"
+        return "prod" if node.layer.operation == caffe_pb2.EltwiseParameter.PROD else "channelwise"
     if t == "Crop":
         return "first"
     if t == "Bias":
@@ -275,6 +553,38 @@ def _rule(node: LayerNode) -> str:
     if t in APPROXIMATE:
         return "approx"
     return "fixed"
+
+
+def _compensates(node: LayerNode) -> bool:
+    """Whether an affine layer can undo per-block levels of its input in its weight (input channels on axis 1)."""
+    if node.type in ("Convolution", "Deconvolution", "InnerProduct"):
+        return node.layer.axis == 1
+    return node.type == "Scale" and node.layer.scale_axis == 1
+
+
+class _InputChannels:
+    """A compensating layer's weight seen per input channel: squares summed per channel, and per-channel factors."""
+
+    def __init__(self, node: LayerNode, weight_shape: tuple[int, ...]):
+        layer = node.layer
+        if node.type == "Convolution":  # (outputs, inputs / group, kernel...): channel = group * per + index
+            g, c = layer.group, layer.channels
+            self.view, self.factor_shape = (g, -1, c // g, math.prod(weight_shape[2:])), (g, 1, c // g, 1)
+            self.axes = (1, 3)
+        elif node.type == "InnerProduct" and not layer.transpose:  # (outputs, channels x inner)
+            c = node.bottom_shapes[0][1]
+            self.view, self.factor_shape, self.axes = (weight_shape[0], c, -1), (1, c, 1), (0, 2)
+        else:  # Deconvolution, transposed InnerProduct, Scale: input channels first
+            c = node.bottom_shapes[0][1] if node.type == "InnerProduct" else weight_shape[0]
+            self.view, self.factor_shape, self.axes = (c, -1), (c, 1), (1,)
+        self.channels = c
+
+    def squares(self, t: torch.Tensor) -> np.ndarray:
+        return (t.detach().double().reshape(self.view) ** 2).sum(self.axes).reshape(-1).cpu().numpy()
+
+    def scale(self, weight: torch.Tensor, factors: np.ndarray) -> None:
+        f = torch.as_tensor(factors, dtype=weight.dtype, device=weight.device).reshape(self.factor_shape)
+        weight.data.copy_((weight.data.reshape(self.view) * f).reshape(weight.shape))
 
 
 def _null_space(a: np.ndarray, n: int) -> np.ndarray:
@@ -294,21 +604,32 @@ class ScaleProbe:
     def __init__(self, layer, x: torch.Tensor, blobs, gen: torch.Generator):
         self.layer, self.x, self.blobs, self.gen = layer, x.detach(), list(blobs), gen
         self.u: torch.Tensor | None = None
-        self.cache: dict[float, tuple[float, float]] = {}
+        self.cache: dict[int, tuple[float, float]] = {}  # grid index -> response
 
     def response(self, log_scale: float) -> tuple[float, float]:
-        """(log RMS f(s x), log RMS J(s x)^T u) at s = exp(log_scale)."""
-        key = round(log_scale, 6)
-        if key not in self.cache:
+        """(log RMS f(s x), log RMS J(s x)^T u) at s = exp(log_scale), interpolated linearly between the points of
+        a grid of step EXPONENT_STEP (both are smooth in log s), so that the fixed-point rounds of an update reuse a
+        few layer evaluations instead of making one per round."""
+        position = log_scale / EXPONENT_STEP
+        low = math.floor(position + 1e-9)
+        frac = position - low
+        a = self._response_at(low)
+        if frac < 1e-9:
+            return a
+        b = self._response_at(low + 1)
+        return (a[0] + frac * (b[0] - a[0]), a[1] + frac * (b[1] - a[1]))
+
+    def _response_at(self, index: int) -> tuple[float, float]:
+        if index not in self.cache:
             with torch.enable_grad():
-                xs = (self.x * math.exp(key)).requires_grad_(True)
+                xs = (self.x * math.exp(index * EXPONENT_STEP)).requires_grad_(True)
                 y = self.layer.forward([xs], self.blobs)[0]
                 if self.u is None:
                     self.u = torch.randn(y.shape, generator=self.gen, device=self.gen.device).to(y.device, y.dtype)
                 (g,) = torch.autograd.grad(y, xs, grad_outputs=self.u)
             out, grad = _rms(y), _rms(g)
-            self.cache[key] = (math.log(out) if out > 0 else math.nan, math.log(grad) if grad > 0 else math.nan)
-        return self.cache[key]
+            self.cache[index] = (math.log(out) if out > 0 else math.nan, math.log(grad) if grad > 0 else math.nan)
+        return self.cache[index]
 
     def exponents(self, level: float = 0.0) -> tuple[float, float]:
         """Secant exponents between scale 1 and exp(level) (local ones, by central differences, near 0); 1 where
@@ -349,9 +670,11 @@ def _rms(t: torch.Tensor) -> float:
 
 
 def _square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tensor], batch: int, draws: int,
-                  seed: int, params: list[torch.nn.Parameter], tap=None) -> np.ndarray:
+                  seed: int, params: list[torch.nn.Parameter], tap=None,
+                  channel_sums: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """Sum over ``draws`` N(0,1) gradient draws at the end values of mean(dL/dW^2), per param, on one batch. The
-    draws depend only on ``seed``, ``batch`` and the draw."""
+    draws depend only on ``seed``, ``batch`` and the draw. ``channel_sums[k]`` (split groups, ``params`` being the
+    model's groups) gets the sums of dL/dW_k^2 per input channel added."""
     stop = max(node.index for node in model.active) + 1
     sums = np.zeros(len(params))
     with torch.enable_grad():
@@ -365,6 +688,8 @@ def _square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Ten
             for k, g in enumerate(grads):
                 if g is not None:
                     sums[k] += _rms(g) ** 2
+                    if channel_sums is not None and k in channel_sums:
+                        channel_sums[k] += model.input_channels[k].squares(g)
     return sums
 
 
@@ -424,23 +749,29 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
     model = build_scale_model(module)
     params, draws, seed = model.groups, config.between_draws, config.seed
     lr = np.array(model.lr_mults)
-    total_x = np.zeros(len(params))
+    model.input_channels = {k: _InputChannels(node, tuple(params[k].shape))
+                            for k, node in model.linearize().split_groups().items()}
+    start_rms = [_rms(p) for p in params]
     from tqdm.auto import tqdm
     bar = tqdm(total=config.between_iters, desc="between-layer", unit="it", disable=not progress, leave=False)
     with _GradsOnly(module, params):
 
         def measure(batches: range, probe: bool):
-            """Log effective rates over ``batches`` and the probes seen on the first of them."""
+            """Log effective rates over ``batches``, the probes seen on the first of them and the split groups'
+            gradient squares per input channel."""
             tap = _ProbeTap(module, model, seed) if probe else None
-            sums = sum(_square_grads(module, model, feeds[b], b, draws, seed, params, tap if b == batches[0] else None)
-                       for b in batches)
+            channel_sums = {k: np.zeros(reader.channels) for k, reader in model.input_channels.items()}
+            sums = sum(_square_grads(module, model, feeds[b], b, draws, seed, params, tap if b == batches[0] else None,
+                                     channel_sums) for b in batches)
             with np.errstate(divide="ignore"):
-                return np.log(_rates(sums, len(batches) * draws, params) * lr), tap.probes if tap else {}
+                log_rates = np.log(_rates(sums, len(batches) * draws, params) * lr)
+            return log_rates, tap.probes if tap else {}, channel_sums
 
         # a homogeneous net needs one measurement, over all batches; otherwise iterate on batch 0 (its last
         # measurement, ``log_first``, taken at the current weights) and rebase on all batches at the end
         everything = range(len(feeds))
-        log_first, probes = measure(everything if model.homogeneous else range(1), True)
+        log_first, probes, sums_first = measure(everything if model.homogeneous else range(1), True)
+        sums_all = sums_first
         log_all, checked = log_first.copy(), model.homogeneous or len(feeds) == 1
         valid = np.isfinite(log_first)
         log_rates, first_rates = log_first.copy(), np.exp(log_first) / lr
@@ -448,15 +779,22 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
         final_checked = False
         correction = np.zeros((len(params), len(params)))  # learnt error of the model's response (Broyden)
         limit = math.log1p(config.tolerance)
+        undo = None  # the last update and the state before it
         try:
             while True:
                 spread = float(np.ptp(log_rates[valid])) if valid.any() else 0.0
-                if spread > prev_spread and step_size > 1 / 16:
+                if undo is not None and spread > undo[0]:  # the update made it worse: take it back, halve the step
+                    spread, x, linear, state = undo
+                    _apply(module, model, linear, -x, records)
+                    log_rates, log_all, log_first, probes, sums_first, sums_all, valid, checked = state
                     step_size /= 2
-                stalled = prev_spread - spread < limit / 2  # the constraints or the noise allow no better
-                prev_spread = spread
-                x, linear = _model_step(model, probes, np.where(valid, log_rates, 0.0), valid, correction)
-                move = linear.response @ x
+                    stalled = final_checked or step_size < 1 / 16  # after the check: the noise floor is reached
+                else:
+                    stalled = prev_spread - spread < limit / 2  # the constraints or the noise allow no better
+                undo, prev_spread = None, spread
+                shares = _shares(model, sums_all)
+                x, linear, move = _model_step(model, probes, np.where(valid, log_rates, 0.0), valid, correction,
+                                              shares)
                 # batch 0 alone is taken no closer than its sampling noise: twice the tolerance before the check
                 threshold = limit if checked or final_checked else 2 * limit
                 if np.max(np.abs(move[valid]), initial=0.0) <= threshold or stalled:
@@ -464,7 +802,8 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                         converged = True
                         break
                     # the final check: the other batches at the current weights, merged with batch 0's measurement
-                    rest, _ = measure(range(1, len(feeds)), False)
+                    rest, _, sums_rest = measure(range(1, len(feeds)), False)
+                    sums_all = {k: sums_first[k] + sums_rest[k] for k in sums_first}
                     log_all = 0.5 * np.log((np.exp(2 * log_first) + (len(feeds) - 1) * np.exp(2 * rest)) / len(feeds))
                     log_rates, checked, final_checked = log_all.copy(), True, True
                     valid &= np.isfinite(log_all)
@@ -473,16 +812,18 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 if iterations == config.between_iters:
                     break
                 x, move = x * step_size, move * step_size
+                undo = (spread, x, linear, (log_rates, log_all, log_first, probes, sums_first, sums_all, valid.copy(),
+                                            checked))
                 _apply(module, model, linear, x, records)
-                total_x += x
                 iterations += 1
                 bar.update(1)
                 if model.homogeneous and step_size == 1.0:
-                    log_rates = log_rates + move  # exact on homogeneous nets
+                    log_rates = log_rates + move  # exact on homogeneous nets (split groups too)
                     prev_spread = float(np.ptp(log_rates[valid])) if valid.any() else 0.0
                     converged = True
                     break
-                log_now, probes = measure(range(1), True)
+                log_now, probes, sums_first = measure(range(1), True)
+                sums_all = sums_first
                 valid &= np.isfinite(log_now)
                 seen = np.where(valid, log_now - log_first, 0.0)
                 if np.max(np.abs(x)) >= limit:  # smaller steps say more about the noise than about the model
@@ -501,31 +842,37 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
             record = records.get(node.name)
             if record is not None:
                 record.rate_after = float(rates[k] * lr[k]) if np.isfinite(rates[k]) else None
-                record.between_scale = float(math.exp(total_x[k]))
+                record.between_scale = _rms(params[k]) / start_rms[k] if start_rms[k] > 0 else 1.0
     return BetweenResult(first_rates, rates, iterations, converged, model.homogeneous, model.lr_mults)
 
 
 def _model_step(model: ScaleModel, probes: dict[int, ScaleProbe], log_rates: np.ndarray, valid: np.ndarray,
-                correction: np.ndarray) -> tuple[np.ndarray, Linearization]:
-    """The update x and the linear model it was solved on (its response plus ``correction``). The approximate
-    layers' exponents are secants up to the input level the update gives them (a fixed point, found by a few rounds
-    on the probes alone: no net passes)."""
+                correction: np.ndarray, shares: dict[int, tuple[np.ndarray, np.ndarray]]
+                ) -> tuple[np.ndarray, Linearization, np.ndarray]:
+    """The update x, the model it was solved on and the change of the log rates it predicts (``correction``
+    included). The approximate layers' exponents are secants up to the input level the update gives them (a fixed
+    point, found by a few rounds on the probes alone: no net passes)."""
     bottom = {node.index: node.bottom_values[0] for node in model.active if node.index in probes}
     levels = {i: 0.0 for i in probes}
     for _ in range(MODEL_ROUNDS):
         linear = model.linearize({i: probe.exponents(levels[i]) for i, probe in probes.items()})
-        linear.response = linear.response + correction
-        x = model.solve(log_rates, valid, linear)
-        new = {i: float(linear.lin.get(v, np.zeros(len(x))) @ x) for i, v in bottom.items()}
+        x = model.solve(log_rates, valid, linear, shares, correction)
+        new = {i: linear.level(v, x) for i, v in bottom.items()}
         if all(abs(new[i] - levels[i]) < 1e-3 for i in levels):
             break
         levels = new
-    return x, linear
+    return x, linear, linear.change(x, shares)[0] + correction @ x
+
+
+def _shares(model: ScaleModel, channel_sums: dict[int, np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per split group: (gradient squares, weight squares) per input channel."""
+    return {k: (sums, model.input_channels[k].squares(model.groups[k])) for k, sums in channel_sums.items()}
 
 
 def _apply(module: TorchNet, model: ScaleModel, linear: Linearization, x: np.ndarray,
            records: dict[str, LayerRecord]) -> None:
-    """Multiply each weight group by exp(x_k) and compensate biases and BatchNorm statistics (see the docstring)."""
+    """Multiply each weight group by its factors (exp(x_k), per input-channel block where split) and compensate
+    biases and BatchNorm statistics (see the docstring)."""
     done: set[int] = set()
 
     def scale(p: torch.Tensor, factor: float) -> None:
@@ -534,21 +881,32 @@ def _apply(module: TorchNet, model: ScaleModel, linear: Linearization, x: np.nda
         done.add(id(p))
 
     def level(v: str) -> float:
-        coeffs = linear.lin.get(v)
-        return 0.0 if coeffs is None else float(coeffs @ x)
+        return linear.level(v, x)
 
     for k, weight in enumerate(model.groups):
-        scale(weight, math.exp(x[k]))
+        factors = linear.factors[k]
+        if k in model.input_channels:
+            model.input_channels[k].scale(weight, np.exp(factors.per_channel(x)))
+            done.add(id(weight))
+        else:
+            scale(weight, math.exp(float(factors.rows[0] @ x)))
     for node in model.active:
         blobs = module.layer_blobs[node.index]
         rule = model.rules[node.index]
         affine = affine_of(node)
         if rule == "affine" and affine.bias is not None:
             scale(blobs[affine.bias], math.exp(level(node.top_values[0])))
-        elif node.type == "BatchNorm":
-            factor = math.exp(level(node.bottom_values[0]))
-            scale(blobs[0], factor)
-            scale(blobs[1], factor * factor)
+        elif node.type == "BatchNorm":  # per channel: its input may be split into blocks
+            seg = linear.lin.get(node.bottom_values[0])
+            if seg is not None and seg.split and id(blobs[0]) not in done and seg.channels == blobs[0].numel():
+                factor = torch.as_tensor(np.exp(seg.per_channel(x)), dtype=blobs[0].dtype, device=blobs[0].device)
+                blobs[0].data.mul_(factor)
+                blobs[1].data.mul_(factor * factor)
+                done.update((id(blobs[0]), id(blobs[1])))
+            else:
+                factor = math.exp(level(node.bottom_values[0]))
+                scale(blobs[0], factor)
+                scale(blobs[1], factor * factor)
         elif node.type == "Bias" and len(blobs):
             scale(blobs[0], math.exp(level(node.bottom_values[0])))
         elif node.type == "Scale" and rule == "prod" and node.layer.bias_term:

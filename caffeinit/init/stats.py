@@ -1,14 +1,18 @@
 """Streaming per-channel statistics: float64 mean and M2 merged batch by batch with Chan et al.'s formula."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
 class ChannelStats:
     """Per-channel count, mean and M2 (sum of squared deviations) over every element but the channel axis.
 
-    Each batch is reduced on its device with torch's ``var_mean`` (a stable two-pass reduction, not a sum of squares;
-    float32 inputs stay float32, good to ~1e-5 relative), then the per-batch results are merged in float64: n = n_a + n_b, d = m_b - m_a, m = m_a + d n_b / n, M2 = M2_a + M2_b + d^2 n_a n_b / n.
+    Each batch is viewed as (outer, channels, inner) without a copy and reduced on its device with torch's
+    ``var_mean`` (a stable two-pass reduction, not a sum of squares; float32 inputs stay float32, good to ~1e-5
+    relative), then the per-batch results are merged in float64: n = n_a + n_b, d = m_b - m_a, m = m_a + d n_b / n,
+    M2 = M2_a + M2_b + d^2 n_a n_b / n.
     """
 
     def __init__(self):
@@ -18,13 +22,16 @@ class ChannelStats:
 
     def update(self, x: torch.Tensor, channel_axis: int = 1) -> None:
         x = x.detach()
-        x = torch.movedim(x, channel_axis, 0).reshape(x.shape[channel_axis], -1)
-        n = x.shape[1]
-        if n == 0:
+        channels = x.shape[channel_axis]
+        outer = math.prod(x.shape[:channel_axis])
+        inner = math.prod(x.shape[channel_axis + 1:])
+        if outer * inner == 0:
             return
-        var, mean = torch.var_mean(x, dim=1, correction=0)
+        rows = x.reshape(outer, channels, inner)  # a view for contiguous batches: no copy of a large output
+        var, mean = torch.var_mean(rows, dim=(0, 2), correction=0)
         var, mean = var.to(torch.float64), mean.to(torch.float64)
-        m2 = var * n
+        m2 = var * (outer * inner)
+        n = outer * inner
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return

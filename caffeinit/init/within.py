@@ -129,7 +129,8 @@ def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[t
     shape[affine.channel_axis] = -1
     g32 = gain.to(tops[0][0].dtype).reshape(shape)
     s32 = shift.to(tops[0][0].dtype).reshape(shape)
-    return [[t.mul_(g32).add_(s32) for t in top] for top in tops]  # an affine layer's tops are fresh tensors
+    # an affine layer's tops are fresh tensors: t <- t * gain + shift in place, in one pass
+    return [[torch.addcmul(s32, t, g32, out=t) for t in top] for top in tops]
 
 
 def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.Tensor]], config: InitConfig,

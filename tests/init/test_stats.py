@@ -28,3 +28,25 @@ def test_channel_axis_and_batch_size_do_not_change_the_result():
     for s in (whole, parts):
         np.testing.assert_allclose(s.mean.numpy(), ref.mean(0), rtol=1e-6)
         np.testing.assert_allclose(s.std.numpy(), ref.std(0), rtol=1e-5)
+
+
+def test_fc_outputs_with_a_large_offset_merge_to_the_float64_result():
+    # (N, C) outputs in uneven chunks, mean 100 and std 1: float32 reductions, float64 merging
+    rng = np.random.default_rng(3)
+    x = (100 + rng.standard_normal((64, 9))).astype(np.float32)
+    stats = ChannelStats()
+    for chunk in np.split(x, [10, 11, 40]):
+        stats.update(torch.from_numpy(chunk))
+    ref = x.astype(np.float64)
+    np.testing.assert_allclose(stats.mean.numpy(), ref.mean(0), rtol=1e-7)
+    np.testing.assert_allclose(stats.var.numpy(), ref.var(0), rtol=1e-5)
+
+
+def test_non_contiguous_batches_give_the_same_statistics():
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.standard_normal((6, 4, 5, 7)).astype(np.float32))
+    a, b = ChannelStats(), ChannelStats()
+    a.update(x)
+    b.update(x.contiguous(memory_format=torch.channels_last))
+    np.testing.assert_allclose(a.mean.numpy(), b.mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(a.var.numpy(), b.var.numpy(), rtol=1e-5)

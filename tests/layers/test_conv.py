@@ -4,9 +4,10 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from caffeinit.errors import CaffeinitError
-from caffeinit.layers import conv  # noqa: F401  (registers the layers)
+from caffeinit.layers import conv  # registers the layers
 from tests.layers.helpers import make, rand, run, run_case
 
 
@@ -183,3 +184,99 @@ def test_bottoms_must_match():
 @pytest.mark.parametrize("case", ["conv_dilated", "conv_group_stride", "deconv"])
 def test_conformance(case):
     run_case(case)
+
+
+def caffe_relu(y, negative_slope):
+    """relu_layer.cpp: max(y, 0) + negative_slope * min(y, 0)."""
+    return np.maximum(y, 0) + negative_slope * np.minimum(y, 0)
+
+
+@pytest.mark.parametrize("spatial, channels, num_output, kernel, stride, pad, dilation, group",
+                         [case for case in CONV_CASES if len(case[0]) == 2])
+@pytest.mark.parametrize("bias, negative_slope", [(True, 0.0), (False, 0.0), (True, 0.1), (True, -2.0)])
+def test_inference_forward_fuses_relu(spatial, channels, num_output, kernel, stride, pad, dilation, group, bias,
+                                      negative_slope):
+    """The oneDNN inference path with Caffe's ReLU (leaky included) fused: the numpy conv then relu_layer.cpp."""
+    if not conv._CONV_POINTWISE.available:
+        pytest.skip("this torch build has no oneDNN pointwise convolution")
+    layer = make("Convolution", conv_text(num_output, kernel, stride, pad, dilation, group, bias))
+    x = rand(2, channels, *spatial)
+    w = rand(num_output, channels // group, *per_axis(kernel, 2, None), seed=1)
+    b = rand(num_output, seed=2) if bias else None
+    shape, = layer.setup([x.shape])
+    blobs = [torch.from_numpy(w)] + ([torch.from_numpy(b)] if bias else [])
+    with torch.no_grad():
+        top, = layer.forward_inference([torch.from_numpy(x)], blobs, negative_slope)
+    want = caffe_relu(caffe_conv(x, w, b, per_axis(stride, 2, 1), per_axis(pad, 2, 0), per_axis(dilation, 2, 1),
+                                 group), negative_slope)
+    assert tuple(top.shape) == tuple(shape)
+    np.testing.assert_allclose(top.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_inference_forward_declines_what_it_cannot_run():
+    """None (the executor then runs ``forward``): no ReLU to fuse, autograd on, float64, 3-D, Deconvolution."""
+    layer = make("Convolution", conv_text(4, (3,)))
+    layer.setup([(1, 2, 5, 5)])
+    blobs = [torch.from_numpy(rand(4, 2, 3, 3, seed=1)), torch.from_numpy(rand(4, seed=2))]
+    x = torch.from_numpy(rand(1, 2, 5, 5))
+    with torch.no_grad():
+        assert layer.forward_inference([x], blobs, None) is None
+        assert layer.forward_inference([x.double()], [b.double() for b in blobs], 0.0) is None
+    assert layer.forward_inference([x], blobs, 0.0) is None  # grad mode on
+    layer3d = make("Convolution", conv_text(2, (2,)))
+    layer3d.setup([(1, 2, 3, 3, 3)])
+    deconv = make("Deconvolution", conv_text(2, (2,)))
+    deconv.setup([(1, 2, 3, 3)])
+    with torch.no_grad():
+        assert layer3d.forward_inference([torch.zeros(1, 2, 3, 3, 3)], [torch.zeros(2, 2, 2, 2, 2), torch.zeros(2)],
+                                         0.0) is None
+        assert deconv.forward_inference([torch.zeros(1, 2, 3, 3)], [torch.zeros(2, 2, 2, 2), torch.zeros(2)],
+                                        0.0) is None
+
+
+def test_inference_forward_without_onednn_falls_back(monkeypatch):
+    """A torch build without the oneDNN op: the layer declines and the executor's plain path gives the values."""
+    monkeypatch.setattr(conv._CONV_POINTWISE, "op", None)
+    layer = make("Convolution", conv_text(4, (3,)))
+    layer.setup([(1, 2, 5, 5)])
+    with torch.no_grad():
+        assert layer.forward_inference([torch.zeros(1, 2, 5, 5)], [torch.zeros(4, 2, 3, 3), torch.zeros(4)],
+                                       0.0) is None
+
+
+def test_an_op_this_torch_rejects_switches_itself_off(monkeypatch):
+    """The oneDNN ops are internal: a build whose signature differs must fall back, not fail the forward."""
+    def changed_signature(*args):
+        raise TypeError("_convolution_pointwise() takes 9 positional arguments but 10 were given")
+    monkeypatch.setattr(conv._CONV_POINTWISE, "op", changed_signature)
+    layer = make("Convolution", conv_text(4, (3,)))
+    layer.setup([(1, 2, 5, 5)])
+    with torch.no_grad():
+        assert layer.forward_inference([torch.zeros(1, 2, 5, 5)], [torch.zeros(4, 2, 3, 3), torch.zeros(4)],
+                                       0.0) is None
+    assert not conv._CONV_POINTWISE.available
+
+
+def test_inference_forward_sees_weights_changed_in_place():
+    """Each call reads the weight as it is now: writes through ``.data`` (the initialization's way) do not bump the
+    version counter, so nothing derived from the weight may be cached on it; a new input shape works too."""
+    layer = make("Convolution", conv_text(4, (3,), group=2))
+    x = rand(2, 4, 6, 6)
+    w, b = rand(4, 2, 3, 3, seed=1), rand(4, seed=2)
+    weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
+    blobs = [weight, torch.from_numpy(b)]
+    layer.setup([x.shape])
+    with torch.no_grad():
+        first, = layer.forward_inference([torch.from_numpy(x)], blobs, 0.0)
+        weight.data.mul_(-0.5)
+        version = weight._version
+        second, = layer.forward_inference([torch.from_numpy(x)], blobs, 0.0)
+        layer.setup([(1, 4, 5, 7)])
+        third, = layer.forward_inference([torch.from_numpy(x[:1, :, :5, :7])], blobs, 0.0)
+    assert weight._version == version
+    np.testing.assert_allclose(first.numpy(), caffe_relu(caffe_conv(x, w, b, (1, 1), (0, 0), (1, 1), 2), 0),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(second.numpy(), caffe_relu(caffe_conv(x, -0.5 * w, b, (1, 1), (0, 0), (1, 1), 2), 0),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(third.numpy(), caffe_relu(caffe_conv(x[:1, :, :5, :7], -0.5 * w, b, (1, 1), (0, 0),
+                                                                    (1, 1), 2), 0), rtol=1e-5, atol=1e-5)

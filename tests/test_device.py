@@ -1,0 +1,48 @@
+import pathlib
+
+import pytest
+import torch
+
+from caffeinit.api import load
+from caffeinit.device import select_device, set_precision
+from caffeinit.errors import CaffeinitError
+
+LENET = pathlib.Path(__file__).parents[1] / "models" / "lenet" / "deploy.prototxt"
+
+
+def _conv_precision() -> str:
+    if hasattr(torch.backends, "fp32_precision"):
+        return torch.backends.cudnn.conv.fp32_precision
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+@pytest.fixture(autouse=True)
+def restore_precision():
+    yield
+    set_precision("ieee")
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu")])
+def test_loading_sets_ieee_precision_for_a_name_and_a_torch_device(device):
+    # torch's own default for cuDNN convolutions is TF32 on Ampere+ GPUs: loading must switch it to IEEE
+    set_precision("tf32")
+    assert _conv_precision() == "tf32"
+    if hasattr(torch.backends, "fp32_precision"):  # as torch 2.11 starts on CUDA machines: conv explicitly tf32
+        torch.backends.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    load(LENET, device=device)
+    assert _conv_precision() == "ieee"
+
+
+def test_tf32_is_an_explicit_choice():
+    load(LENET, device=torch.device("cpu"), precision="tf32")
+    assert _conv_precision() == "tf32"
+    select_device("cpu")
+    assert _conv_precision() == "ieee"
+
+
+def test_unknown_precision_and_device_are_one_line_errors():
+    with pytest.raises(CaffeinitError, match="unknown precision 'bf16'"):
+        set_precision("bf16")
+    with pytest.raises(CaffeinitError, match="unknown device 'tpu'"):
+        select_device("tpu")
