@@ -19,7 +19,10 @@ class Layer:
     ``layer.blobs``, in Caffe's order). ``forward`` computes the tops from the bottoms and blobs as torch tensors,
     giving Caffe's numbers and never writes to its bottoms: the executor renames in-place tops. Layers whose
     computation can overwrite bottom 0 also implement ``forward_inplace``, which the executor uses for speed when
-    nothing else can see that tensor.
+    nothing else can see that tensor. Convolution and InnerProduct also have ``forward_inference(bottoms, blobs,
+    relu_slope)``: a CPU inference-only forward through oneDNN with the following ReLU fused (``relu_slope`` its
+    negative_slope, None for no ReLU), returning None where it does not apply; the executor decides when a ReLU may
+    be fused (see ``TorchNet``).
     """
 
     type_name: ClassVar[str] = ""
