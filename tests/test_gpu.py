@@ -251,7 +251,7 @@ def test_onnxruntime_cuda_provider_reproduces_caffe(case):
     import onnxruntime as ort
     from caffeinit.onnx_export import build_model
     from caffeinit.onnx_export.verify import ort_session
-    from tests.onnx_export.common import rel_err as onnx_rel_err
+    from tests.onnx_export.common import assert_blobs_match_goldens
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider here (providers: "
@@ -262,14 +262,4 @@ def test_onnxruntime_cuda_provider_reproduces_caffe(case):
     graph = build_model(model.net, model.module.blobs_numpy(), debug_outputs=True)
     session, provider = ort_session(graph.model, "cuda")
     assert provider == "CUDAExecutionProvider"
-    feeds = {name: np.load(folder / f"in_{name}.npy") for name in meta["inputs"] if name in graph.inputs}
-    results = dict(zip(graph.outputs, session.run(graph.outputs, feeds)))
-    golden = np.load(folder / "golden.npz")
-    compared = 0
-    for blob in golden.files:
-        value = model.net.value_of[blob]
-        if value in model.net.feeds:
-            continue
-        assert onnx_rel_err(results[graph.value_names[value]], golden[blob]) <= 1e-5, blob
-        compared += 1
-    assert compared > 0
+    assert_blobs_match_goldens(model, graph, session, folder, meta["inputs"])

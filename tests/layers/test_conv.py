@@ -234,21 +234,15 @@ def test_inference_forward_declines_what_it_cannot_run():
                                         0.0) is None
 
 
-def test_inference_forward_without_onednn_falls_back(monkeypatch):
-    """A torch build without the oneDNN op: the layer declines and the executor's plain path gives the values."""
-    monkeypatch.setattr(conv._CONV_POINTWISE, "op", None)
-    layer = make("Convolution", conv_text(4, (3,)))
-    layer.setup([(1, 2, 5, 5)])
-    with torch.no_grad():
-        assert layer.forward_inference([torch.zeros(1, 2, 5, 5)], [torch.zeros(4, 2, 3, 3), torch.zeros(4)],
-                                       0.0) is None
+def _rejecting_op(*args):
+    raise TypeError("_convolution_pointwise() takes 9 positional arguments but 10 were given")
 
 
-def test_an_op_this_torch_rejects_switches_itself_off(monkeypatch):
-    """The oneDNN ops are internal: a build whose signature differs must fall back, not fail the forward."""
-    def changed_signature(*args):
-        raise TypeError("_convolution_pointwise() takes 9 positional arguments but 10 were given")
-    monkeypatch.setattr(conv._CONV_POINTWISE, "op", changed_signature)
+@pytest.mark.parametrize("op", [None, _rejecting_op], ids=["missing", "rejects the call"])
+def test_inference_forward_without_a_working_onednn_op_falls_back(monkeypatch, op):
+    """A torch build without the oneDNN op, or whose internal signature differs: the layer declines (the executor's
+    plain path then gives the values) and a rejecting op switches itself off."""
+    monkeypatch.setattr(conv._CONV_POINTWISE, "op", op)
     layer = make("Convolution", conv_text(4, (3,)))
     layer.setup([(1, 2, 5, 5)])
     with torch.no_grad():

@@ -111,3 +111,19 @@ def layer(type_name, bottoms=("data",), tops=("out",), params="", name=None):
     lines = [f'name: "{name}"', f'type: "{type_name}"']
     lines += [f'bottom: "{b}"' for b in bottoms] + [f'top: "{t}"' for t in tops]
     return "layer { " + " ".join(lines) + " " + params + " }\n"
+
+
+def assert_blobs_match_goldens(model, graph, ort_session, folder, inputs, tolerance=1e-5) -> None:
+    """Run ``ort_session`` on a conformance case's inputs and compare every blob Caffe wrote (golden.npz) that the
+    graph exposes (``debug_outputs=True``), the fed inputs excepted; at least one blob must be compared."""
+    feeds = {name: np.load(folder / f"in_{name}.npy") for name in inputs if name in graph.inputs}
+    results = dict(zip(graph.outputs, ort_session.run(graph.outputs, feeds)))
+    golden = np.load(folder / "golden.npz")
+    compared = 0
+    for blob in golden.files:
+        value = model.net.value_of[blob]
+        if value in model.net.feeds:
+            continue
+        assert rel_err(results[graph.value_names[value]], golden[blob]) <= tolerance, blob
+        compared += 1
+    assert compared > 0

@@ -12,7 +12,8 @@ from caffeinit.net import build_net
 from caffeinit.onnx_export import build_model
 from caffeinit.prototxt import parse_net_text
 from tests.conftest import SHARED
-from tests.onnx_export.common import export_and_compare, input_layer, layer, random_blobs, rel_err, session
+from tests.onnx_export.common import (assert_blobs_match_goldens, export_and_compare, input_layer, layer,
+                                      random_blobs, rel_err, session)
 
 NET = (input_layer(shape=(4, 3, 8, 8))
        + layer("Convolution", tops=("conv1",), params="convolution_param { num_output: 4 kernel_size: 3 pad: 1 }")
@@ -100,17 +101,7 @@ def test_conformance_every_blob_matches_caffe_in_ort(case):
     meta = json.loads((folder / "meta.json").read_text())
     model = caffeinit.load(folder / "net.prototxt", weights=folder / "weights.caffemodel")
     graph = build_model(model.net, model.module.blobs_numpy(), debug_outputs=True)
-    feeds = {name: np.load(folder / f"in_{name}.npy") for name in meta["inputs"] if name in graph.inputs}
-    results = dict(zip(graph.outputs, session(graph.model).run(graph.outputs, feeds)))
-    golden = np.load(folder / "golden.npz")
-    compared = 0
-    for blob in golden.files:
-        value = model.net.value_of[blob]
-        if value in model.net.feeds:
-            continue
-        assert rel_err(results[graph.value_names[value]], golden[blob]) <= 1e-5, blob
-        compared += 1
-    assert compared > 0
+    assert_blobs_match_goldens(model, graph, session(graph.model), folder, meta["inputs"])
     assert sorted(o for o in graph.outputs if o in meta["outputs"]) == \
         sorted(o for o in meta["outputs"] if o not in model.net.feeds)
 
