@@ -29,11 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from paths import CORPUS, ROOT  # benchmarks/ is on sys.path: it is the script's folder
 sys.path.insert(0, ROOT)
-CORPUS = os.path.join(ROOT, "..", "shared", "corpus")
-if not os.path.isdir(CORPUS):  # machines that only get the repository (a GPU machine): shared/ inside it
-    CORPUS = os.path.join(ROOT, "shared", "corpus")
 NETS = {
     "caffenet": os.path.join(ROOT, "models", "caffenet", "deploy.prototxt"),
     "googlenet": os.path.join(CORPUS, "bvlc__models_bvlc_googlenet_deploy.prototxt"),

@@ -31,10 +31,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORPUS = os.path.join(ROOT, "..", "shared", "corpus")
-if not os.path.isdir(CORPUS):  # machines that only get the repository (a GPU machine): shared/ inside it
-    CORPUS = os.path.join(ROOT, "shared", "corpus")
+from paths import CORPUS, ROOT  # benchmarks/ is on sys.path: it is the script's folder
 NETS = {
     "caffenet": os.path.join(ROOT, "models", "caffenet", "deploy.prototxt"),
     "vgg16": os.path.join(CORPUS, "soeaver__deploy_vgg16-pytorch.prototxt"),
