@@ -72,7 +72,7 @@ class TorchNet(torch.nn.Module):
         self._last_use = _last_uses(net)
         self._can_run_inplace = {node.index for node in net.layers
                                  if type(node.layer).forward_inplace is not Layer.forward_inplace}
-        self._readers = _readers(net)
+        self._readers = net.consumers()
         self.to(device)
 
     @property
@@ -228,15 +228,6 @@ def frontier(net: Net, start: int) -> list[str]:
             if v in produced_before and v not in need:
                 need.append(v)
     return need
-
-
-def _readers(net: Net) -> dict[str, list[int]]:
-    """Value name -> indices of the layers that read it (once per bottom)."""
-    readers: dict[str, list[int]] = {}
-    for node in net.layers:
-        for v in node.bottom_values:
-            readers.setdefault(v, []).append(node.index)
-    return readers
 
 
 def _last_uses(net: Net) -> dict[str, int]:

@@ -30,8 +30,8 @@ class ChannelStats:
         rows = x.reshape(outer, channels, inner)  # a view for contiguous batches: no copy of a large output
         var, mean = torch.var_mean(rows, dim=(0, 2), correction=0)
         var, mean = var.to(torch.float64), mean.to(torch.float64)
-        m2 = var * (outer * inner)
         n = outer * inner
+        m2 = var * n
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return

@@ -16,15 +16,6 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def mkldnn_op(name: str):
-    """``torch.ops.mkldnn.<name>`` (torch's oneDNN kernels with a fused activation), or None where this torch build
-    has no oneDNN or no such op."""
-    try:
-        return getattr(torch.ops.mkldnn, name) if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
 def relu_attr(relu_slope: float | None) -> tuple[str, list]:
     """oneDNN's post-op for Caffe's ReLU: x > 0 ? x : slope * x, which is max(x, 0) + slope * min(x, 0) exactly."""
     if relu_slope is None:
@@ -33,11 +24,15 @@ def relu_attr(relu_slope: float | None) -> tuple[str, list]:
 
 
 class OptionalOp:
-    """An op from ``mkldnn_op`` that switches itself off (and returns None, so callers fall back to their plain
-    path) the first time this torch build rejects a call: the ops are internal and their signatures may change."""
+    """``torch.ops.mkldnn.<name>`` (torch's oneDNN kernels with a fused activation), absent where this torch build
+    has no oneDNN or no such op, and switching itself off (returning None, so callers fall back to their plain path)
+    the first time this build rejects a call: the ops are internal and their signatures may change."""
 
     def __init__(self, name: str):
-        self.op = mkldnn_op(name)
+        try:
+            self.op = getattr(torch.ops.mkldnn, name) if torch.backends.mkldnn.is_available() else None
+        except (AttributeError, RuntimeError):
+            self.op = None
 
     @property
     def available(self) -> bool:
