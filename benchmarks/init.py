@@ -3,7 +3,7 @@
 Default (CPU, the first issue's setting): CaffeNet deploy, 160 synthetic images in 10 batches of 16, gaussian and
 kmeans, with the between-layer step. Prints whole-process time (each run in a child process, less the reference
 measurement it also makes), algorithm time, peak RSS, and the ratio of init time to one forward over the N images
-plus one forward+backward over the between-layer batch, measured in the same process.
+plus one plain forward+backward (every weight gradient formed) over the between-layer batch, in the same process.
 
 ``--vs-hand`` (the default with ``--device cuda``; issue #5's protocol): the real images of models/images/list.txt
 (cycled to ``--images``, decoded once per child process, decoding timed separately). In one child process per net
@@ -50,7 +50,7 @@ def child(net, method, device, images, batch):
     import torch
     from caffeinit.api import load
     from caffeinit.init import InitConfig, initialize
-    from caffeinit.init.between import build_scale_model, measure_rates
+    from caffeinit.init.between import build_scale_model
 
     model = load(NETS[net], device=device)
     feed, shape = next(iter(model.net.feeds.items()))
@@ -69,10 +69,15 @@ def child(net, method, device, images, batch):
         for b in batches:
             model.module({model.net.value_of[feed]: torch.from_numpy(b[feed]).to(model.device)},
                          keep=model.net.outputs)
-    sm = build_scale_model(model.module)
-    feeds = [{model.net.value_of[feed]: torch.from_numpy(b[feed]).to(model.device)}
-             for b in batches[:config.between_batches]]
-    measure_rates(model.module, sm, feeds, 1, 0)
+    ends = build_scale_model(model.module).ends
+    params = [p for p in model.module.parameters() if p.requires_grad]
+    gen = torch.Generator(device=model.device).manual_seed(0)
+    for b in batches[:config.between_batches]:  # plain autograd: every weight's gradient formed
+        with torch.enable_grad():
+            out = model.module({model.net.value_of[feed]: torch.from_numpy(b[feed]).to(model.device)}, keep=ends)
+            outputs = [out[v] for v in ends]
+            torch.autograd.grad(outputs, params, [torch.randn(o.shape, generator=gen, device=model.device)
+                                                  for o in outputs], allow_unused=True)
     _sync(model.device)
     reference = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

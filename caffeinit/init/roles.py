@@ -65,6 +65,13 @@ class Affine:
         mats = mats * factors.to(mats.dtype).reshape(self.groups, -1, 1)
         return self.from_group_matrices(mats, weight)
 
+    def scale_outputs_(self, weight: torch.Tensor, factors: torch.Tensor) -> None:
+        """``scale_outputs`` in place (no copy where output channels are the weight's first axis)."""
+        if (self.kind == "conv" or (self.kind == "ip" and not self.node.layer.transpose)) and weight.is_contiguous():
+            weight.view(self.num_output, -1).mul_(factors.to(weight.dtype).reshape(-1, 1))
+        else:
+            weight.copy_(self.scale_outputs(weight, factors))
+
     # -- data ---------------------------------------------------------------------------------------------------
     def supports_patches(self) -> bool:
         """Whether the data-dependent draws can read this layer's input patches."""

@@ -98,7 +98,9 @@ def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[t
     node = affine.node
     weight = blobs[0]
     gen = layer_generator(config.seed, node, weight.device)
-    weight.data.copy_(_draw_weight(affine, weight, bottoms, config, gen, record))
+    drawn = _draw_weight(affine, weight, bottoms, config, gen, record)
+    if drawn is not weight:
+        weight.data.copy_(drawn)
     if affine.bias is not None:
         blobs[affine.bias].data.zero_()
 
@@ -116,7 +118,7 @@ def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[t
         shift = torch.where(dead, torch.full_like(mean, config.bias), config.bias - mean * gain)
     else:
         shift = torch.zeros_like(mean)
-    weight.data.copy_(affine.scale_outputs(weight.data, gain.to(weight.dtype)))
+    affine.scale_outputs_(weight.data, gain.to(weight.dtype))
     if affine.bias is not None:
         blobs[affine.bias].data.copy_(shift.to(weight.dtype).reshape(blobs[affine.bias].shape))
     if int(dead.sum()):
@@ -146,7 +148,7 @@ def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.
         method = "gaussian"
     if method == "gaussian":
         record.method = "gaussian"
-        return torch.randn(weight.shape, generator=gen, device=device)
+        return weight.data.normal_(generator=gen)  # drawn in place: the values of torch.randn(shape, generator)
     groups, n_out, width = affine.groups, affine.num_output // affine.groups, fan_in(affine)
     if method == "orthogonal":
         record.method = "orthogonal"

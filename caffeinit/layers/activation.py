@@ -48,16 +48,19 @@ class ReLU(_Elementwise):
         super().__init__(param, phase)
         self.negative_slope = float(param.relu_param.negative_slope)
 
+    # torch's relu / leaky_relu compute Caffe's values and, unlike clamps, Caffe's gradient at 0 (the slope for
+    # x <= 0), in one kernel each way
     def apply(self, x):
         if self.negative_slope == 0:
-            return torch.clamp(x, min=0)
-        return torch.clamp(x, min=0) + self.negative_slope * torch.clamp(x, max=0)
+            return torch.relu(x)
+        return torch.nn.functional.leaky_relu(x, self.negative_slope)
 
     def apply_inplace(self, x):
         if self.negative_slope == 0:
-            return x.clamp_(min=0)
-        negative = torch.clamp(x, max=0).mul_(self.negative_slope)
-        return x.clamp_(min=0).add_(negative)
+            return x.relu_()
+        if self.negative_slope < 0:  # torch's in-place leaky_relu refuses negative slopes under autograd
+            return None
+        return torch.nn.functional.leaky_relu_(x, self.negative_slope)
 
 
 @register_layer

@@ -47,6 +47,24 @@ class LRN(Layer):
         mean_square = F.avg_pool2d(x * x, self.size, 1, pad, count_include_pad=True)
         return [x * torch.pow(1 + self.alpha * mean_square, -self.beta)]
 
+    @property
+    def offset(self) -> float:
+        """c in top = x * (c + window(x^2))^-beta."""
+        return self.k if self.region == _LRN.ACROSS_CHANNELS else 1.0
+
+    def window(self, t):
+        """The linear, symmetric window map of ``forward``'s scale: alpha/size times the sum over ``size``
+        neighbouring channels (zero beyond the edges), or alpha times the mean over a size x size window (zero
+        padding counted)."""
+        if self.region == _LRN.ACROSS_CHANNELS:
+            total = t.clone()
+            for d in range(1, (self.size - 1) // 2 + 1):
+                total[:, d:] += t[:, :-d]
+                total[:, :-d] += t[:, d:]
+            return total.mul_(self.alpha / self.size)
+        pad = (self.size - 1) // 2
+        return F.avg_pool2d(t, self.size, 1, pad, count_include_pad=True).mul_(self.alpha)
+
     def _across_channels(self, x):
         # Caffe's k + alpha/size * (window sum of squares), then x * scale^-beta. Shifted slice sums and in-place
         # steps on fresh tensors allocate two buffers where F.local_response_norm allocates seven (3x faster on CPU).

@@ -205,6 +205,30 @@ def test_lrn_probe_exponents_match_the_formula(gain):
         assert abs(probe.exponents(level)[0] - secant) < 2e-3, level
 
 
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+def test_lrn_probe_closed_form_matches_autograd(region):
+    """The probe's closed-form LRN responses (no autograd) are the RMS of f(s x) and of J(s x)^T u that autograd
+    gives through the layer's own forward, at every scale of the grid."""
+    from google.protobuf import text_format
+
+    from caffeinit.init.between import EXPONENT_STEP, ScaleProbe
+    from caffeinit.layers.registry import layer_class
+    from caffeinit.proto import caffe_pb2
+    x = torch.from_numpy(3 * np.random.default_rng(5).standard_normal((2, 7, 6, 6)))
+    param = text_format.Parse(f'name: "n" type: "LRN" lrn_param {{ local_size: 3 alpha: 0.5 beta: 0.75 k: 2 '
+                              f'norm_region: {region} }}', caffe_pb2.LayerParameter())
+    lrn = layer_class("LRN")(param)
+    lrn.setup([tuple(x.shape)])
+    probe = ScaleProbe(lrn, x, [], torch.Generator().manual_seed(0))
+    for index in (-20, -3, 0, 4, 25):
+        out, grad = probe._response_at(index)
+        xs = (x * np.exp(index * EXPONENT_STEP)).requires_grad_(True)
+        y = lrn.forward([xs], [])[0]
+        (g,) = torch.autograd.grad(y, xs, grad_outputs=probe.u)
+        assert abs(out - np.log(float(y.detach().pow(2).mean().sqrt()))) < 1e-9, index
+        assert abs(grad - np.log(float(g.pow(2).mean().sqrt()))) < 1e-9, index
+
+
 def test_linearization_of_a_homogeneous_dag():
     """Backward levels: on a homogeneous net the gradient of every weight block moves by exactly the inverse of the
     block's factor (m = -l) for every x the constraints allow (ends kept, Eltwise bottoms at one level), so a weight

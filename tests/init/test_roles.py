@@ -32,3 +32,34 @@ def test_selected_patch_rows_equal_the_unfolded_rows(geometry):
         rows = torch.randperm(oracle.shape[0], generator=torch.Generator().manual_seed(group))[:40]
         assert torch.equal(affine.patches(x, group, rows), oracle[rows])
         assert torch.equal(affine.patches(x, group), oracle)
+
+
+SCALED = """
+input: "data" input_shape { dim: 2 dim: 4 dim: 6 dim: 6 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 6 group: 2 kernel_size: 3 } }
+layer { name: "deconv" type: "Deconvolution" bottom: "conv" top: "deconv"
+  convolution_param { num_output: 4 group: 2 kernel_size: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "deconv" top: "ip" inner_product_param { num_output: 5 } }
+layer { name: "ipt" type: "InnerProduct" bottom: "ip" top: "ipt"
+  inner_product_param { num_output: 3 transpose: true } }
+"""
+
+
+@pytest.mark.parametrize("name", ["conv", "deconv", "ip", "ipt"])
+def test_scaling_outputs_in_place_multiplies_each_output_channels_weights(name):
+    """Output channel c of the layer's top gets factor c: checked through the layer's own forward (no bias)."""
+    m = model(SCALED)
+    node = m.net.layer(name)
+    affine = affine_of(node)
+    weight = m.module.layer_blobs[node.index][0].data
+    bottom = torch.randn((2,) + tuple(node.bottom_shapes[0][1:]))
+    blobs = [weight] + [torch.zeros_like(b) for b in m.module.layer_blobs[node.index][1:]]
+    before = node.layer.forward([bottom], blobs)[0]
+    factors = torch.arange(1, affine.num_output + 1, dtype=torch.float32)
+    copy = affine.scale_outputs(weight.clone(), factors)
+    affine.scale_outputs_(weight, factors)
+    assert torch.equal(weight, copy)
+    shape = [1] * before.dim()
+    shape[affine.channel_axis] = -1
+    torch.testing.assert_close(node.layer.forward([bottom], blobs)[0], before * factors.reshape(shape))

@@ -21,6 +21,20 @@ def test_relu(slope):
     close(run(make("ReLU", text), X)[0], np.maximum(X, 0) + slope * np.minimum(X, 0))
 
 
+@pytest.mark.parametrize("slope", [0.0, 0.2, -1.5])
+def test_relu_gradient_and_in_place(slope):
+    """relu_layer.cpp Backward: top_diff * ((x > 0) + slope * (x <= 0)), so x = 0 gets the slope; the in-place form
+    (where the executor may use it) computes the same values."""
+    layer = make("ReLU", f"relu_param {{ negative_slope: {slope} }}")
+    x = torch.from_numpy(X).requires_grad_(True)
+    upstream = torch.from_numpy(rand(*X.shape))
+    (layer.forward([x], [])[0] * upstream).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), upstream.numpy() * ((X > 0) + slope * (X <= 0)).astype(np.float32))
+    inplace = layer.forward_inplace([torch.from_numpy(X.copy())], [])
+    if inplace is not None:
+        np.testing.assert_array_equal(inplace[0].numpy(), np.maximum(X, 0) + slope * np.minimum(X, 0))
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.3])
 def test_elu(alpha):
     close(run(make("ELU", f"elu_param {{ alpha: {alpha} }}"), X)[0],
