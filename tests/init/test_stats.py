@@ -50,3 +50,16 @@ def test_non_contiguous_batches_give_the_same_statistics():
     b.update(x.contiguous(memory_format=torch.channels_last))
     np.testing.assert_allclose(a.mean.numpy(), b.mean.numpy(), rtol=1e-6)
     np.testing.assert_allclose(a.var.numpy(), b.var.numpy(), rtol=1e-5)
+
+
+def test_mean_far_above_the_spread_keeps_the_variance():
+    """Mean 1e5 times the spread: the corrected two-pass reduction stays near float32 resolution of the deviations
+    (a float32 sum of squares would lose every digit)."""
+    rng = np.random.default_rng(5)
+    x = (3e4 + 0.3 * rng.standard_normal((16, 4, 9, 9))).astype(np.float32)
+    stats = ChannelStats()
+    for chunk in np.split(x, [5, 16]):
+        stats.update(torch.from_numpy(chunk))
+    ref = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(4, -1)
+    np.testing.assert_allclose(stats.mean.numpy(), ref.mean(1), rtol=1e-9)
+    np.testing.assert_allclose(stats.var.numpy(), ref.var(1), rtol=1e-5)
