@@ -2,6 +2,10 @@
 
 Each measurement runs in its own child process, which reports its wall time and peak RSS (VmHWM), so that one
 measurement's memory does not hide another's. Usage: python benchmarks/weights_io.py [--mb 500] [--dir /tmp]
+
+``--caffenet`` instead times the fixed costs of ``caffeinit run`` on models/caffenet: loading the net without
+weights (fillers, parameters) and saving it, one child per round; ``--compare TREE`` alternates those children
+with children importing caffeinit from another source tree (e.g. an older checkout) and prints paired ratios.
 """
 from __future__ import annotations
 
@@ -92,6 +96,44 @@ def child(mode: str, path: str, total_mb: int) -> dict:
     return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": start_rss}
 
 
+def caffenet_child(path: str) -> dict:
+    import caffeinit
+    import caffeinit.api  # caffeinit imports its API (and torch) lazily: not part of what is timed
+
+    start = time.perf_counter()
+    model = caffeinit.load(ROOT / "models" / "caffenet" / "deploy.prototxt", device="cpu", seed=1)
+    loaded = time.perf_counter()
+    model.save_caffemodel(path)
+    saved = time.perf_counter()
+    return {"load": loaded - start, "save": saved - loaded, "tree": str(Path(caffeinit.__file__).parent.parent)}
+
+
+def caffenet_main(args) -> None:
+    trees = [ROOT] + ([Path(args.compare).resolve()] if args.compare else [])
+    times: dict[Path, list[dict]] = {tree: [] for tree in trees}
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        for _ in range(args.rounds):
+            for tree in trees:
+                python_path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+                env = {**os.environ, "PYTHONPATH": python_path}
+                out = subprocess.run([sys.executable, __file__, "--child", "caffenet",
+                                      "--path", str(Path(folder, "caffenet.caffemodel"))],
+                                     check=True, capture_output=True, text=True, env=env)
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                assert Path(result["tree"]) == tree, f"child imported caffeinit from {result['tree']}, not {tree}"
+                times[tree].append(result)
+    print(f"load average before/after: {args.load_before} / {os.getloadavg()}")
+    for tree in trees:
+        for part in ("load", "save"):
+            values = sorted(r[part] for r in times[tree])
+            listed = ", ".join(f"{v:.3f}" for v in values)
+            print(f"{str(tree):30} {part}: median {values[len(values) // 2]:.3f} s  ({listed})")
+    if args.compare:
+        for part in ("load", "save"):
+            ratios = sorted(a[part] / b[part] for a, b in zip(times[ROOT], times[trees[1]]))
+            print(f"{part}: this tree / {trees[1]} = {ratios[len(ratios) // 2]:.2f} (median of {len(ratios)} pairs)")
+
+
 def run_child(mode: str, path: Path, total_mb: int) -> dict:
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     out = subprocess.run([sys.executable, __file__, "--child", mode, "--path", str(path), "--mb", str(total_mb)],
@@ -105,9 +147,17 @@ def main() -> None:
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="folder for the temporary caffemodels")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--caffenet", action="store_true", help="time loading and saving models/caffenet instead")
+    parser.add_argument("--compare", metavar="TREE", help="with --caffenet: also run caffeinit from this tree")
+    parser.add_argument("--rounds", type=int, default=5, help="with --caffenet: children per tree")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.path, args.mb)))
+        result = caffenet_child(args.path) if args.child == "caffenet" else child(args.child, args.path, args.mb)
+        print(json.dumps(result))
+        return
+    if args.caffenet:
+        args.load_before = os.getloadavg()
+        caffenet_main(args)
         return
 
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:

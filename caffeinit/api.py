@@ -47,7 +47,9 @@ class CaffeModel:
             self.device = select_device(device, precision)
         self.net: Net = build_net(self.net_param, self.phase, self.stages, level, input_shapes)
         blobs = _read_weights(weights)
-        self.module = TorchNet(self.net, blobs, seed=seed, device=self.device)
+        # Arrays this call read from a file belong to nobody else: the parameters may keep their memory.
+        self.module = TorchNet(self.net, blobs, seed=seed, device=self.device,
+                               copy_blobs=isinstance(weights, Mapping))
 
     # -- shapes -----------------------------------------------------------------------------------------------
     def reshape(self, input_shapes: Mapping[str, Sequence[int]]) -> None:
@@ -120,12 +122,13 @@ class CaffeModel:
     def to_proto(self) -> caffe_pb2.NetParameter:
         """What Caffe's Net::ToProto writes for this net, weights included."""
         from caffeinit.weights import net_to_proto
-        return net_to_proto(self.saved_net_param(), self.blobs(), phase=self.phase)
+        return net_to_proto(self.saved_net_param(), self.module.blobs_numpy(copy=False), phase=self.phase)
 
     def save_caffemodel(self, path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> None:
         """Write the weights as a .caffemodel that Caffe loads (atomically; never over one of ``inputs``)."""
         from caffeinit.weights import write_caffemodel
-        write_caffemodel(path, self.saved_net_param(), self.blobs(), phase=self.phase, inputs=inputs)
+        write_caffemodel(path, self.saved_net_param(), self.module.blobs_numpy(copy=False), phase=self.phase,
+                         inputs=inputs)
 
 
 def load(net, weights=None, **kwargs) -> CaffeModel:

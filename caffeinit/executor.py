@@ -34,7 +34,9 @@ class TorchNet(torch.nn.Module):
     fuse_inference = True
 
     def __init__(self, net: Net, blobs: Mapping[str, list[np.ndarray]] | None = None, *,
-                 seed: int = 0, device: str | torch.device = "cpu"):
+                 seed: int = 0, device: str | torch.device = "cpu", copy_blobs: bool = True):
+        """``copy_blobs=False`` lets the parameters share the memory of the arrays in ``blobs`` (for arrays nobody
+        else holds, such as those just read from a file); filler values are never copied."""
         super().__init__()
         self.net = net
         blobs = dict(blobs or {})
@@ -47,9 +49,11 @@ class TorchNet(torch.nn.Module):
             shapes = node.layer.blob_shapes
             if shapes:
                 arrays = blobs.pop(node.name, None)
+                owned = not copy_blobs
                 if arrays is None:
                     arrays = node.layer.fill_blobs(rng)
                     self.missing.append(node.name)
+                    owned = True
                 arrays = _fit_layer_blobs(node, arrays)
                 learnable = set(node.layer.learnable_blobs())
                 for k, array in enumerate(arrays):
@@ -62,8 +66,7 @@ class TorchNet(torch.nn.Module):
                                               f"{tuple(owner.shape)} in its owner but {tuple(array.shape)} here")
                         plist.append(owner)
                         continue
-                    p = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(array, np.float32)).clone(),
-                                           requires_grad=k in learnable)
+                    p = torch.nn.Parameter(_tensor_of(array, owned), requires_grad=k in learnable)
                     if key:
                         shared[key] = p
                     plist.append(p)
@@ -81,9 +84,13 @@ class TorchNet(torch.nn.Module):
             return p.device
         return torch.device("cpu")
 
-    def blobs_numpy(self) -> dict[str, list[np.ndarray]]:
-        """Every layer's blobs as float32 numpy arrays, by layer name (for writing a caffemodel)."""
-        return {node.name: [p.detach().cpu().numpy().astype(np.float32) for p in self.layer_blobs[node.index]]
+    def blobs_numpy(self, copy: bool = True) -> dict[str, list[np.ndarray]]:
+        """Every layer's blobs as float32 numpy arrays, by layer name (for writing a caffemodel). ``copy=False``
+        gives views of the parameters where they are float32 CPU tensors (valid until the parameters change)."""
+        def to_numpy(p: torch.nn.Parameter) -> np.ndarray:
+            array = p.detach().cpu().numpy()  # a view on the CPU, a fresh copy from other devices
+            return array.astype(np.float32, copy=copy and p.device.type == "cpu")
+        return {node.name: [to_numpy(p) for p in self.layer_blobs[node.index]]
                 for node in self.net.layers if len(self.layer_blobs[node.index])}
 
     def forward(self, feeds: Mapping[str, torch.Tensor], *, start: int = 0, stop: int | None = None,
@@ -236,6 +243,16 @@ def _last_uses(net: Net) -> dict[str, int]:
         for v in node.bottom_values:
             last[v] = node.index
     return last
+
+
+def _tensor_of(array: np.ndarray, owned: bool) -> torch.Tensor:
+    """A contiguous float32 CPU tensor of ``array``'s values; it shares ``array``'s memory only when ``owned``."""
+    values = np.ascontiguousarray(array, np.float32)
+    if values.ndim != np.ndim(array):  # np.ascontiguousarray turns a 0-axis array into 1-D
+        values = values.reshape(np.shape(array))
+    if (owned and values.flags.writeable) or not np.may_share_memory(values, array):
+        return torch.from_numpy(values)
+    return torch.from_numpy(values.copy())
 
 
 def _fit_layer_blobs(node: LayerNode, arrays: list[np.ndarray]) -> list[np.ndarray]:

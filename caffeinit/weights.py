@@ -272,11 +272,26 @@ def _check_finite(layer: caffe_pb2.LayerParameter, arrays: Sequence[np.ndarray] 
     if arrays is None:
         arrays = [blob_to_array(b, f"layer '{layer.name}' blob {k}") for k, b in enumerate(layer.blobs)]
     for k, array in enumerate(arrays):
-        finite = np.isfinite(np.asarray(array, np.float32))
-        if not finite.all():
-            bad = int(finite.size - np.count_nonzero(finite))
+        bad = count_non_finite(np.asarray(array, np.float32))
+        if bad:
             raise CaffeinitError(f"layer '{layer.name}' blob {k} has {bad} non-finite values (NaN or inf); "
                                  "nothing was written")
+
+
+_FINITE_CHUNK = 1 << 16  # values checked at a time: a small reused mask instead of one the size of the blob
+
+
+def count_non_finite(array: np.ndarray) -> int:
+    """How many values of ``array`` are NaN or infinite, without a temporary as large as the array."""
+    flat = array.reshape(-1)  # a view unless the array is not contiguous
+    mask = np.empty(min(flat.size, _FINITE_CHUNK), bool)
+    bad = 0
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        chunk = flat[start:start + _FINITE_CHUNK]
+        finite = np.isfinite(chunk, out=mask[:chunk.size])
+        if not finite.all():
+            bad += chunk.size - int(np.count_nonzero(finite))
+    return bad
 
 
 def write_binaryproto(path: PathLike, array: np.ndarray, inputs: Iterable[PathLike] = ()) -> None:

@@ -24,3 +24,62 @@ def test_readme_workflow(tmp_path):
     np.testing.assert_array_equal(model.forward({"data": x})["prob"], again.forward({"data": x})["prob"])
     blobs = again.forward({"data": x}, blobs="all")
     assert set(blobs) == {"data", "conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "ip1", "ip2", "prob"}
+
+
+def big_fc_net(extra=""):
+    """An InnerProduct whose weight (1100 x 1000) is drawn in chunks by the fillers."""
+    from caffeinit.prototxt import parse_net_text
+    return parse_net_text(
+        'name: "big"\nlayer { name: "d" type: "Input" top: "d" input_param { shape { dim: 2 dim: 1000 } } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "d" top: "fc" inner_product_param { num_output: 1100 '
+        'weight_filler { type: "gaussian" std: 0.01 } bias_filler { type: "constant" value: 0.5 } } }\n' + extra)
+
+
+def test_filler_weights_follow_the_seed_not_the_thread_count(monkeypatch):
+    from caffeinit import fillers
+    runs = []
+    for cpus in (1, 2, 3):
+        monkeypatch.setattr(fillers, "_usable_cpus", lambda: cpus)
+        runs.append(caffeinit.load(big_fc_net(), seed=4).blobs())
+    assert runs[0]["fc"][0].size > fillers.CHUNK
+    for blobs in runs[1:]:
+        for ours, first in zip(blobs["fc"], runs[0]["fc"]):
+            np.testing.assert_array_equal(ours, first)
+    assert not np.array_equal(caffeinit.load(big_fc_net(), seed=5).blobs()["fc"][0], runs[0]["fc"][0])
+
+
+def test_saved_file_is_net_to_proto_and_blobs_stay_copies(tmp_path):
+    model = caffeinit.load(big_fc_net())
+    path = tmp_path / "m.caffemodel"
+    model.save_caffemodel(path)
+    assert path.read_bytes() == model.to_proto().SerializeToString()
+    blobs = model.blobs()
+    blobs["fc"][0][:] = 7  # the arrays blobs() returns are the caller's own
+    assert not (model.blobs()["fc"][0] == 7).any()
+    reloaded = caffeinit.load(big_fc_net(), weights=path)
+    for ours, theirs in zip(reloaded.blobs()["fc"], caffeinit.load(big_fc_net()).blobs()["fc"]):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_weights_given_as_arrays_are_copied():
+    arrays = {"fc": [np.ones((1100, 1000), np.float32), np.zeros(1100, np.float32)]}
+    model = caffeinit.load(big_fc_net(), weights=arrays)
+    arrays["fc"][0][:] = 3  # changing the caller's arrays afterwards does not reach the model
+    assert (model.blobs()["fc"][0] == 1).all()
+    x = np.ones((2, 1000), np.float32)
+    np.testing.assert_array_equal(model.forward({"d": x})["fc"], np.full((2, 1100), 1000, np.float32))
+
+
+def test_channel_shared_prelu_round_trip(tmp_path):
+    """Caffe's PReLU holds a channel-shared slope in a 0-axis blob: written without a shape, read back as such."""
+    from caffeinit.weights import read_caffemodel
+    net = big_fc_net('layer { name: "p" type: "PReLU" bottom: "fc" top: "p" prelu_param { channel_shared: true } }')
+    model = caffeinit.load(net)
+    path = tmp_path / "p.caffemodel"
+    model.save_caffemodel(path)
+    saved = read_caffemodel(path).layer[2].blobs[0]
+    assert not saved.HasField("shape") and list(saved.data) == [0.25]  # Caffe's default PReLU filler
+    again = caffeinit.load(net, weights=path)
+    assert again.blobs()["p"][0].shape == ()
+    x = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
+    np.testing.assert_array_equal(again.forward({"d": x})["p"], model.forward({"d": x})["p"])

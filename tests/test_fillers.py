@@ -118,3 +118,68 @@ def test_scaled_random_blobs_fit_the_net_and_keep_scale():
     assert abs(blobs["c"][0].std() * np.sqrt(8 * 9) - 1) < 0.05  # N(0, 1/fan_in)
     assert blobs["bn"][2].tolist() == [1.0] and (blobs["bn"][1] > 0).all()
     assert abs(blobs["s"][0].mean() - 1) < 0.05
+
+
+# -- large blobs: drawn in chunks from child generators, on threads --------------------------------------
+
+def large_count():
+    from caffeinit.fillers import CHUNK
+    return 2 * CHUNK + 12345  # two full chunks and a partial one
+
+
+@pytest.mark.parametrize("text", ['type: "gaussian" mean: 0.5 std: 2', 'type: "uniform" min: -1 max: 3',
+                                  'type: "xavier"', 'type: "msra"', 'type: "gaussian" std: 1 sparse: 100000'])
+def test_large_blob_values_do_not_depend_on_the_thread_count(text):
+    shape = (large_count() // 5, 5)
+    runs = []
+    for threads in (1, 2, 3):
+        rng = np.random.default_rng(11)
+        runs.append((fill(filler(text), shape, rng, threads=threads), rng.random(4)))
+    for values, after in runs[1:]:
+        np.testing.assert_array_equal(values, runs[0][0])
+        np.testing.assert_array_equal(after, runs[0][1])  # the generator is left in the same state too
+    assert np.isfinite(runs[0][0]).all()
+
+
+def test_large_blob_draws_follow_the_seed_and_the_generator_state():
+    shape = (large_count(),)
+    gauss = filler('type: "gaussian" std: 1')
+    rng = np.random.default_rng(5)
+    first, second = fill(gauss, shape, rng), fill(gauss, shape, rng)
+    again = np.random.default_rng(5)
+    np.testing.assert_array_equal(fill(gauss, shape, again), first)
+    np.testing.assert_array_equal(fill(gauss, shape, again), second)
+    other = fill(gauss, shape, np.random.default_rng(6))
+    assert not np.array_equal(first, second) and not np.array_equal(first, other)
+
+
+def test_large_gaussian_moments_per_chunk():
+    """Every chunk is N(mean, std^2) on its own, and chunks are not copies of one another (independent streams)."""
+    from caffeinit.fillers import CHUNK
+    values = draw('type: "gaussian" mean: 1 std: 0.5', (large_count(),))
+    chunks = [values[i:i + CHUNK] for i in range(0, values.size, CHUNK)]
+    for chunk in chunks:  # 5 standard errors: mean 0.5 / sqrt(n), variance sqrt(2 / n) relative
+        assert abs(chunk.mean() - 1) < 5 * 0.5 / math.sqrt(chunk.size)
+        assert abs(chunk.var() / 0.25 - 1) < 5 * math.sqrt(2 / chunk.size)
+    centered = [c[:12345] - 1 for c in chunks]
+    for a, b in [(0, 1), (1, 2), (0, 2)]:
+        assert abs(np.corrcoef(centered[a], centered[b])[0, 1]) < 5 / math.sqrt(12345)
+
+
+def test_large_xavier_support_and_variance():
+    n = 1000  # fan_in of a (count / 1000, 1000) blob
+    values = draw('type: "xavier"', (large_count() // n, n))
+    bound = math.sqrt(3 / n)
+    assert np.abs(values).max() <= bound * (1 + 1e-6) and np.abs(values).max() > 0.999 * bound
+    assert abs(values.var() * n - 1) < 5 * math.sqrt(0.8 / values.size)  # relative error of a uniform variance
+
+
+def test_large_sparse_gaussian_keeps_its_probability():
+    values = draw('type: "gaussian" std: 1 sparse: 10', (40, large_count() // 40))
+    kept = (values != 0).mean()
+    assert abs(kept - 10 / 40) < 5 * math.sqrt(0.25 * 0.75 / values.size)
+
+
+def test_large_constant_is_exact():
+    values = fill(filler('type: "constant" value: 0.1'), (large_count(),), np.random.default_rng(0))
+    assert values.dtype == np.float32 and (values == np.float32(0.1)).all()

@@ -305,3 +305,29 @@ def test_non_finite_blobs_are_never_written(tmp_path):
     with pytest.raises(CaffeinitError, match="layer 'fc' blob 0 has 1 non-finite"):
         write_caffemodel(out, net)
     assert out.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("position", [0, 1, 65535, 65536, 65537, 200_000 - 1])
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_found_anywhere_in_a_blob(tmp_path, position, bad_value):
+    """The chunked check finds one bad value at the ends of the blob and on either side of a chunk boundary."""
+    net = caffe_pb2.NetParameter(name="n")
+    net.layer.add(name="a", type="InnerProduct")
+    net.layer.add(name="b", type="InnerProduct")
+    good = np.random.default_rng(0).standard_normal((400, 500), dtype=np.float32)
+    bad = good.copy()
+    bad.flat[position] = bad_value
+    out = tmp_path / "w.caffemodel"
+    for blobs in ({"a": [good, bad]}, {"a": [good], "b": [np.ones(3, np.float32), bad.T]}):  # .T: not contiguous
+        with pytest.raises(CaffeinitError, match=r"blob 1 has 1 non-finite values"):
+            weights.write_caffemodel(out, net, blobs)
+        assert not out.exists() and not list(tmp_path.iterdir())  # no file, no temporary left behind
+
+
+def test_count_non_finite_agrees_with_numpy():
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal(3 * 65536 + 7).astype(np.float32)
+    values[rng.choice(values.size, 500, replace=False)] = rng.choice([np.nan, np.inf, -np.inf], 500)
+    for array in (values, values[:7 * 28000].reshape(7, -1)[:, ::3], values[:1].reshape(()), values[:0]):
+        assert weights.count_non_finite(array) == array.size - np.isfinite(array).sum()
+    assert weights.count_non_finite(np.float32([1e38, -3.4e38, 0])) == 0  # large but finite is fine
