@@ -632,7 +632,8 @@ class ScaleProbe:
                 with torch.enable_grad():
                     xs = (self.x * scale).requires_grad_(True)
                     y = self.layer.forward([xs], self.blobs)[0]
-                    (g,) = torch.autograd.grad(y, xs, grad_outputs=self._direction(y))
+                    # (y u).sum() rather than grad_outputs=u: the latter makes torch import sympy (~0.4 s)
+                    (g,) = torch.autograd.grad((y * self._direction(y)).sum(), xs)
             out, grad = _rms(y), _rms(g)
             self.cache[index] = (math.log(out) if out > 0 else math.nan, math.log(grad) if grad > 0 else math.nan)
         return self.cache[index]
