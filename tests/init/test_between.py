@@ -247,3 +247,46 @@ def test_linearization_of_a_homogeneous_dag():
                 np.testing.assert_allclose(gain.per_channel(x), -factor.per_channel(x), atol=1e-12)
             if k not in split:
                 assert abs(change[k] + 2 * float(factor.rows[0] @ x)) < 1e-12
+
+
+GRAM_NET = (HEAD.format(name="gram") + conv("left", "data", 6) + conv("right", "data", 10)
+            + layer("cat", "Concat", ["left", "right"]) + ip("fc1", "cat", 20) + relu("relu1", "fc1")
+            + 'layer { name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2" inner_product_param { num_output: 30 '
+              'transpose: true weight_filler { type: "gaussian" std: 0.1 } } }\n'
+            + ip("fc3", "fc2", 5))
+
+
+def test_inner_product_gradient_norms_from_gram_matrices_equal_the_formed_gradients(monkeypatch):
+    """The squared gradient norms (and per-input-channel sums of a Concat-split fc1) that the Gram matrices give
+    equal those of the gradients autograd forms, draw for draw."""
+    from caffeinit.init import between
+
+    m = model(GRAM_NET)
+    sm = build_scale_model(m.module)
+    sm.input_channels = {k: between._InputChannels(node, tuple(sm.groups[k].shape))
+                         for k, node in sm.linearize().split_groups().items()}
+    names = [nodes[0].name for nodes in sm.group_nodes]
+    assert names.index("fc1") in sm.input_channels  # its input is split into the two branches' blocks
+    feed = {"data": torch.from_numpy(images(1, seed=3)[0]["data"])}
+
+    def measure():
+        sums = {k: np.zeros(r.channels) for k, r in sm.input_channels.items()}
+        with between._GradsOnly(m.module, sm.groups):
+            total = between._square_grads(m.module, sm, feed, 0, 2, 7, sm.groups, channel_sums=sums)
+        return total, sums
+
+    taps = []
+    original = between._GramTap.__init__
+    monkeypatch.setattr(between._GramTap, "__init__", lambda self, *a, **k: (original(self, *a, **k),
+                                                                             taps.append(self))[0])
+    gram, gram_sums = measure()
+    assert {sm.group_nodes[k][0].name for k in taps[0].readers} == {"fc1", "fc2"}  # fc3: forming it is cheaper
+
+    def no_grams(self, *a, **k):
+        original(self, *a, **k)
+        self.readers, self.key_of, self.wanted = {}, {}, set()
+    monkeypatch.setattr(between._GramTap, "__init__", no_grams)
+    formed, formed_sums = measure()
+    np.testing.assert_allclose(gram, formed, rtol=1e-5)
+    for k in formed_sums:
+        np.testing.assert_allclose(gram_sums[k], formed_sums[k], rtol=1e-5)
