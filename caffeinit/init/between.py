@@ -67,8 +67,9 @@ is taken back (the weights are divided by what it multiplied) and retried with h
 (converged) when no rate would move by more than ``tolerance``, or the last update narrowed the spread by less than
 half of it, or the step fell below 1/16 (the constraints, the model or the sampling noise allow no better). If the
 model mispredicted a change on the first batch by more than ``tolerance`` and a tenth of the change, the
-non-homogeneous layers shaped it and it may differ between batches: then, before stopping, the other batches are
-measured again at the current weights (the final check, once) and the iteration goes on from those rates. At most
+non-homogeneous layers shaped it and it may differ between batches: then the other batches are measured again at
+the current weights (the final check, once) as soon as no rate would move by more than twice ``tolerance`` (what is
+extrapolated from batch 0 carries its sampling noise), and the iteration goes on from those rates. At most
 ``between_iters`` updates. The reported rates after the step are these all-batch rates (measured, or with the first
 batch's last changes added; exact on homogeneous nets). CaffeNet (two LRN layers) takes 4 + 1 gradient passes: one
 update, predicted within 1% on its first batch.
@@ -885,7 +886,9 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 undo, prev_spread = None, spread
                 x, linear, move = _model_step(model, probes, np.where(valid, log_rates, 0.0), valid, correction,
                                               _shares(model, sums))
-                if np.max(np.abs(move[valid]), initial=0.0) <= limit or stalled:
+                # rates extrapolated from batch 0's changes are taken no closer than its sampling noise (about
+                # twice the tolerance) before all batches are measured again
+                if np.max(np.abs(move[valid]), initial=0.0) <= (2 * limit if unsure else limit) or stalled:
                     if not unsure:
                         converged = True
                         break
