@@ -61,7 +61,7 @@ def export_onnx(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, s
     module = getattr(model, "module", model)
     net = module.net
     start = time.perf_counter()
-    blobs = module.blobs_numpy()
+    blobs = module.blobs_numpy(copy=False)  # read only: the graph builder copies what it keeps
     for layer, arrays in blobs.items():  # no NaN or infinity ever reaches a written file
         for k, array in enumerate(arrays):
             if not np.isfinite(array).all():
