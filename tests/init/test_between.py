@@ -290,3 +290,34 @@ def test_inner_product_gradient_norms_from_gram_matrices_equal_the_formed_gradie
     np.testing.assert_allclose(gram, formed, rtol=1e-5)
     for k in formed_sums:
         np.testing.assert_allclose(gram_sums[k], formed_sums[k], rtol=1e-5)
+
+
+# CaffeNet's LRN setting (alpha 1e-4 over 5 channels): mildly non-homogeneous
+MILD_LRN_NET = LRN_NET.replace("local_size: 3 alpha: 3 beta: 0.75", "local_size: 5 alpha: 0.0001 beta: 0.75") \
+    .replace("local_size: 5 alpha: 5 beta: 0.75 k: 2", "local_size: 5 alpha: 0.0001 beta: 0.75")
+
+
+@pytest.mark.parametrize("text, final_check", [(MILD_LRN_NET, False), (LRN_NET, True)], ids=["mild", "saturated"])
+def test_gradient_passes_every_batch_once_then_batch_zero(monkeypatch, text, final_check):
+    """The schedule: all batches measured once, then batch 0 once per update; the other batches again (once) only
+    where the model mispredicted an update's effect (a saturated LRN), not where it predicted it (a mild one)."""
+    from caffeinit.init import between
+
+    passes = []
+    original = between._square_grads
+    monkeypatch.setattr(between, "_square_grads", lambda *a, **k: (passes.append(a[3]), original(*a, **k))[1])
+    m = model(text)
+    init = images(4, seed=11)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    m.module.layer_blobs[m.net.layer("conv1").index][0].data.mul_(30.0)  # far from equal rates
+    report = initialize(m, init, InitConfig(within=False, measure_before=False), progress=False)
+    assert report.homogeneous is False and report.between_converged and report.between_iterations >= 1
+    assert passes[:4] == [0, 1, 2, 3]
+    rest = passes[4:]
+    if final_check:
+        at = rest.index(1)
+        assert rest[at:at + 3] == [1, 2, 3]
+        rest = rest[:at] + rest[at + 3:]
+    assert rest == [0] * report.between_iterations
+    if not final_check:  # the model's prediction holds: one update
+        assert report.between_iterations == 1
