@@ -36,8 +36,7 @@ class ChannelStats:
             self._merge(outer * inner, mean.to(torch.float64), var.to(torch.float64))
             return
         first = rows.mean(dim=(0, 2), keepdim=True)
-        if self._scratch is None or self._scratch.shape != rows.shape or self._scratch.dtype != rows.dtype or \
-                self._scratch.device != rows.device:
+        if self._scratch is None or self._scratch.shape != rows.shape or self._scratch.dtype != rows.dtype:
             self._scratch = torch.empty_like(rows, memory_format=torch.contiguous_format)
         deviations = torch.sub(rows, first, out=self._scratch)
         shift = deviations.mean(dim=(0, 2)).to(torch.float64)

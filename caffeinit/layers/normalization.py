@@ -39,23 +39,20 @@ class LRN(Layer):
         return [shape]
 
     def forward(self, bottoms, blobs):
+        # Caffe's x * (c + window(x^2))^-beta, in place on the fresh window tensor: the channel window as shifted
+        # slice sums allocates two buffers where F.local_response_norm allocates seven (3x faster on CPU)
         x = bottoms[0]
-        if self.region == _LRN.ACROSS_CHANNELS:
-            return [self._across_channels(x)]
-        pad = (self.size - 1) // 2
-        # Stride 1 and pad (size-1)/2 keep every AVE window size x size, so the divisor is always size^2.
-        mean_square = F.avg_pool2d(x * x, self.size, 1, pad, count_include_pad=True)
-        return [x * torch.pow(1 + self.alpha * mean_square, -self.beta)]
+        return [self.window(x * x).add_(self.offset).pow_(-self.beta).mul_(x)]
 
     @property
     def offset(self) -> float:
-        """c in top = x * (c + window(x^2))^-beta."""
+        """c in top = x * (c + window(x^2))^-beta (Caffe ignores k for WITHIN_CHANNEL)."""
         return self.k if self.region == _LRN.ACROSS_CHANNELS else 1.0
 
     def window(self, t):
-        """The linear, symmetric window map of ``forward``'s scale: alpha/size times the sum over ``size``
-        neighbouring channels (zero beyond the edges), or alpha times the mean over a size x size window (zero
-        padding counted)."""
+        """The linear, symmetric window map of the scale, on a fresh tensor: alpha/size times the sum over ``size``
+        neighbouring channels (zero beyond the edges), or alpha times the mean over a size x size window (stride 1
+        and pad (size-1)/2 keep every window size x size, so the divisor is always size^2)."""
         if self.region == _LRN.ACROSS_CHANNELS:
             total = t.clone()
             for d in range(1, (self.size - 1) // 2 + 1):
@@ -64,17 +61,6 @@ class LRN(Layer):
             return total.mul_(self.alpha / self.size)
         pad = (self.size - 1) // 2
         return F.avg_pool2d(t, self.size, 1, pad, count_include_pad=True).mul_(self.alpha)
-
-    def _across_channels(self, x):
-        # Caffe's k + alpha/size * (window sum of squares), then x * scale^-beta. Shifted slice sums and in-place
-        # steps on fresh tensors allocate two buffers where F.local_response_norm allocates seven (3x faster on CPU).
-        squares = x * x
-        total = squares.clone()
-        for d in range(1, (self.size - 1) // 2 + 1):
-            total[:, d:] += squares[:, :-d]
-            total[:, :-d] += squares[:, d:]
-        scale = total.mul_(self.alpha / self.size).add_(self.k)
-        return scale.pow_(-self.beta).mul_(x)
 
 
 @register_layer
