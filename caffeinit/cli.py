@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from caffeinit.errors import CaffeinitError
 
@@ -335,9 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, above any progress bar (Python's default adds the warning's source line)."""
+    from tqdm.auto import tqdm
+    tqdm.write(f"caffeinit: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.showwarning = _show_warning
+        return _run_command(args)
+
+
+def _run_command(args) -> int:
     try:
         return args.func(args)
     except CaffeinitError as e:

@@ -76,3 +76,12 @@ def test_run_onnx_writes_the_initialized_net(tmp_path):
     want = model.forward({"data": x})["prob"]
     got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(["prob"], {"data": x})[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_warnings_are_one_line_each(tmp_path, capsys):
+    code, out = run(tmp_path, "--method", "kmeans")
+    err = capsys.readouterr().err.splitlines()
+    assert code == 0
+    fallback = [line for line in err if "ip1" in line]
+    assert fallback == ["caffeinit: warning: layer 'ip1': kmeans: only 8 input samples for 64 outputs: gaussian"]
+    assert not any("warnings.warn" in line or "UserWarning" in line for line in err)

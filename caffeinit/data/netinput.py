@@ -60,8 +60,11 @@ def net_source(net: Net, options: ImageOptions) -> Source:
         preprocess = Preprocess.for_layer(node.param, net.phase, top_shape=shape)
     item = preprocess.output_shape(1 if preprocess.force_gray else 3, *(preprocess.resize or shape[2:]))
     if preprocess.resize is not None and item != tuple(shape[1:]):
+        hint = ""
+        if item[0] != shape[1] and shape[1] in (1, 3):
+            hint = " (--gray decodes greyscale)" if shape[1] == 1 else " (drop --gray: the net takes colour)"
         raise CaffeinitError(f"--images: preprocessing gives {'x'.join(map(str, item))} images but the net's "
-                             f"input '{data_top}' is {'x'.join(map(str, shape[1:]))}")
+                             f"input '{data_top}' is {'x'.join(map(str, shape[1:]))}{hint}")
     entries = find_images(options.images, options.root_folder)
     return ImageSource(entries, preprocess, data_top, label_top, skip_bad=options.skip_bad_images,
                        name=options.images)

@@ -15,6 +15,7 @@ rescales them: their direction is kept); ``"all"`` draws every layer; a layer na
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -51,6 +52,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     records = _records(net, module)
     report.layers = list(records.values())
     plan = _draw_plan(net, module, config.reinit, records)
+    _warn_zero_frozen(net, module, records)
     report.seconds["load"] = time.perf_counter() - started
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -148,6 +150,18 @@ def _draw_plan(net, module, reinit: str, records: dict[str, LayerRecord]) -> dic
             owner[id(weight)] = node.name
             plan[node.index] = "affine"
     return plan
+
+
+def _warn_zero_frozen(net, module, records: dict[str, LayerRecord]) -> None:
+    """A frozen layer with all-zero weights (a deploy net's upsampling Deconvolution without its caffemodel) outputs
+    a constant: nothing before it can be measured through it."""
+    for node in net.layers:
+        blobs = module.layer_blobs[node.index]
+        if affine_of(node) is not None and is_frozen(node) and len(blobs) and not bool(blobs[0].detach().any()):
+            note = ("frozen (lr_mult 0) with all-zero weights: its output does not depend on its input; give it a "
+                    "filler (Caffe's 'bilinear' for upsampling) or load its weights with --weights")
+            records[node.name].note = note
+            warnings.warn(f"layer '{node.name}': {note}")
 
 
 def _measure_before(module, feed, config, records) -> None:

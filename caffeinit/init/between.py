@@ -866,6 +866,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
         # same gradient draws: no sampling noise) is added to the all-batch rates
         log_rates, log_first, probes, sums = measure(range(len(feeds)))
         valid = np.isfinite(log_rates) & np.isfinite(log_first)
+        _warn_without_gradient(model, log_rates, records)
         first_rates = np.exp(log_rates) / lr
         step_size, prev_spread, iterations, converged = 1.0, math.inf, 0, False
         correction = np.zeros((len(params), len(params)))  # learnt error of the model's response (Broyden)
@@ -937,6 +938,19 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 record.rate_after = float(rates[k] * lr[k]) if np.isfinite(rates[k]) else None
                 record.between_scale = _rms(params[k]) / start_rms[k] if start_rms[k] > 0 else 1.0
     return BetweenResult(first_rates, rates, iterations, converged, model.homogeneous, model.lr_mults)
+
+
+def _warn_without_gradient(model: ScaleModel, log_rates: np.ndarray, records: dict[str, LayerRecord]) -> None:
+    """Learnable layers the random output gradients never reach (log rate -inf: zero gradient, nonzero weight)."""
+    names = [model.group_nodes[k][0].name for k in np.flatnonzero(np.isneginf(log_rates))]
+    for name in names:
+        if name in records and not records[name].note:
+            records[name].note = "no gradient reaches it from the net's outputs: not rescaled"
+    if names:
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        warnings.warn(f"no gradient reaches {len(names)} learnable layer{'s' if len(names) > 1 else ''} from the "
+                      f"net's outputs ({shown}): the between-layer step leaves {'them' if len(names) > 1 else 'it'}"
+                      f" as the within-layer step set {'them' if len(names) > 1 else 'it'}")
 
 
 def _model_step(model: ScaleModel, probes: dict[int, ScaleProbe], log_rates: np.ndarray, valid: np.ndarray,

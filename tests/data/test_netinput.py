@@ -49,6 +49,17 @@ def test_preprocessing_that_does_not_fit_the_input_is_an_error():
         net_source(model.net, ImageOptions(images=str(IMAGES), resize="256,256", crop="200"))
 
 
+@pytest.mark.parametrize("channels,gray,hint", [(1, False, "(--gray decodes greyscale)"),
+                                                (3, True, "(drop --gray: the net takes colour)")])
+def test_a_colour_mismatch_names_the_flag(tmp_path, channels, gray, hint):
+    net = tmp_path / "net.prototxt"
+    net.write_text(f'input: "data" input_shape {{ dim: 1 dim: {channels} dim: 28 dim: 28 }}\n'
+                   'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 } }\n')
+    with pytest.raises(CaffeinitError) as error:
+        net_source(load(net).net, ImageOptions(images=str(IMAGES), gray=gray))
+    assert str(error.value).endswith(f"is {channels}x28x28 {hint}")
+
+
 def test_images_replace_a_train_nets_data_layer():
     param = read_net(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))
     shapes = image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES)), 4)

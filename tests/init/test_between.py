@@ -86,6 +86,28 @@ def test_frozen_layers_do_not_drawn_or_break_when_no_gradient_reaches_them():
     assert np.isfinite(report.spread("after"))
 
 
+def test_a_frozen_all_zero_layer_is_named_and_the_layers_it_cuts_off_are_reported():
+    """A deploy FCN's upsampling Deconvolution has lr_mult 0 and no filler: its weights are zero, so the output is
+    constant and no gradient reaches the layers before it. Both facts are warned; the weights stay finite."""
+    frozen_bn = layer("bn1", "BatchNorm", "conv1", "conv1", "param { lr_mult: 0 } " * 3)  # as MobileNet's: no warning
+    text = (HEAD.format(name="zero_up") + conv("conv1", "data", 8) + frozen_bn + relu("relu1", "conv1")
+            + conv("score", "conv1", 4)
+            + layer("up", "Deconvolution", "score", extra='param { lr_mult: 0 } convolution_param { num_output: 4 '
+                    'kernel_size: 4 stride: 2 bias_term: false } '))
+    m = model(text)
+    with pytest.warns(UserWarning) as caught:
+        report = initialize(m, images(2), InitConfig(), progress=False)
+    messages = [str(w.message) for w in caught]
+    assert [msg for msg in messages if "frozen" in msg] == [
+        "layer 'up': frozen (lr_mult 0) with all-zero weights: its output does not depend on its input; give it a "
+        "filler (Caffe's 'bilinear' for upsampling) or load its weights with --weights"]
+    assert "no gradient reaches 2 learnable layers from the net's outputs (conv1, score)" in " ".join(messages)
+    assert "all-zero weights" in report.layer("up").note
+    assert report.layer("score").note == "no gradient reaches it from the net's outputs: not rescaled"
+    assert report.layer("conv1").rate_after is None and report.between_iterations == 0
+    assert all(np.isfinite(a).all() for v in m.blobs().values() for a in v)
+
+
 def test_non_homogeneous_layers_iterate_and_stay_finite():
     m = model(MIXED)
     # one between-layer batch: the iteration's own batch, so the check is free of batch-to-batch sampling noise

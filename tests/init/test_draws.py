@@ -123,3 +123,17 @@ def test_pca_whitens_exactly_on_an_ill_conditioned_covariance():
 def test_float32_path_is_deterministic(method):
     p = _spectrum_patches(1600, 800, 1.5)
     assert torch.equal(draws.from_patches(method, p, 32, _gen(5)), draws.from_patches(method, p, 32, _gen(5)))
+
+
+@pytest.mark.parametrize("m,n", [(1200, 300), (600, 300), (500, 300)])
+def test_orthonormal_columns_equal_householder_qr_with_positive_diagonal(m, n):
+    """Cholesky QR (tall draws) and Householder QR (the others) give the same unique factor."""
+    a = torch.randn(m, n, generator=_gen(3), dtype=torch.float64)
+    q = draws.orthonormal_columns(a)
+    np.testing.assert_allclose((q.T @ q).numpy(), np.eye(n), atol=1e-13)
+    reference, r = np.linalg.qr(a.numpy())
+    reference *= np.sign(np.diag(r))
+    np.testing.assert_allclose(q.numpy(), reference, atol=1e-13)
+    # Q^T a is R: upper triangular with a positive diagonal
+    r = (q.T @ a).numpy()
+    assert np.abs(np.tril(r, -1)).max() < 1e-12 and (np.diag(r) > 0).all()
