@@ -186,6 +186,14 @@ def _measure_before(module, feed, config, records) -> None:
             record.mean_before, record.std_before = float(stats.mean.mean()), float(stats.std.mean())
 
     small = {v: t[:BEFORE_IMAGES] for v, t in feed.items()}
+    if not any(bool(p.detach().any()) for p in params):
+        # all-zero starting weights (a deploy net without fillers): no rate to measure, the statistics need a forward
+        with torch.no_grad():
+            try:
+                module(small, keep=(), tap=tap)
+            except CaffeinitError:  # a layer that needs the declared batch size (e.g. a Reshape with a fixed dim)
+                module(feed, keep=(), tap=tap)
+        return
     try:
         rates = measure_rates(module, model, [small], 1, config.seed, params=params, tap=tap)
     except CaffeinitError:  # a layer that needs the declared batch size (e.g. a Reshape with a fixed first dim)

@@ -86,6 +86,23 @@ def test_report_table_json_and_plot(tmp_path):
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_all_zero_starting_weights_get_their_before_statistics_from_a_forward_alone(monkeypatch):
+    """A deploy net without fillers starts at zero weights: the outputs before are the biases (std 0) and there is no
+    rate to measure, so no gradient pass is made for the report."""
+    text = PLAIN.replace('weight_filler { type: "gaussian" std: 0.01 }', 'bias_filler { type: "constant" value: 0.5 }')
+    m = model(text)
+    import caffeinit.init as init_module
+
+    def no_gradient_pass(*args, **kwargs):
+        raise AssertionError("a gradient pass for the starting weights")
+    monkeypatch.setattr(init_module, "measure_rates", no_gradient_pass)
+    report = initialize(m, images(2), InitConfig(between=False), progress=False)
+    for name in ("conv1", "conv2", "fc1", "fc2"):
+        layer = report.layer(name)
+        assert (layer.mean_before, layer.std_before, layer.rate_before) == (0.5, 0.0, None)
+        assert layer.mean_after == pytest.approx(0.1) and layer.std_after == pytest.approx(1.0)
+
+
 DIGITS = """name: "digits"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 32 dim: 1 dim: 8 dim: 8 } } }
 """ + "".join(
