@@ -70,6 +70,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
             result = run_between(module, feeds[:config.between_batches], config, records, progress)
             report.between_iterations, report.between_converged = result.iterations, result.converged
             report.homogeneous = result.homogeneous
+            report.rate_noise = result.rate_noise
             start = result.rates_before * np.array(result.lr_mults)
             start = start[np.isfinite(start) & (start > 0)]
             report.spread_between_start = float(start.max() / start.min()) if len(start) else None

@@ -44,6 +44,7 @@ class InitReport:
     homogeneous: bool | None = None
     output_scale: float = 1.0  # the net's end values are multiplied by this (1 on homogeneous nets)
     spread_between_start: float | None = None  # max/min rate when the between-layer step began (its first measure)
+    rate_noise: float | None = None  # median relative standard error of the measured rates (between-batch spread)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerRecord:
@@ -87,6 +88,8 @@ class InitReport:
         if after is not None:
             summary += f"; change-rate spread (max/min) {_num(before)}x -> {_num(after)}x"
             summary += f" after {self.between_iterations} between-layer update(s)"
+            if self.rate_noise is not None:
+                summary += f" (rates measured to +-{100 * self.rate_noise:.0f}%)"
         if self.seconds:
             summary += f"; {sum(self.seconds.values()):.2f} s"
         lines.append(summary)

@@ -79,6 +79,7 @@ def test_report_table_json_and_plot(tmp_path):
     assert [r["name"] for r in data["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
     assert data["spread_after"] < 1.001 < data["spread_before"]
     assert data["spread_after"] < 1.001 < data["spread_between_start"]
+    assert 0 < data["rate_noise"] < 1 and f"rates measured to +-{100 * report.rate_noise:.0f}%" in text
     report.layer("conv2").std_before = math.inf  # starting weights that overflow: valid JSON all the same
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert data["layers"][1]["std_before"] is None and "inf" in report.table()
