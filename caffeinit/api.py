@@ -49,7 +49,8 @@ class CaffeModel:
         blobs = _read_weights(weights)
         # Arrays this call read from a file belong to nobody else: the parameters may keep their memory.
         self.module = TorchNet(self.net, blobs, seed=seed, device=self.device,
-                               copy_blobs=isinstance(weights, Mapping))
+                               copy_blobs=isinstance(weights, Mapping),
+                               source="" if weights is None or isinstance(weights, Mapping) else os.fspath(weights))
 
     # -- shapes -----------------------------------------------------------------------------------------------
     def reshape(self, input_shapes: Mapping[str, Sequence[int]]) -> None:

@@ -34,9 +34,10 @@ class TorchNet(torch.nn.Module):
     fuse_inference = True
 
     def __init__(self, net: Net, blobs: Mapping[str, list[np.ndarray]] | None = None, *,
-                 seed: int = 0, device: str | torch.device = "cpu", copy_blobs: bool = True):
+                 seed: int = 0, device: str | torch.device = "cpu", copy_blobs: bool = True, source: str = ""):
         """``copy_blobs=False`` lets the parameters share the memory of the arrays in ``blobs`` (for arrays nobody
-        else holds, such as those just read from a file); filler values are never copied."""
+        else holds, such as those just read from a file); filler values are never copied. ``source`` names the
+        weights (a file) in errors about them."""
         super().__init__()
         self.net = net
         blobs = dict(blobs or {})
@@ -51,10 +52,14 @@ class TorchNet(torch.nn.Module):
                 arrays = blobs.pop(node.name, None)
                 owned = not copy_blobs
                 if arrays is None:
-                    arrays = node.layer.fill_blobs(rng)
+                    arrays = _fit_layer_blobs(node, node.layer.fill_blobs(rng))
                     self.missing.append(node.name)
                     owned = True
-                arrays = _fit_layer_blobs(node, arrays)
+                else:
+                    try:
+                        arrays = _fit_layer_blobs(node, arrays)
+                    except CaffeinitError as e:
+                        raise CaffeinitError(f"{source}: {e}" if source else str(e)) from None
                 learnable = set(node.layer.learnable_blobs())
                 for k, array in enumerate(arrays):
                     spec = node.param.param[k] if k < len(node.param.param) else None

@@ -85,3 +85,14 @@ def test_warnings_are_one_line_each(tmp_path, capsys):
     fallback = [line for line in err if "ip1" in line]
     assert fallback == ["caffeinit: warning: layer 'ip1': kmeans: only 8 input samples for 64 outputs: gaussian"]
     assert not any("warnings.warn" in line or "UserWarning" in line for line in err)
+
+
+def test_weights_of_another_net_name_the_file_layer_and_blob(tmp_path, capsys):
+    from caffeinit.api import load
+    other = tmp_path / "lenet.caffemodel"
+    load(ROOT / "models" / "lenet" / "deploy.prototxt").save_caffemodel(other)
+    code, out = run(tmp_path, "--weights", other)
+    err = capsys.readouterr().err
+    assert code == 1 and not out.exists()
+    assert err == (f"caffeinit: error: {other}: layer 'conv1': blob 0 has shape [20, 1, 5, 5] in the weights but the "
+                   "net needs [32, 3, 5, 5]\n")
