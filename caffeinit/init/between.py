@@ -947,10 +947,12 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 log_first = log_now
         finally:
             bar.close()
+    noise_level = float(np.expm1(np.median(standard_error[valid]))) if len(feeds) > 1 and valid.any() else None
     if not converged:
+        noise_note = f", each measured to +-{100 * noise_level:.0f}%" if noise_level is not None else ""
         warnings.warn(f"the between-layer step did not converge in {config.between_iters} updates (non-homogeneous "
                       f"layers: {', '.join(model.approximate_layers) or 'none'}); change rates still differ by "
-                      f"{math.exp(prev_spread):.2f}x")
+                      f"{math.exp(prev_spread):.2f}x{noise_note} (--between-iters allows more updates)")
     rates = np.where(valid, np.exp(log_rates) / lr, np.nan)
     for k, nodes in enumerate(model.group_nodes):
         for node in nodes:
@@ -958,7 +960,6 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
             if record is not None:
                 record.rate_after = float(rates[k] * lr[k]) if np.isfinite(rates[k]) else None
                 record.between_scale = _rms(params[k]) / start_rms[k] if start_rms[k] > 0 else 1.0
-    noise_level = float(np.expm1(np.median(standard_error[valid]))) if len(feeds) > 1 and valid.any() else None
     return BetweenResult(first_rates, rates, iterations, converged, model.homogeneous, model.lr_mults, noise_level)
 
 

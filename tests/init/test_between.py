@@ -357,3 +357,15 @@ def test_rate_noise_is_the_standard_error_of_the_batch_mean():
     np.testing.assert_allclose(se[:3], want[:3], rtol=0.05)
     assert se[3] == 0.0
     assert not _rate_noise(log_each[:1], valid).any()  # one batch: no estimate
+
+
+def test_running_out_of_updates_is_warned_with_the_spread_and_the_noise():
+    m = model(LRN_NET)
+    init = images(4, seed=11)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    m.module.layer_blobs[m.net.layer("conv1").index][0].data.mul_(30.0)
+    with pytest.warns(UserWarning, match=r"the between-layer step did not converge in 1 updates \(non-homogeneous "
+                      r"layers: norm1, norm2\); change rates still differ by [0-9.]+x, each measured to \+-[0-9]+% "
+                      r"\(--between-iters allows more updates\)"):
+        report = initialize(m, init, InitConfig(within=False, measure_before=False, between_iters=1), progress=False)
+    assert report.between_converged is False and report.between_iterations == 1
