@@ -161,6 +161,12 @@ def _model_and_images(args, say):
     return model, source
 
 
+def _known_length(source) -> int | None:
+    """How many distinct items an image source holds (None where counting would mean reading a database)."""
+    from caffeinit.data.sources import ImageSource
+    return len(source) if isinstance(source, ImageSource) else None
+
+
 def cmd_run(args) -> int:
     from caffeinit.data import batches
     from caffeinit.fileio import check_output_path
@@ -178,6 +184,10 @@ def cmd_run(args) -> int:
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
 
     model, source = _model_and_images(args, say)
+    distinct = _known_length(source)
+    if distinct is not None and distinct < args.num_images:
+        say(f"note: {distinct} images for --num-images {args.num_images}: cycled as Caffe's data layers do (batches "
+            "repeat images)")
 
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
     report = initialize(model, data, config, progress=not args.quiet)

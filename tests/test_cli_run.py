@@ -96,3 +96,14 @@ def test_weights_of_another_net_name_the_file_layer_and_blob(tmp_path, capsys):
     assert code == 1 and not out.exists()
     assert err == (f"caffeinit: error: {other}: layer 'conv1': blob 0 has shape [20, 1, 5, 5] in the weights but the "
                    "net needs [32, 3, 5, 5]\n")
+
+
+def test_fewer_images_than_asked_for_are_cycled_and_said_so(tmp_path, capsys):
+    out = tmp_path / "out.caffemodel"
+    args = ["run", str(CIFAR), "--images", str(IMAGES), "-o", str(out), "--batch-size", "10", "--between-iters", "1",
+            "--device", "cpu"]
+    assert main(args + ["--num-images", "30"]) == 0
+    err = capsys.readouterr().err
+    assert "note: 28 images for --num-images 30: cycled as Caffe's data layers do (batches repeat images)" in err
+    assert main(args + ["--num-images", "20"]) == 0
+    assert "note:" not in capsys.readouterr().err
