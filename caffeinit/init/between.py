@@ -857,8 +857,8 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
     with _GradsOnly(module, params):
 
         def measure(batches: range):
-            """Log effective rates over ``batches`` and of the first of them alone, the probes seen on the first and
-            the split groups' gradient squares per input channel."""
+            """Log effective rates over ``batches``, of the first of them alone and of each, the probes seen on the
+            first and the split groups' gradient squares per input channel."""
             tap = _ProbeTap(module, model, seed)
             channel_sums = {k: np.zeros(reader.channels) for k, reader in model.input_channels.items()}
             per_batch = [_square_grads(module, model, feeds[b], b, draws, seed, params, tap if b == batches[0] else None,
@@ -867,17 +867,14 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 log_rates = np.log(_rates(sum(per_batch), len(batches) * draws, params) * lr)
                 log_first = np.log(_rates(per_batch[0], draws, params) * lr)
                 log_each = np.array([np.log(_rates(sums, draws, params) * lr) for sums in per_batch])
-            measured.append(log_each)
-            return log_rates, log_first, tap.probes, channel_sums
+            return log_rates, log_first, tap.probes, channel_sums, log_each
 
-        measured: list[np.ndarray] = []
-
-        # every batch at the start; afterwards only batch 0 is measured again, and the change it shows (same images,
-        # same gradient draws: no sampling noise) is added to the all-batch rates
-        log_rates, log_first, probes, sums = measure(range(len(feeds)))
+        # every batch at the start (their spread: the rates' standard errors); afterwards batch 0, or every batch
+        # once the model has mispredicted an update
+        log_rates, log_first, probes, sums, log_each = measure(range(len(feeds)))
         valid = np.isfinite(log_rates) & np.isfinite(log_first)
         _warn_without_gradient(model, log_rates, records)
-        standard_error = _rate_noise(measured[0], valid)
+        standard_error = _rate_noise(log_each, valid)
         noise = NOISE_Z * standard_error
         first_rates = np.exp(log_rates) / lr
         step_size, prev_spread, iterations, converged = 1.0, math.inf, 0, False
@@ -910,7 +907,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                         converged = True
                         break
                     # the final check: the other batches at the current weights, merged with batch 0's measurement
-                    rest, _, _, sums_rest = measure(range(1, len(feeds)))
+                    rest, _, _, sums_rest, _ = measure(range(1, len(feeds)))
                     sums = {k: sums[k] + sums_rest[k] for k in sums}
                     log_rates = 0.5 * np.log((np.exp(2 * log_first) + (len(feeds) - 1) * np.exp(2 * rest)) / len(feeds))
                     valid &= np.isfinite(log_rates)
@@ -929,7 +926,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                     converged = True
                     break
                 every_batch = distrust and len(feeds) > 1
-                log_all, log_now, probes, sums = measure(range(len(feeds)) if every_batch else range(1))
+                log_all, log_now, probes, sums, _ = measure(range(len(feeds)) if every_batch else range(1))
                 valid &= np.isfinite(log_now) & np.isfinite(log_all)
                 seen = np.where(valid, log_now - log_first, 0.0)
                 if np.max(np.abs(x)) >= limit:  # smaller steps say more about the noise than about the model
@@ -967,10 +964,8 @@ def _rate_noise(log_each: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Standard error of each all-batch log rate, from how the batches' own log rates spread (per layer, pooled
     with the median layer's: a few batches give a rough per-layer figure); zero with a single batch."""
     count = log_each.shape[0]
-    if count < 2 or not valid.any():
-        return np.zeros(log_each.shape[1])
     valid = valid & np.isfinite(log_each).all(axis=0)
-    if not valid.any():
+    if count < 2 or not valid.any():
         return np.zeros(log_each.shape[1])
     sd = np.where(valid, np.std(np.where(valid, log_each, 0.0), axis=0, ddof=1), 0.0)
     pooled = float(np.median(sd[valid]))
