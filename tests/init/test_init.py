@@ -161,3 +161,27 @@ def test_trainability_on_digits(lr):
     batches = [{"data": x[i:i + 32].numpy()} for i in range(0, 320, 32)]
     initialize(m, batches, InitConfig(), progress=False)
     assert _train(m, x, y, lr) < 1.0
+
+
+def test_a_deploy_init_loads_into_the_train_net_by_layer_names(tmp_path):
+    """`caffe train --weights init.caffemodel` copies layers by name: every learnable layer of LeNet's train/test net
+    finds its initialized blobs, with the shapes it needs, and the TRAIN net computes what the deploy net does."""
+    from caffeinit.api import load
+    from tests.conftest import shared_path
+    deploy = load(shared_path("corpus", "bvlc__examples_mnist_lenet.prototxt"))
+    rng = np.random.default_rng(2)
+    batches = [{"data": rng.uniform(0, 1, (16, 1, 28, 28)).astype(np.float32)} for _ in range(4)]
+    initialize(deploy, batches, InitConfig(), progress=False)
+    out = tmp_path / "init.caffemodel"
+    deploy.save_caffemodel(out)
+    train = load(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"), out, phase="train",
+                 input_shapes={"data": (16, 1, 28, 28), "label": (16,)})
+    assert train.module.missing == []
+    learnable = {name: blobs for name, blobs in train.blobs().items() if blobs}
+    assert sorted(learnable) == ["conv1", "conv2", "ip1", "ip2"]
+    for name, blobs in learnable.items():
+        for got, want in zip(blobs, deploy.blobs()[name]):
+            np.testing.assert_array_equal(got, want)
+    x = batches[0]["data"]
+    got = train.forward({"data": x, "label": np.zeros(16, np.float32)}, blobs=["ip2"])["ip2"]
+    np.testing.assert_allclose(got, deploy.forward({"data": x}, blobs=["ip2"])["ip2"], rtol=1e-6, atol=1e-6)
