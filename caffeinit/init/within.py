@@ -52,6 +52,9 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
             for v in node.bottom_values:
                 last_use[v] = node.index
     values: dict[str, list[torch.Tensor]] = {}
+    # exact per-channel (axis 1) mean and variance over all batches, float64, of values whose statistics follow
+    # from a layer's own: a normalized affine top, a TEST-phase BatchNorm's output
+    known: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for feed in batches:
         for v, t in feed.items():
             values.setdefault(v, []).append(t)
@@ -70,10 +73,17 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
         affine = affine_of(node)
         with torch.no_grad():
             if action == "affine" and affine is not None:
-                tops = _init_affine(affine, blobs, bottoms, config, records[node.name])
+                given = known.get(node.bottom_values[0]) if _output_is_input(affine) else None
+                tops, stats = _init_affine(affine, blobs, bottoms, config, records[node.name], given)
+                if affine.channel_axis == 1 and len(tops) == 1:
+                    known[node.top_values[0]] = stats
             else:
                 if node.type == "BatchNorm" and (action == "bn" or upstream_changed):
-                    _set_batchnorm_stats(blobs, bottoms[0])
+                    given = known.get(node.bottom_values[0])
+                    _set_batchnorm_stats(blobs, bottoms[0], given)
+                    if given is not None and node.layer.use_global_stats:  # y = (x - mean) / sqrt(var + eps)
+                        var = given[1]
+                        known[node.top_values[0]] = (torch.zeros_like(var), var / (var + node.layer.eps))
                     action = "bn"
                 tops = [node.layer.forward([b[i] for b in bottoms], blobs) for i in range(len(batches))]
                 tops = [list(t) for t in zip(*tops)]
@@ -93,8 +103,16 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
                 values.pop(v, None)
 
 
+def _output_is_input(affine: Affine) -> bool:
+    """A drawn Scale starts as gamma = 1 with zero bias: before its normalization its output is its input."""
+    return affine.kind == "scale" and affine.channel_axis == 1 and len(affine.node.layer.blob_shapes[0]) == 1
+
+
 def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[torch.Tensor]], config: InitConfig,
-                 record: LayerRecord) -> list[list[torch.Tensor]]:
+                 record: LayerRecord, given: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[list[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+    """Draw, normalize and return the layer's tops (per top, per batch) and their exact statistics (mean, var).
+    ``given``: the statistics of the output before normalization where they are known (not measured again)."""
     node = affine.node
     weight = blobs[0]
     gen = layer_generator(config.seed, node, weight.device)
@@ -107,11 +125,14 @@ def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[t
     n_batches = len(bottoms[0])
     tops = [node.layer.forward([b[i] for b in bottoms], blobs) for i in range(n_batches)]
     tops = [list(t) for t in zip(*tops)]  # per top, per batch
-    stats = ChannelStats()
-    for top in tops:
-        for t in top:
-            stats.update(t, affine.channel_axis)
-    mean, std = stats.mean, stats.std
+    if given is not None:
+        mean, std = given[0], torch.sqrt(given[1])
+    else:
+        stats = ChannelStats()
+        for top in tops:
+            for t in top:
+                stats.update(t, affine.channel_axis)
+        mean, std = stats.mean, stats.std
     dead = dead_channels(mean, std)
     gain = torch.where(dead, torch.ones_like(std), 1.0 / torch.where(dead, torch.ones_like(std), std))
     if affine.bias is not None:
@@ -132,7 +153,8 @@ def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[t
     g32 = gain.to(tops[0][0].dtype).reshape(shape)
     s32 = shift.to(tops[0][0].dtype).reshape(shape)
     # an affine layer's tops are fresh tensors: t <- t * gain + shift in place, in one pass
-    return [[torch.addcmul(s32, t, g32, out=t) for t in top] for top in tops]
+    tops = [[torch.addcmul(s32, t, g32, out=t) for t in top] for top in tops]
+    return tops, (mean * gain + shift, (std * gain) ** 2)
 
 
 def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.Tensor]], config: InitConfig,
@@ -185,11 +207,15 @@ def _gather_patches(affine: Affine, inputs: list[torch.Tensor], group: int, targ
     return torch.cat(rows)
 
 
-def _set_batchnorm_stats(blobs: list[torch.Tensor], inputs: list[torch.Tensor]) -> None:
-    stats = ChannelStats()
-    for x in inputs:
-        stats.update(x if x.dim() > 1 else x[:, None], 1)
-    blobs[0].data.copy_(stats.mean.to(blobs[0].dtype))
-    blobs[1].data.copy_(stats.var.to(blobs[1].dtype))
+def _set_batchnorm_stats(blobs: list[torch.Tensor], inputs: list[torch.Tensor],
+                         given: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Mean and population variance of the inputs (``given`` where known), scale factor 1."""
+    if given is None:
+        stats = ChannelStats()
+        for x in inputs:
+            stats.update(x if x.dim() > 1 else x[:, None], 1)
+        given = stats.mean, stats.var
+    blobs[0].data.copy_(given[0].to(blobs[0].dtype))
+    blobs[1].data.copy_(given[1].to(blobs[1].dtype))
     blobs[2].data.fill_(1.0)
 

@@ -78,6 +78,10 @@ def test_batchnorm_statistics_make_test_equal_train_and_scale_is_normalized():
     mean, std = _channel_stats(m, init, ["conv1@sc1"], {})["conv1@sc1"]
     np.testing.assert_allclose(mean, BETA, atol=1e-3)
     np.testing.assert_allclose(std, 1.0, rtol=1e-3)
+    # BatchNorm's statistics follow from conv1's normalization (not measured again): they equal conv1's output's
+    mean, std = _channel_stats(m, init, ["conv1"], {})["conv1"]
+    np.testing.assert_allclose(blobs["bn1"][0], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(blobs["bn1"][1], std ** 2, rtol=1e-5)
 
 
 def test_deconvolution_and_transposed_inner_product():
