@@ -7,8 +7,10 @@ Chan merge over batches); then W_c <- W_c / sigma_c, b_c <- beta - mu_c / sigma_
 affine map, so no second forward is needed. A channel with sigma_c = 0 keeps its draw and gets b_c = beta (counted and
 warned). A layer without bias_term only gets the 1/sigma_c scaling. BatchNorm layers that are drawn, or sit below a
 changed layer, get their statistics from the data: mean and population variance over all images and positions with
-scale factor 1, so the TEST net (global statistics) computes what the TRAIN net does. Scale layers are drawn as
-gamma = 1 and then normalized like any affine layer (after a BatchNorm this gives gamma ~ 1, beta ~ the target);
+scale factor 1, so the TEST net (global statistics) computes what the TRAIN net does; where a BatchNorm reads a
+normalized affine output, those statistics follow from that layer's own (not measured again). Scale layers are drawn
+as gamma = 1 and then normalized like any affine layer (after a BatchNorm this gives gamma ~ 1, beta ~ the target;
+its input statistics are then known from the BatchNorm's);
 PReLU keeps its filler slopes; Embed, Bias and recurrent layers keep their fillers. Values are freed after their last
 use.
 """
