@@ -25,7 +25,7 @@ from caffeinit.errors import CaffeinitError
 from caffeinit.init.between import build_scale_model, measure_rates, run_between
 from caffeinit.init.config import DATA_METHODS, METHODS, InitConfig
 from caffeinit.init.report import InitReport, LayerRecord
-from caffeinit.init.roles import affine_of, is_frozen, weight_lr_mult
+from caffeinit.init.roles import affine_of, frozen_at_zero, is_frozen, weight_lr_mult
 from caffeinit.init.stats import ChannelStats
 from caffeinit.init.within import run_within
 
@@ -157,8 +157,7 @@ def _warn_zero_frozen(net, module, records: dict[str, LayerRecord]) -> None:
     """A frozen layer with all-zero weights (a deploy net's upsampling Deconvolution without its caffemodel) outputs
     a constant: nothing before it can be measured through it."""
     for node in net.layers:
-        blobs = module.layer_blobs[node.index]
-        if affine_of(node) is not None and is_frozen(node) and len(blobs) and not bool(blobs[0].detach().any()):
+        if frozen_at_zero(node, module.layer_blobs[node.index]):
             note = ("frozen (lr_mult 0) with all-zero weights: its output does not depend on its input; give it a "
                     "filler (Caffe's 'bilinear' for upsampling) or load its weights with --weights")
             records[node.name].note = note

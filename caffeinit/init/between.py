@@ -91,7 +91,7 @@ from caffeinit.errors import CaffeinitError
 from caffeinit.executor import TorchNet
 from caffeinit.init.config import InitConfig
 from caffeinit.init.report import LayerRecord
-from caffeinit.init.roles import affine_of, is_frozen, weight_lr_mult
+from caffeinit.init.roles import affine_of, frozen_at_zero, is_frozen, weight_lr_mult
 from caffeinit.net import LayerNode, Net
 
 STRIPPED_AT_END = ("Softmax", "ArgMax")
@@ -849,6 +849,10 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
     model = build_scale_model(module)
     params, draws, seed = model.groups, config.between_draws, config.seed
     lr = np.array(model.lr_mults)
+    if params and not _reached_by_gradient(module, model).any():  # e.g. every path ends in a frozen all-zero layer
+        nothing = np.full(len(params), np.nan)
+        _warn_without_gradient(model, np.full(len(params), -np.inf), records)
+        return BetweenResult(nothing, nothing, 0, True, model.homogeneous, model.lr_mults)
     model.input_channels = {k: _InputChannels(node, tuple(params[k].shape))
                             for k, node in model.linearize().split_groups().items()}
     start_rms = [_rms(p) for p in params]
@@ -970,6 +974,16 @@ def _rate_noise(log_each: np.ndarray, valid: np.ndarray) -> np.ndarray:
     sd = np.where(valid, np.std(np.where(valid, log_each, 0.0), axis=0, ddof=1), 0.0)
     pooled = float(np.median(sd[valid]))
     return np.where(valid, np.sqrt((sd ** 2 + pooled ** 2) / 2) / math.sqrt(count), 0.0)
+
+
+def _reached_by_gradient(module: TorchNet, model: ScaleModel) -> np.ndarray:
+    """Per weight group: whether a gradient injected at the ends can reach it at all (frozen all-zero layers pass
+    none back)."""
+    carrying = set(model.ends)
+    for node in reversed(model.active):
+        if any(v in carrying for v in node.top_values) and not frozen_at_zero(node, module.layer_blobs[node.index]):
+            carrying.update(node.bottom_values)
+    return np.array([any(v in carrying for node in nodes for v in node.top_values) for nodes in model.group_nodes])
 
 
 def _warn_without_gradient(model: ScaleModel, log_rates: np.ndarray, records: dict[str, LayerRecord]) -> None:

@@ -145,6 +145,11 @@ def is_frozen(node: LayerNode) -> bool:
     return weight_lr_mult(node, 0) == 0
 
 
+def frozen_at_zero(node: LayerNode, blobs) -> bool:
+    """A frozen affine layer whose weights are all zero: its output is a constant, and no gradient passes it."""
+    return affine_of(node) is not None and is_frozen(node) and len(blobs) > 0 and not bool(blobs[0].detach().any())
+
+
 def fan_in(affine: Affine) -> int:
     """Inputs per output channel."""
     weight_shape = affine.node.layer.blob_shapes[0]

@@ -86,7 +86,7 @@ def test_frozen_layers_do_not_drawn_or_break_when_no_gradient_reaches_them():
     assert np.isfinite(report.spread("after"))
 
 
-def test_a_frozen_all_zero_layer_is_named_and_the_layers_it_cuts_off_are_reported():
+def test_a_frozen_all_zero_layer_is_named_and_the_layers_it_cuts_off_are_reported(monkeypatch):
     """A deploy FCN's upsampling Deconvolution has lr_mult 0 and no filler: its weights are zero, so the output is
     constant and no gradient reaches the layers before it. Both facts are warned; the weights stay finite."""
     frozen_bn = layer("bn1", "BatchNorm", "conv1", "conv1", "param { lr_mult: 0 } " * 3)  # as MobileNet's: no warning
@@ -95,8 +95,13 @@ def test_a_frozen_all_zero_layer_is_named_and_the_layers_it_cuts_off_are_reporte
             + layer("up", "Deconvolution", "score", extra='param { lr_mult: 0 } convolution_param { num_output: 4 '
                     'kernel_size: 4 stride: 2 bias_term: false } '))
     m = model(text)
+    from caffeinit.init import between
+    passes = []
+    original = between._square_grads
+    monkeypatch.setattr(between, "_square_grads", lambda *a, **k: (passes.append(a[3]), original(*a, **k))[1])
     with pytest.warns(UserWarning) as caught:
-        report = initialize(m, images(2), InitConfig(), progress=False)
+        report = initialize(m, images(2), InitConfig(measure_before=False), progress=False)
+    assert passes == []  # nothing to measure: no gradient can pass the frozen zeros
     messages = [str(w.message) for w in caught]
     assert [msg for msg in messages if "frozen" in msg] == [
         "layer 'up': frozen (lr_mult 0) with all-zero weights: its output does not depend on its input; give it a "
@@ -369,3 +374,17 @@ def test_running_out_of_updates_is_warned_with_the_spread_and_the_noise():
                       r"\(--between-iters allows more updates\)"):
         report = initialize(m, init, InitConfig(within=False, measure_before=False, between_iters=1), progress=False)
     assert report.between_converged is False and report.between_iterations == 1
+
+
+@pytest.mark.parametrize("text", [PLAIN, DAG, MIXED, FROZEN_SHARED], ids=["plain", "dag", "mixed", "frozen"])
+def test_every_weight_group_of_a_net_without_zero_layers_is_reached_by_the_gradient(text):
+    from caffeinit.init.between import _reached_by_gradient
+    m = model(text)
+    sm = build_scale_model(m.module)
+    assert len(sm.groups) > 1 and _reached_by_gradient(m.module, sm).all()
+    # zeroing a frozen layer (FROZEN_SHARED's conv2) cuts off what lies before it
+    if text is FROZEN_SHARED:
+        m.module.layer_blobs[m.net.layer("conv2").index][0].data.zero_()
+        reached = dict(zip((nodes[0].name for nodes in sm.group_nodes), _reached_by_gradient(m.module, sm)))
+        assert not reached["conv1"]
+        assert all(reached[name] for name in reached if name != "conv1")
