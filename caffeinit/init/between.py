@@ -961,6 +961,8 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
             if record is not None:
                 record.rate_after = float(rates[k] * lr[k]) if np.isfinite(rates[k]) else None
                 record.between_scale = _rms(params[k]) / start_rms[k] if start_rms[k] > 0 else 1.0
+                if record.rate_after is not None and standard_error[k] > 0:
+                    record.rate_noise = float(np.expm1(standard_error[k]))
     return BetweenResult(first_rates, rates, iterations, converged, model.homogeneous, model.lr_mults, noise_level)
 
 

@@ -25,6 +25,7 @@ class LayerRecord:
     rate_before: float | None = None
     rate_after: float | None = None
     between_scale: float = 1.0  # factor the between-layer step applied to W
+    rate_noise: float | None = None  # relative standard error of rate_after (from the between batches' spread)
     dead: int = 0
 
     def after_stats(self, mean, std) -> None:
@@ -106,7 +107,10 @@ class InitReport:
         fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4))
         xs = range(len(names))
         ax.bar([x - 0.2 for x in xs], [r.rate_before or math.nan for r in records], 0.4, label="before")
-        ax.bar([x + 0.2 for x in xs], [r.rate_after or math.nan for r in records], 0.4, label="after")
+        after = [r.rate_after or math.nan for r in records]
+        noise = [r.rate_noise or 0.0 for r in records]  # +- one standard error, symmetric in log scale
+        spread = [[a - a / (1 + n) for a, n in zip(after, noise)], [a * n for a, n in zip(after, noise)]]
+        ax.bar([x + 0.2 for x in xs], after, 0.4, label="after (+- standard error)", yerr=spread, capsize=2)
         ax.set_yscale("log")
         ax.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=8)
         ax.set_ylabel("lr_mult x RMS(dL/dW) / RMS(W)")

@@ -80,6 +80,9 @@ def test_report_table_json_and_plot(tmp_path):
     assert data["spread_after"] < 1.001 < data["spread_before"]
     assert data["spread_after"] < 1.001 < data["spread_between_start"]
     assert 0 < data["rate_noise"] < 1 and f"rates measured to +-{100 * report.rate_noise:.0f}%" in text
+    per_layer = sorted(layer["rate_noise"] for layer in data["layers"])
+    assert 0 < per_layer[0] and per_layer[-1] < 1  # each layer's own standard error; the summary gives their median
+    assert per_layer[0] <= data["rate_noise"] <= per_layer[-1]
     report.layer("conv2").std_before = math.inf  # starting weights that overflow: valid JSON all the same
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert data["layers"][1]["std_before"] is None and "inf" in report.table()
