@@ -1,4 +1,5 @@
-"""Caffe's weight fillers (include/caffe/filler.hpp): the same distributions, drawn from a numpy Generator.
+"""Caffe's weight fillers (include/caffe/filler.hpp): the same distributions, drawn from a numpy Generator (large
+blobs: from torch generators seeded by it).
 
 The values follow Caffe's distributions, not its random stream. Fan-in and fan-out are Caffe's:
 ``fan_in = count / shape[0]`` and ``fan_out = count / shape[1]`` (``count`` for a 1-axis blob).
