@@ -113,21 +113,23 @@ def _draw(rng: np.random.Generator, count: int, draw: Callable[[np.random.Genera
         draw(rng, values)
         return values
     import torch
-    starts = range(0, count, CHUNK)
     root = np.random.SeedSequence([int(word) for word in rng.integers(0, 2**32, size=8, dtype=np.uint64)])
-    seeds = [int(child.generate_state(1, np.uint64)[0]) >> 1 for child in root.spawn(len(starts))]
+    seeds = [int(child.generate_state(1, np.uint64)[0]) >> 1 for child in root.spawn(-(-count // CHUNK))]
+    in_chunks(count, lambda k, chunk: draw_chunk(torch.Generator().manual_seed(seeds[k]), values[chunk]), threads)
+    return values
 
-    def draw_one(k: int) -> None:
-        draw_chunk(torch.Generator().manual_seed(seeds[k]), values[starts[k]:starts[k] + CHUNK])
 
-    workers = min(threads or min(_usable_cpus(), MAX_THREADS), len(starts))
+def in_chunks(count: int, work: Callable[[int, slice], None], threads: int | None = None) -> None:
+    """``work(k, slice)`` for the k-th ``CHUNK``-sized piece of ``range(count)``, on up to ``threads`` threads
+    (default: the usable CPUs, at most ``MAX_THREADS``). For work that releases the GIL (numpy, torch kernels)."""
+    pieces = [slice(start, min(start + CHUNK, count)) for start in range(0, count, CHUNK)]
+    workers = min(threads or min(_usable_cpus(), MAX_THREADS), len(pieces))
     if workers <= 1:
-        for k in range(len(starts)):
-            draw_one(k)
+        for k, piece in enumerate(pieces):
+            work(k, piece)
     else:
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(draw_one, range(len(starts))))
-    return values
+            list(pool.map(work, range(len(pieces)), pieces))
 
 
 def _usable_cpus() -> int:

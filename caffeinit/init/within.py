@@ -20,6 +20,7 @@ import math
 import warnings
 import torch
 
+from caffeinit import fillers
 from caffeinit.executor import TorchNet
 from caffeinit.init import draws
 from caffeinit.init.config import DATA_METHODS, InitConfig
@@ -172,7 +173,7 @@ def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.
         method = "gaussian"
     if method == "gaussian":
         record.method = "gaussian"
-        return weight.data.normal_(generator=gen)  # drawn in place: the values of torch.randn(shape, generator)
+        return _standard_normal_(weight.data, gen)
     groups, n_out, width = affine.groups, affine.num_output // affine.groups, fan_in(affine)
     if method == "orthogonal":
         record.method = "orthogonal"
@@ -192,6 +193,18 @@ def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.
         mats.append(filters.to(device))
     record.method = method
     return affine.from_group_matrices(torch.stack(mats), weight)
+
+
+def _standard_normal_(weight: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``weight`` filled in place with N(0, 1) draws from ``gen``; on the CPU a large weight (fc6) in chunks, each
+    from its own generator seeded by ``gen``, on a few threads (the same values for any thread count)."""
+    flat = weight.view(-1)
+    if flat.device.type != "cpu" or flat.numel() <= fillers.CHUNK:
+        return weight.normal_(generator=gen)
+    seeds = torch.randint(0, 2 ** 62, (-(-flat.numel() // fillers.CHUNK),), generator=gen).tolist()
+    fillers.in_chunks(flat.numel(), lambda k, chunk: flat[chunk].normal_(generator=torch.Generator().manual_seed(
+        seeds[k])))
+    return weight
 
 
 def _gather_patches(affine: Affine, inputs: list[torch.Tensor], group: int, target: int,

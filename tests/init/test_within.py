@@ -98,3 +98,20 @@ def test_deconvolution_and_transposed_inner_product():
     for name, (mean, std) in stats.items():
         np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
         np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
+
+
+def test_a_large_gaussian_draw_is_the_same_for_any_thread_count(monkeypatch):
+    from caffeinit import fillers
+    from caffeinit.init.within import _standard_normal_
+    n = 2 * fillers.CHUNK + 12345
+    draws = []
+    for cpus in (1, 3):
+        monkeypatch.setattr(fillers, "_usable_cpus", lambda: cpus)
+        draws.append(_standard_normal_(torch.empty(n), torch.Generator().manual_seed(5)).numpy())
+    np.testing.assert_array_equal(draws[0], draws[1])
+    chunks = [draws[0][i:i + fillers.CHUNK] for i in range(0, n, fillers.CHUNK)]
+    for chunk in chunks:  # every chunk N(0, 1), each from its own generator
+        assert abs(chunk.mean()) < 5 / np.sqrt(chunk.size) and abs(chunk.std() - 1) < 5 / np.sqrt(chunk.size)
+    assert not np.array_equal(chunks[0][:100], chunks[1][:100])
+    other = _standard_normal_(torch.empty(n), torch.Generator().manual_seed(6)).numpy()
+    assert not np.array_equal(other[:100], draws[0][:100])
