@@ -85,10 +85,7 @@ def _normal(rng: np.random.Generator, mean: float, std: float, count: int, threa
         out *= np.float32(std)
         out += np.float32(mean)
 
-    def draw_chunk(generator, out) -> None:
-        import torch
-        torch.from_numpy(out).normal_(mean, std, generator=generator)
-    return _draw(rng, count, draw, draw_chunk, threads)
+    return _draw(rng, count, draw, lambda piece, generator: piece.normal_(mean, std, generator=generator), threads)
 
 
 def _uniform(rng: np.random.Generator, low: float, high: float, count: int, threads: int | None) -> np.ndarray:
@@ -97,39 +94,45 @@ def _uniform(rng: np.random.Generator, low: float, high: float, count: int, thre
         out *= np.float32(high - low)
         out += np.float32(low)
 
-    def draw_chunk(generator, out) -> None:
-        import torch
-        torch.from_numpy(out).uniform_(low, high, generator=generator)
-    return _draw(rng, count, draw, draw_chunk, threads)
+    return _draw(rng, count, draw, lambda piece, generator: piece.uniform_(low, high, generator=generator), threads)
 
 
 def _draw(rng: np.random.Generator, count: int, draw: Callable[[np.random.Generator, np.ndarray], None],
-          draw_chunk: Callable[[object, np.ndarray], None], threads: int | None) -> np.ndarray:
-    """``count`` float32 values: ``draw(rng, out)`` up to ``CHUNK`` values, else ``draw_chunk(torch generator,
-    out)`` chunk by chunk, each chunk's generator seeded from a child of a SeedSequence drawn from ``rng``, in
-    parallel."""
+          fill_piece: Callable, threads: int | None) -> np.ndarray:
+    """``count`` float32 values: ``draw(rng, out)`` up to ``CHUNK`` values, else ``fill_in_chunks`` with
+    ``fill_piece``, the chunks' seeds from the children of a SeedSequence drawn from ``rng``."""
     values = np.empty(count, np.float32)
     if count <= CHUNK:
         draw(rng, values)
         return values
     import torch
     root = np.random.SeedSequence([int(word) for word in rng.integers(0, 2**32, size=8, dtype=np.uint64)])
-    seeds = [int(child.generate_state(1, np.uint64)[0]) >> 1 for child in root.spawn(-(-count // CHUNK))]
-    in_chunks(count, lambda k, chunk: draw_chunk(torch.Generator().manual_seed(seeds[k]), values[chunk]), threads)
+    seeds = [int(child.generate_state(1, np.uint64)[0]) >> 1 for child in root.spawn(chunk_count(count))]
+    fill_in_chunks(torch.from_numpy(values), seeds, fill_piece, threads)
     return values
 
 
-def in_chunks(count: int, work: Callable[[int, slice], None], threads: int | None = None) -> None:
-    """``work(k, slice)`` for the k-th ``CHUNK``-sized piece of ``range(count)``, on up to ``threads`` threads
-    (default: the usable CPUs, at most ``MAX_THREADS``). For work that releases the GIL (numpy, torch kernels)."""
-    pieces = [slice(start, min(start + CHUNK, count)) for start in range(0, count, CHUNK)]
+def chunk_count(count: int) -> int:
+    """How many ``CHUNK``-sized pieces ``count`` values make."""
+    return -(-count // CHUNK)
+
+
+def fill_in_chunks(flat, seeds: Sequence[int], fill_piece: Callable, threads: int | None = None) -> None:
+    """``fill_piece(piece, generator)`` for the k-th ``CHUNK``-sized piece of the 1-D CPU tensor ``flat``, with a torch
+    generator seeded by ``seeds[k]``, on up to ``threads`` threads (default: the usable CPUs, at most
+    ``MAX_THREADS``; torch releases the GIL while it fills). The values do not depend on the thread count."""
+    import torch
+    pieces = [flat[start:start + CHUNK] for start in range(0, flat.numel(), CHUNK)]
+
+    def work(k: int) -> None:
+        fill_piece(pieces[k], torch.Generator().manual_seed(seeds[k]))
     workers = min(threads or min(_usable_cpus(), MAX_THREADS), len(pieces))
     if workers <= 1:
-        for k, piece in enumerate(pieces):
-            work(k, piece)
+        for k in range(len(pieces)):
+            work(k)
     else:
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(work, range(len(pieces)), pieces))
+            list(pool.map(work, range(len(pieces))))
 
 
 def _usable_cpus() -> int:

@@ -185,19 +185,22 @@ def _measure_before(module, feed, config, records) -> None:
                 stats.update(t, affine.channel_axis)
             record.mean_before, record.std_before = float(stats.mean.mean()), float(stats.std.mean())
 
-    small = {v: t[:BEFORE_IMAGES] for v, t in feed.items()}
-    if not any(bool(p.detach().any()) for p in params):
-        # all-zero starting weights (a deploy net without fillers): no rate to measure, the statistics need a forward
-        with torch.no_grad():
-            try:
-                module(small, keep=(), tap=tap)
-            except CaffeinitError:  # a layer that needs the declared batch size (e.g. a Reshape with a fixed dim)
-                module(feed, keep=(), tap=tap)
-        return
+    # all-zero starting weights (a deploy net without fillers): no rate to measure, the statistics need a forward
+    forward_only = not any(bool(p.detach().any()) for p in params)
+
+    def measure(batch) -> np.ndarray | None:
+        if forward_only:
+            with torch.no_grad():
+                module(batch, keep=(), tap=tap)
+            return None
+        return measure_rates(module, model, [batch], 1, config.seed, params=params, tap=tap)
+
     try:
-        rates = measure_rates(module, model, [small], 1, config.seed, params=params, tap=tap)
+        rates = measure({v: t[:BEFORE_IMAGES] for v, t in feed.items()})
     except CaffeinitError:  # a layer that needs the declared batch size (e.g. a Reshape with a fixed first dim)
-        rates = measure_rates(module, model, [feed], 1, config.seed, params=params, tap=tap)
+        rates = measure(feed)
+    if rates is None:
+        return
     rate_of = {id(p): r for p, r in zip(params, rates)}
     for node in nodes:
         rate = rate_of[id(module.layer_blobs[node.index][0])]

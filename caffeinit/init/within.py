@@ -201,9 +201,8 @@ def _standard_normal_(weight: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     flat = weight.view(-1)
     if flat.device.type != "cpu" or flat.numel() <= fillers.CHUNK:
         return weight.normal_(generator=gen)
-    seeds = torch.randint(0, 2 ** 62, (-(-flat.numel() // fillers.CHUNK),), generator=gen).tolist()
-    fillers.in_chunks(flat.numel(), lambda k, chunk: flat[chunk].normal_(generator=torch.Generator().manual_seed(
-        seeds[k])))
+    seeds = torch.randint(0, 2 ** 62, (fillers.chunk_count(flat.numel()),), generator=gen).tolist()
+    fillers.fill_in_chunks(flat, seeds, lambda piece, generator: piece.normal_(generator=generator))
     return weight
 
 
