@@ -70,7 +70,8 @@ def cmd_inspect(args) -> int:
         from caffeinit.weights import load_weights
         module = TorchNet(net, load_weights(args.weights))
         if module.missing and not args.json:
-            print(f"note: no weights for layers {', '.join(module.missing)}", file=sys.stderr)
+            print(f"note: {len(module.missing)} layers not in {args.weights}: {_name_list(module.missing)}",
+                  file=sys.stderr)
     if args.json:
         print(json.dumps(net_summary(net)))
     else:
@@ -155,10 +156,20 @@ def _model_and_images(args, say):
     source = net_source(model.net, options)
     say(f"device: {describe_device(device)}; precision: {args.precision}")
     say(f"data: {source.describe()}" + (f"; {source.preprocess.describe()}" if hasattr(source, "preprocess") else ""))
-    if model.module.missing:
-        where = f"not in {args.weights}" if args.weights else "without weights: filler values"
-        say(f"weights: {len(model.module.missing)} layers {where}: {', '.join(model.module.missing)}")
+    missing = model.module.missing
+    if missing and not args.weights:
+        say(f"weights: none given: all {len(missing)} layers with parameters start from their fillers")
+    elif missing:
+        say(f"weights: {len(missing)} layers not in {args.weights} (filler values): {_name_list(missing)}")
     return model, source
+
+
+def _name_list(names: list[str], limit: int = 12) -> str:
+    """Comma-separated names, the middle elided past ``limit`` (the first and last ones say where they are)."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    head, tail = names[:limit - 2], names[-2:]
+    return f"{', '.join(head)}, ... ({len(names) - limit} more), {', '.join(tail)}"
 
 
 def _known_length(source) -> int | None:
@@ -244,7 +255,8 @@ def cmd_convert(args) -> int:
     if args.weights is None:
         say("note: no --weights: the ONNX file holds the prototxt's filler values")
     elif model.module.missing:
-        say(f"note: layers without weights (filler values): {', '.join(model.module.missing)}")
+        say(f"note: {len(model.module.missing)} layers without weights (filler values): "
+            f"{_name_list(model.module.missing)}")
     inputs = [p for p in (args.net, args.weights) if p]
     _export_onnx(model, args.onnx, inputs, say, opset=args.opset, static_batch=args.static_batch,
                  check=not args.no_check, device=args.ort_device)

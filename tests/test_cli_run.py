@@ -107,3 +107,28 @@ def test_fewer_images_than_asked_for_are_cycled_and_said_so(tmp_path, capsys):
     assert "note: 28 images for --num-images 30: cycled as Caffe's data layers do (batches repeat images)" in err
     assert main(args + ["--num-images", "20"]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_the_weights_line_says_what_starts_from_fillers(tmp_path, capsys):
+    out = tmp_path / "out.caffemodel"
+    args = ["run", str(CIFAR), "--images", str(IMAGES), "-o", str(out), "--num-images", "8", "--batch-size", "4",
+            "--between-iters", "1", "--device", "cpu"]
+    assert main(args) == 0
+    assert "weights: none given: all 5 layers with parameters start from their fillers" in capsys.readouterr().err
+    from caffeinit.api import read_net_param
+    from caffeinit.weights import load_weights, write_caffemodel
+    partial = tmp_path / "partial.caffemodel"
+    net_param = read_net_param(CIFAR)
+    keep = [layer for layer in net_param.layer if layer.name == "conv1"]
+    del net_param.layer[:]
+    net_param.layer.extend(keep)
+    write_caffemodel(partial, net_param, {"conv1": load_weights(str(out))["conv1"]})
+    assert main(args + ["--weights", str(partial), "-o", str(tmp_path / "b.caffemodel")]) == 0
+    assert f"weights: 4 layers not in {partial} (filler values): conv2, conv3, ip1, ip2" in capsys.readouterr().err
+
+
+def test_long_name_lists_are_elided_in_the_middle():
+    from caffeinit.cli import _name_list
+    names = [f"l{i}" for i in range(30)]
+    assert _name_list(names[:12]) == ", ".join(names[:12])
+    assert _name_list(names) == "l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, ... (18 more), l28, l29"

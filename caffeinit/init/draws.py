@@ -5,7 +5,8 @@
 largest, and whiten with S = diag(1 / sqrt(lambda + 1e-2 lambda_max)) (a relative floor, so the scale of the data does
 not matter). At most samples / 4 components are kept: the rest are not estimated well enough to be whitened (they
 would amplify noise on fresh images). Then:
-  pca: rows of S V^T (the top components, whitened);   zca: rows of V S V^T (filters centred on one input each);
+  pca: rows of S V^T (the top components, whitened);   zca: rows of V S V^T (filters centred on one input each,
+  of the inputs that vary in the patches);
   kmeans: spherical k-means on the L2-normalized whitened patches Z = P_c V S, centres c mapped back as c S V^T;
   rand: random rows of Z mapped back the same way.
 zca, kmeans and rand depend on the whitening only through the metric V S^2 V^T, which tolerates a rotation of V within
@@ -147,7 +148,10 @@ def from_patches(method: str, patches: torch.Tensor, n_out: int, gen: torch.Gene
     if method == "pca":
         filters = _rows_with_mixes(whiten, n_out, gen, pick_random=False)
     elif method == "zca":
-        filters = _rows_with_mixes(vec @ whiten, n_out, gen, pick_random=True)
+        # row i is centred on input i; an input without variance in the patches (a dead input, a zero border) has a
+        # zero row, whose output would be constant: draw among the others
+        varying = (patches.amax(dim=0) > patches.amin(dim=0)).nonzero().flatten().to(vec.device)
+        filters = _rows_with_mixes(vec[varying] @ whiten, n_out, gen, pick_random=True)
     else:  # float32 from here: z only steers the k-means / random picks, whose results are rescaled anyway
         whiten = whiten.to(torch.float32)
         z = (patches.to(torch.float32) - patches.mean(dim=0, dtype=torch.float64).to(torch.float32)) @ whiten.t()

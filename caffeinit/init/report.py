@@ -60,6 +60,13 @@ class InitReport:
         rates = [r for r in rates if r is not None and r > 0 and math.isfinite(r)]
         return max(rates) / min(rates) if rates else None
 
+    def first_overflow(self) -> str | None:
+        """The first layer (net order) whose output statistics before the init are not finite, if any."""
+        for r in self.layers:
+            if any(v is not None and not math.isfinite(v) for v in (r.mean_before, r.std_before)):
+                return r.name
+        return None
+
     def to_dict(self) -> dict:
         """Plain data for JSON; a non-finite statistic (a net whose starting weights overflow) becomes None."""
         data = asdict(self)
@@ -69,6 +76,7 @@ class InitReport:
                     layer[key] = None
         data["spread_before"] = self.spread("before")
         data["spread_after"] = self.spread("after")
+        data["first_overflow_before"] = self.first_overflow()
         return data
 
     def table(self) -> str:
@@ -84,10 +92,15 @@ class InitReport:
         for r in self.layers:
             if r.note:
                 lines.append(f"note: {r.name}: {r.note}")
+        overflow = self.first_overflow()
+        if overflow is not None:
+            lines.append(f"note: the starting weights overflow float32 from layer '{overflow}' on: its and later "
+                         "layers' 'before' statistics are inf or nan (Caffe computes the same)")
         summary = f"{self.num_images} images, method {self.method}"
         before, after = self.spread("before"), self.spread("after")
         if after is not None:
-            summary += f"; change-rate spread (max/min) {_num(before)}x -> {_num(after)}x"
+            summary += "; change-rate spread (max/min) " + (f"{_num(before)}x -> " if before is not None else "")
+            summary += f"{_num(after)}x"
             summary += f" after {self.between_iterations} between-layer update(s)"
             if self.rate_noise is not None:
                 summary += f" (rates measured to +-{100 * self.rate_noise:.0f}%)"

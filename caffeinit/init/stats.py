@@ -15,6 +15,8 @@ class ChannelStats:
     (never a sum of squares of x; ~2e-7 relative on data whose mean is 1e5 times its spread, 3x faster than torch's
     Welford var_mean); on other devices by torch's var_mean (fast there, and no scratch memory). The per-batch results
     are merged in float64: n = n_a + n_b, d = m_b - m_a, m = m_a + d n_b / n, M2 = M2_a + M2_b + d^2 n_a n_b / n.
+    A batch whose float32 moments overflow (values beyond ~1e19, from starting weights that blow up) is redone in
+    float64, so only data that is itself inf or nan gives non-finite statistics.
     """
 
     def __init__(self):
@@ -31,18 +33,25 @@ class ChannelStats:
         if outer * inner == 0:
             return
         rows = x.reshape(outer, channels, inner)  # a view for contiguous batches: no copy of a large output
+        mean, var = self._moments(rows)
+        if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
+            # float32 squares overflow beyond ~1e19 (starting weights that blow up): redo this batch in float64
+            var, mean = torch.var_mean(rows.to(torch.float64), dim=(0, 2), correction=0)
+        self._merge(outer * inner, mean, var)
+
+    def _moments(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel float64 mean and population variance of ``rows`` (outer, channels, inner), reduced in the
+        input's precision."""
         if rows.device.type != "cpu":
             var, mean = torch.var_mean(rows, dim=(0, 2), correction=0)
-            self._merge(outer * inner, mean.to(torch.float64), var.to(torch.float64))
-            return
+            return mean.to(torch.float64), var.to(torch.float64)
         first = rows.mean(dim=(0, 2), keepdim=True)
         if self._scratch is None or self._scratch.shape != rows.shape or self._scratch.dtype != rows.dtype:
             self._scratch = torch.empty_like(rows, memory_format=torch.contiguous_format)
         deviations = torch.sub(rows, first, out=self._scratch)
         shift = deviations.mean(dim=(0, 2)).to(torch.float64)
         var = deviations.square_().mean(dim=(0, 2)).to(torch.float64) - shift * shift
-        mean = first.reshape(-1).to(torch.float64) + shift
-        self._merge(outer * inner, mean, var.clamp_min(0))
+        return first.reshape(-1).to(torch.float64) + shift, var.clamp_min(0)
 
     def _merge(self, n: int, mean: torch.Tensor, var: torch.Tensor) -> None:
         m2 = var * n

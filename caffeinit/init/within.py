@@ -30,6 +30,7 @@ from caffeinit.init.stats import ChannelStats
 from caffeinit.net import LayerNode
 
 SAMPLES_PER_OUTPUT = 10  # data-dependent draws gather about this many patches per filter (and >= 2 x fan-in)
+MIN_SAMPLES = 256  # and at least this many (depthwise 3x3: 18 patches would whiten only 4 of 9 directions)
 
 
 def layer_generator(seed: int, node: LayerNode, device) -> torch.Generator:
@@ -179,19 +180,26 @@ def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.
         record.method = "orthogonal"
         mats = torch.stack([draws.orthogonal(n_out, width, gen, device) for _ in range(groups)])
         return affine.from_group_matrices(mats, weight)
-    mats = []
-    target = min(config.max_samples, max(SAMPLES_PER_OUTPUT * n_out, 2 * width))
+    mats, flat = [], []
+    target = min(config.max_samples, max(SAMPLES_PER_OUTPUT * n_out, 2 * width, MIN_SAMPLES))
     for g in range(groups):
         patches = _gather_patches(affine, bottoms[0], g, target, gen)
-        filters = draws.from_patches(method, patches, n_out, gen, config.kmeans_iters)
-        if filters is None:
+        if patches.shape[0] < n_out:
             record.method = "gaussian"
             record.note = (f"{method}: only {patches.shape[0]} input samples for {n_out} outputs"
                            f"{' per group' if groups > 1 else ''}: gaussian")
             warnings.warn(f"layer '{affine.name}': {record.note}")
             return torch.randn(weight.shape, generator=gen, device=device)
+        filters = draws.from_patches(method, patches, n_out, gen, config.kmeans_iters)
+        if filters is None:  # patches (nearly) constant: a dead input channel
+            flat.append(g)
+            filters = torch.randn(n_out, width, generator=gen, device=gen.device)
         mats.append(filters.to(device))
-    record.method = method
+    record.method = method if len(flat) < groups else "gaussian"
+    if flat:
+        which = "its input patches" if groups == 1 else f"{len(flat)} of {groups} groups' input patches"
+        record.note = f"{method}: {which} do not vary enough: gaussian" + (" for those" if len(flat) < groups else "")
+        warnings.warn(f"layer '{affine.name}': {record.note}")
     return affine.from_group_matrices(torch.stack(mats), weight)
 
 

@@ -36,6 +36,16 @@ def test_pca_filters_whiten_the_patches():
     assert np.abs(off).max() < 1e-6
 
 
+def test_zca_filters_are_centred_on_inputs_that_vary():
+    """An input that is constant in every patch (a dead channel, a zero border) has a zero row in V S V^T; asking
+    for as many filters as inputs used to return it, a filter whose output is constant."""
+    p = _patches(f=6).clone()
+    p[:, 2] = 0.0
+    w = draws.from_patches("zca", p, 6, _gen()).double()
+    responses = (p.double() - p.double().mean(0)) @ w.T
+    assert responses.std(dim=0).min() > 1e-3 * responses.std(dim=0).max()
+
+
 def test_zca_is_symmetric_whitening():
     p = _patches()
     w = draws.from_patches("zca", p, 12, _gen()).double().numpy()

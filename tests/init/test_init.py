@@ -86,6 +86,7 @@ def test_report_table_json_and_plot(tmp_path):
     report.layer("conv2").std_before = math.inf  # starting weights that overflow: valid JSON all the same
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert data["layers"][1]["std_before"] is None and "inf" in report.table()
+    assert data["first_overflow_before"] == "conv2" and "overflow float32 from layer 'conv2'" in report.table()
     report.plot(tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -105,6 +106,22 @@ def test_all_zero_starting_weights_get_their_before_statistics_from_a_forward_al
         layer = report.layer(name)
         assert (layer.mean_before, layer.std_before, layer.rate_before) == (0.5, 0.0, None)
         assert layer.mean_after == pytest.approx(0.1) and layer.std_after == pytest.approx(1.0)
+
+
+def test_starting_weights_that_overflow_are_named_and_the_init_is_finite(tmp_path):
+    """Fillers of std 1e12 overflow float32 by fc1 (~1e13 per layer): the report names the first layer whose
+    statistics before are not finite, and the drawn weights do not inherit anything from them."""
+    m = model(PLAIN.replace("std: 0.01", "std: 1e12"))
+    report = initialize(m, images(2), InitConfig(), progress=False)
+    assert report.first_overflow() == "fc1"
+    assert math.isfinite(report.layer("conv2").std_before) and not math.isfinite(report.layer("fc1").std_before)
+    assert "overflow float32 from layer 'fc1' on" in report.table()
+    assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["first_overflow_before"] == "fc1"
+    for name in ("conv1", "conv2", "fc1", "fc2"):
+        assert report.layer(name).std_after is not None and math.isfinite(report.layer(name).std_after)
+    out = m.forward(images(1, seed=9)[0], ["fc2"])["fc2"]
+    assert np.isfinite(out).all() and 0 < np.abs(out).max() < 1e6
+    assert report.spread() < 1.1
 
 
 DIGITS = """name: "digits"

@@ -63,3 +63,18 @@ def test_mean_far_above_the_spread_keeps_the_variance():
     ref = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(4, -1)
     np.testing.assert_allclose(stats.mean.numpy(), ref.mean(1), rtol=1e-9)
     np.testing.assert_allclose(stats.var.numpy(), ref.var(1), rtol=1e-5)
+
+
+def test_values_whose_float32_squares_overflow_give_finite_statistics():
+    """A net whose starting weights blow up has outputs near 1e25: finite in float32, their squares not."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 3, 50)) * np.array([1e25, 1e30, 1.0])[None, :, None] + 2e25
+    stats = ChannelStats()
+    stats.update(torch.from_numpy(x.astype(np.float32)))
+    x32 = x.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(stats.mean.numpy(), x32.mean(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(stats.std.numpy(), x32.std(axis=(0, 2)), rtol=1e-10)
+    inf = torch.full((2, 1, 5), float("inf"))
+    stats = ChannelStats()
+    stats.update(inf)
+    assert not torch.isfinite(stats.mean).any()  # data that is itself infinite stays so

@@ -53,6 +53,47 @@ def test_fewer_samples_than_outputs_falls_back_to_gaussian_with_a_warning():
     assert report.layer("fc1").method == "gaussian" and report.layer("conv1").method == "kmeans"
 
 
+GROUPED_ON_DATA = ('name: "grouped"\nlayer { name: "data" type: "Input" top: "data" '
+                   'input_param { shape { dim: 8 dim: 4 dim: 12 dim: 12 } } }\n'
+                   + conv("conv1", "data", 8, group=2) + conv("dw", "conv1", 8, group=8))
+
+
+def test_a_group_whose_input_does_not_vary_alone_falls_back_to_gaussian():
+    """Input channels 2-3 (conv1's second group) are zero: that group's filters are Gaussian, the first group's
+    still come from its patches (one dead group used to turn the whole layer Gaussian under a wrong note)."""
+    m = model(GROUPED_ON_DATA)
+    batches = images(4, seed=3)
+    for b in batches:
+        b["data"] = np.concatenate([b["data"][:, :2], np.zeros_like(b["data"][:, :2])], axis=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = initialize(m, batches, InitConfig(method="kmeans", between=False, measure_before=False),
+                            progress=False)
+    assert [str(w.message) for w in caught] == [
+        "layer 'conv1': kmeans: 1 of 2 groups' input patches do not vary enough: gaussian for those",
+        "layer 'conv1': 4 of 8 output channels are constant on the init images (dead); they keep their draw and get "
+        "bias 0.1"]
+    assert report.layer("conv1").method == "kmeans" and "1 of 2 groups" in report.layer("conv1").note
+    assert report.layer("conv1").dead == 4  # Gaussian filters on a zero input: constant, as they must be
+
+
+def test_depthwise_convolutions_whiten_from_enough_patches(monkeypatch):
+    """A depthwise 3x3 layer has 9 inputs and 1 output per group: the old 2 x fan-in rule gathered 18 patches, so
+    the n/4 cap whitened 4 of 9 directions."""
+    from caffeinit.init import draws
+    counts = {}
+    original = draws.from_patches
+
+    def spy(method, patches, n_out, gen, kmeans_iters=20):
+        counts.setdefault(patches.shape[1], []).append(patches.shape[0])
+        return original(method, patches, n_out, gen, kmeans_iters)
+    monkeypatch.setattr(draws, "from_patches", spy)
+    batches = [{"data": np.concatenate([b["data"], b["data"][:, :1]], axis=1)} for b in images(4, seed=3)]
+    initialize(model(GROUPED_ON_DATA), batches, InitConfig(method="zca", between=False,
+                                                                     measure_before=False), progress=False)
+    assert len(counts[9]) == 8 and min(counts[9]) >= 256  # dw: 8 groups of 1 input channel x 3 x 3
+
+
 def test_dead_channels_keep_their_draw_and_get_the_bias():
     m = model(PLAIN)
     black = [{"data": np.zeros((8, 3, 12, 12), np.float32)} for _ in range(2)]
