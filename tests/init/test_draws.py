@@ -17,11 +17,21 @@ def _patches(n=2000, f=12, seed=0):
     return torch.from_numpy((rng.standard_normal((n, f)) @ mix.T + 5).astype(np.float32))
 
 
-@pytest.mark.parametrize("n_out,fan_in", [(4, 9), (9, 4), (6, 6)])
+@pytest.mark.parametrize("n_out,fan_in", [(4, 9), (9, 4), (6, 6), (300, 700), (700, 300), (400, 400)])
 def test_orthogonal(n_out, fan_in):
-    w = draws.orthogonal(n_out, fan_in, _gen(), "cpu").double()
+    """Orthonormal rows or columns to float32 accuracy, Cholesky QR (the tall draws) included."""
+    w = draws.orthogonal(n_out, fan_in, _gen(), "cpu")
+    assert w.dtype == torch.float32 and w.shape == (n_out, fan_in)
+    w = w.double()
     gram = w @ w.T if n_out <= fan_in else w.T @ w
-    np.testing.assert_allclose(gram.numpy(), np.eye(min(n_out, fan_in)), atol=1e-6)
+    np.testing.assert_allclose(gram.numpy(), np.eye(min(n_out, fan_in)), atol=2e-6)
+
+
+def test_float32_cholesky_qr_is_the_householder_factor():
+    a = torch.randn(1000, 300, generator=_gen(4))
+    q = draws.orthonormal_columns(a).double().numpy()
+    reference, r = np.linalg.qr(a.double().numpy())
+    np.testing.assert_allclose(q, reference * np.sign(np.diag(r)), atol=1e-5)
 
 
 def test_pca_filters_whiten_the_patches():
