@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="within-layer draw (default gaussian, as the reference; the paper's best is kmeans)")
     p.add_argument("--between", action=argparse.BooleanOptionalAction, default=True,
                    help="equalize the layers' change rates (default on)")
-    p.add_argument("--between-iters", type=int, default=10, metavar="N", help="at most N between-layer updates (default 10)")
+    p.add_argument("--between-iters", type=int, default=10, metavar="N",
+                   help="at most N between-layer updates (default 10)")
     p.add_argument("--tolerance", type=float, default=0.05, help="between-layer stopping tolerance (default 0.05)")
     p.add_argument("--between-batches", type=int, default=InitConfig.between_batches, metavar="B",
                    help=f"batches the change rates are averaged over (default {InitConfig.between_batches})")
