@@ -71,6 +71,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
             report.between_iterations, report.between_converged = result.iterations, result.converged
             report.homogeneous = result.homogeneous
             report.rate_noise = result.rate_noise
+            report.between_note = result.note
             start = result.rates_before * np.array(result.lr_mults)
             start = start[np.isfinite(start) & (start > 0)]
             report.spread_between_start = float(start.max() / start.min()) if len(start) else None

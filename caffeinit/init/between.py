@@ -841,6 +841,7 @@ class BetweenResult:
     homogeneous: bool
     lr_mults: list[float]
     rate_noise: float | None = None  # median relative standard error of the all-batch rates (None: one batch)
+    note: str | None = None  # why rates still differ after convergence, when they do beyond tolerance and noise
 
 
 def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: InitConfig,
@@ -954,6 +955,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
         warnings.warn(f"the between-layer step did not converge in {config.between_iters} updates (non-homogeneous "
                       f"layers: {', '.join(model.approximate_layers) or 'none'}); change rates still differ by "
                       f"{math.exp(prev_spread):.2f}x{noise_note} (--between-iters allows more updates)")
+    note = _structural_spread_note(model, log_rates, valid, limit, noise) if converged else None
     rates = np.where(valid, np.exp(log_rates) / lr, np.nan)
     for k, nodes in enumerate(model.group_nodes):
         for node in nodes:
@@ -963,7 +965,30 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 record.between_scale = _rms(params[k]) / start_rms[k] if start_rms[k] > 0 else 1.0
                 if record.rate_after is not None and standard_error[k] > 0:
                     record.rate_noise = float(np.expm1(standard_error[k]))
-    return BetweenResult(first_rates, rates, iterations, converged, model.homogeneous, model.lr_mults, noise_level)
+    return BetweenResult(first_rates, rates, iterations, converged, model.homogeneous, model.lr_mults, noise_level,
+                         note)
+
+
+def _structural_spread_note(model: ScaleModel, log_rates: np.ndarray, valid: np.ndarray, limit: float,
+                            noise: np.ndarray) -> str | None:
+    """After convergence, rates that still differ beyond the tolerance and their noise are held apart by the net's
+    structure (the step's update is the least-squares solution over the rescalings that keep the function): say
+    so, with the extremes, so a large spread (ResNet-50: ~4x) is not read as a failure to converge."""
+    if valid.sum() < 2:
+        return None
+    idx = np.flatnonzero(valid)
+    hi, lo = idx[np.argmax(log_rates[idx])], idx[np.argmin(log_rates[idx])]
+    if log_rates[hi] - log_rates[lo] <= max(limit, float(noise[hi] + noise[lo])):
+        return None
+    sums = [n.name for n in model.active if n.type == "Eltwise" and model.rules.get(n.index) == "channelwise"]
+    why = ("the inputs of each Eltwise sum share one scale per channel (residual streams)" if sums else
+           "shared parameters and layers that mix channels tie the scales of the layers before them")
+    if not model.homogeneous:
+        why += f", and the non-homogeneous layers ({', '.join(model.approximate_layers[:4])}" + (
+            ", ...)" if len(model.approximate_layers) > 4 else ")") + " respond to scaling only approximately"
+    return (f"the rates still differ by {math.exp(log_rates[hi] - log_rates[lo]):.2f}x after the best rescaling "
+            f"that keeps the net's function (least squares on the log rates): {why}; highest "
+            f"{model.group_nodes[hi][0].name}, lowest {model.group_nodes[lo][0].name}")
 
 
 def _rate_noise(log_each: np.ndarray, valid: np.ndarray) -> np.ndarray:

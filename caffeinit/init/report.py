@@ -46,6 +46,7 @@ class InitReport:
     output_scale: float = 1.0  # the net's end values are multiplied by this (1 on homogeneous nets)
     spread_between_start: float | None = None  # max/min rate when the between-layer step began (its first measure)
     rate_noise: float | None = None  # median relative standard error of the measured rates (between-batch spread)
+    between_note: str | None = None  # why the rates still differ after the step converged, where they do
     seconds: dict[str, float] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerRecord:
@@ -96,6 +97,8 @@ class InitReport:
         if overflow is not None:
             lines.append(f"note: the starting weights overflow float32 from layer '{overflow}' on: its and later "
                          "layers' 'before' statistics are inf or nan (Caffe computes the same)")
+        if self.between_note:
+            lines.append(f"note: {self.between_note}")
         summary = f"{self.num_images} images, method {self.method}"
         before, after = self.spread("before"), self.spread("after")
         if after is not None:
