@@ -808,8 +808,11 @@ class _GradsOnly:
             p.requires_grad_(flag)
 
 
-def _rates(square_sums: np.ndarray, count: int, params) -> np.ndarray:
-    weight_rms = np.array([_rms(p) for p in params])
+def _weight_rms(params) -> np.ndarray:
+    return np.array([_rms(p) for p in params])
+
+
+def _rates(square_sums: np.ndarray, count: int, weight_rms: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(weight_rms > 0, np.sqrt(square_sums / count) / weight_rms, np.nan)
 
@@ -825,7 +828,7 @@ def measure_rates(module: TorchNet, model: ScaleModel, feeds: list[dict[str, tor
     with _GradsOnly(module, params):
         for b, feed in enumerate(feeds):
             sums += _square_grads(module, model, feed, b, draws, seed, params, tap if b == 0 else None)
-    return _rates(sums, len(feeds) * draws, params)
+    return _rates(sums, len(feeds) * draws, _weight_rms(params))
 
 
 # -- the step ------------------------------------------------------------------------------------------------------
@@ -856,7 +859,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
         return BetweenResult(nothing, nothing, 0, True, model.homogeneous, model.lr_mults)
     model.input_channels = {k: _InputChannels(node, tuple(params[k].shape))
                             for k, node in model.linearize().split_groups().items()}
-    start_rms = [_rms(p) for p in params]
+    start_rms = _weight_rms(params)
     from tqdm.auto import tqdm
     bar = tqdm(total=config.between_iters, desc="between-layer", unit="it", disable=not progress, leave=False)
     with _GradsOnly(module, params):
@@ -868,10 +871,11 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
             channel_sums = {k: np.zeros(reader.channels) for k, reader in model.input_channels.items()}
             per_batch = [_square_grads(module, model, feeds[b], b, draws, seed, params, tap if b == batches[0] else None,
                                        channel_sums) for b in batches]
+            weight_rms = _weight_rms(params)
             with np.errstate(divide="ignore"):
-                log_rates = np.log(_rates(sum(per_batch), len(batches) * draws, params) * lr)
-                log_first = np.log(_rates(per_batch[0], draws, params) * lr)
-                log_each = np.array([np.log(_rates(sums, draws, params) * lr) for sums in per_batch])
+                log_rates = np.log(_rates(sum(per_batch), len(batches) * draws, weight_rms) * lr)
+                log_first = np.log(_rates(per_batch[0], draws, weight_rms) * lr)
+                log_each = np.array([np.log(_rates(sums, draws, weight_rms) * lr) for sums in per_batch])
             return log_rates, log_first, tap.probes, channel_sums, log_each
 
         # every batch at the start (their spread: the rates' standard errors); afterwards batch 0, or every batch
@@ -957,12 +961,13 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                       f"{math.exp(prev_spread):.2f}x{noise_note} (--between-iters allows more updates)")
     note = _structural_spread_note(model, log_rates, valid, limit, noise) if converged else None
     rates = np.where(valid, np.exp(log_rates) / lr, np.nan)
+    end_rms = _weight_rms(params)
     for k, nodes in enumerate(model.group_nodes):
         for node in nodes:
             record = records.get(node.name)
             if record is not None:
                 record.rate_after = float(rates[k] * lr[k]) if np.isfinite(rates[k]) else None
-                record.between_scale = _rms(params[k]) / start_rms[k] if start_rms[k] > 0 else 1.0
+                record.between_scale = end_rms[k] / start_rms[k] if start_rms[k] > 0 else 1.0
                 if record.rate_after is not None and standard_error[k] > 0:
                     record.rate_noise = float(np.expm1(standard_error[k]))
     return BetweenResult(first_rates, rates, iterations, converged, model.homogeneous, model.lr_mults, noise_level,
