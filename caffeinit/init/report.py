@@ -113,28 +113,49 @@ class InitReport:
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike) -> None:
-        """Bar chart of the change rates before/after and the output stds after, per layer, written to ``path``."""
+        """``figure()`` written to ``path`` (PNG)."""
+        import matplotlib.pyplot as plt
+        fig = self.figure()
+        fig.savefig(os.fspath(path))
+        plt.close(fig)
+
+    def figure(self):
+        """A matplotlib figure with two panels per layer: the effective change rates before/after (after with +-
+        one standard error), and the output std before/after (channel averages), both on log scales."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        names = [r.name for r in self.layers if r.rate_before is not None or r.rate_after is not None]
-        records = [self.layer(n) for n in names]
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4))
+        records = [r for r in self.layers if r.rate_before is not None or r.rate_after is not None
+                   or r.std_after is not None]
+        names = [r.name for r in records]
         xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], [r.rate_before or math.nan for r in records], 0.4, label="before")
-        after = [r.rate_after or math.nan for r in records]
+        fig, (rate_ax, std_ax) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(names) + 2), 7), sharex=True)
+        rate_ax.bar([x - 0.2 for x in xs], [_plottable(r.rate_before) for r in records], 0.4, label="before")
+        after = [_plottable(r.rate_after) for r in records]
         noise = [r.rate_noise or 0.0 for r in records]  # +- one standard error, symmetric in log scale
         spread = [[a - a / (1 + n) for a, n in zip(after, noise)], [a * n for a, n in zip(after, noise)]]
-        ax.bar([x + 0.2 for x in xs], after, 0.4, label="after (+- standard error)", yerr=spread, capsize=2)
-        ax.set_yscale("log")
-        ax.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel("lr_mult x RMS(dL/dW) / RMS(W)")
-        ax.set_title(f"{self.net}: change rate per layer ({self.method})")
-        ax.legend()
+        rate_ax.bar([x + 0.2 for x in xs], after, 0.4, label="after (+- standard error)", yerr=spread, capsize=2)
+        rate_ax.set_yscale("log")
+        rate_ax.set_ylabel("lr_mult x RMS(dL/dW) / RMS(W)")
+        after_spread = self.spread("after")
+        rate_ax.set_title(f"{self.net} ({self.method}): change rate per layer"
+                          + (f", spread {after_spread:.2f}x after" if after_spread else ""))
+        rate_ax.legend(loc="best", fontsize=8, framealpha=0.8)
+        std_ax.bar([x - 0.2 for x in xs], [_plottable(r.std_before) for r in records], 0.4, label="before")
+        std_ax.bar([x + 0.2 for x in xs], [_plottable(r.std_after) for r in records], 0.4, label="after")
+        std_ax.set_yscale("log")
+        std_ax.set_ylabel("output std (channel mean)")
+        std_ax.set_title("output std per layer (after: unit std, then the between-layer rescaling)", fontsize=10)
+        std_ax.legend(loc="best", fontsize=8, framealpha=0.8)
+        std_ax.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.fspath(path))
-        plt.close(fig)
+        return fig
+
+
+def _plottable(value: float | None) -> float:
+    """A bar height for a log axis: nan (no bar) for missing, non-finite or non-positive values."""
+    return value if value is not None and math.isfinite(value) and value > 0 else math.nan
 
 
 def _num(value: float | None) -> str:

@@ -89,6 +89,19 @@ def test_report_table_json_and_plot(tmp_path):
     assert data["first_overflow_before"] == "conv2" and "overflow float32 from layer 'conv2'" in report.table()
     report.plot(tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    fig = report.figure()
+    rate_ax, std_ax = fig.axes
+    from matplotlib.container import BarContainer
+    heights = [[bar.get_height() for bar in container] for container in rate_ax.containers + std_ax.containers
+               if isinstance(container, BarContainer)]
+    records = report.layers
+    np.testing.assert_allclose(heights[0], [r.rate_before for r in records])
+    np.testing.assert_allclose(heights[1], [r.rate_after for r in records])
+    assert heights[2][0] == report.layer("conv1").std_before and math.isnan(heights[2][1])  # inf: no bar
+    np.testing.assert_allclose(heights[3], [r.std_after for r in records])
+    assert [t.get_text() for t in std_ax.get_xticklabels()] == ["conv1", "conv2", "fc1", "fc2"]
+    import matplotlib.pyplot as plt
+    plt.close(fig)
 
 
 def test_all_zero_starting_weights_get_their_before_statistics_from_a_forward_alone(monkeypatch):
