@@ -1,6 +1,7 @@
 """Options of the initialization (one field per ``caffeinit run`` option), with the defaults of the issue."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from caffeinit.errors import CaffeinitError
@@ -56,5 +57,7 @@ class InitConfig:
                 raise CaffeinitError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.tolerance > 0:
             raise CaffeinitError(f"tolerance must be positive, got {self.tolerance}")
+        if not math.isfinite(self.bias):
+            raise CaffeinitError(f"bias must be a finite number, got {self.bias}")
         if not self.reinit:
             raise CaffeinitError("reinit must be 'missing', 'all' or a layer name")
