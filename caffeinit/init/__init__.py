@@ -44,6 +44,8 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     config = config or InitConfig()
     config.check()
     module, net = model.module, model.net
+    if not any(len(blobs) for blobs in module.layer_blobs):
+        raise CaffeinitError(f"net '{net.name}' has no layer with parameters: nothing to initialize")
     device = module.device
     started = time.perf_counter()
     feeds = _collect_feeds(net, batches, device)
@@ -59,7 +61,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
         torch.manual_seed(config.seed)  # only layers that draw from torch's global generator (TRAIN Dropout) use it
         if config.measure_before:
             t0 = time.perf_counter()
-            _measure_before(module, feeds[0], config, records)
+            report.before_images = _measure_before(module, feeds[0], config, records)
             report.seconds["before"] = time.perf_counter() - t0
         if config.within:
             t0 = time.perf_counter()
@@ -165,9 +167,9 @@ def _warn_zero_frozen(net, module, records: dict[str, LayerRecord]) -> None:
             warnings.warn(f"layer '{node.name}': {note}")
 
 
-def _measure_before(module, feed, config, records) -> None:
+def _measure_before(module, feed, config, records) -> int:
     """Output statistics and change rates under the starting weights, for the report only: on the first
-    ``BEFORE_IMAGES`` images of the first batch, so that it costs little."""
+    ``BEFORE_IMAGES`` images of the first batch, so that it costs little. Returns how many images it used."""
     model = build_scale_model(module)
     nodes = [node for node in model.active if affine_of(node) is not None]
     params, seen = [], set()
@@ -196,14 +198,17 @@ def _measure_before(module, feed, config, records) -> None:
             return None
         return measure_rates(module, model, [batch], 1, config.seed, params=params, tap=tap)
 
+    used = next(iter(feed.values())).shape[0]
     try:
         rates = measure({v: t[:BEFORE_IMAGES] for v, t in feed.items()})
+        used = min(used, BEFORE_IMAGES)
     except CaffeinitError:  # a layer that needs the declared batch size (e.g. a Reshape with a fixed first dim)
         rates = measure(feed)
     if rates is None:
-        return
+        return used
     rate_of = {id(p): r for p, r in zip(params, rates)}
     for node in nodes:
         rate = rate_of[id(module.layer_blobs[node.index][0])]
         if np.isfinite(rate):
             records[node.name].rate_before = float(rate * weight_lr_mult(node, 0))
+    return used

@@ -853,7 +853,9 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
     model = build_scale_model(module)
     params, draws, seed = model.groups, config.between_draws, config.seed
     lr = np.array(model.lr_mults)
-    if params and not _reached_by_gradient(module, model).any():  # e.g. every path ends in a frozen all-zero layer
+    if not params:  # nothing learnable (every layer frozen)
+        return BetweenResult(np.zeros(0), np.zeros(0), 0, True, model.homogeneous, model.lr_mults)
+    if not _reached_by_gradient(module, model).any():  # e.g. every path ends in a frozen all-zero layer
         nothing = np.full(len(params), np.nan)
         _warn_without_gradient(model, np.full(len(params), -np.inf), records)
         return BetweenResult(nothing, nothing, 0, True, model.homogeneous, model.lr_mults)

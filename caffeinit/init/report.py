@@ -39,6 +39,7 @@ class InitReport:
     net: str
     method: str
     num_images: int
+    before_images: int | None = None  # images the "before" statistics and rates were measured on (the first ones)
     layers: list[LayerRecord] = field(default_factory=list)
     between_iterations: int = 0
     between_converged: bool | None = None
@@ -99,7 +100,10 @@ class InitReport:
                          "layers' 'before' statistics are inf or nan (Caffe computes the same)")
         if self.between_note:
             lines.append(f"note: {self.between_note}")
-        summary = f"{self.num_images} images, method {self.method}"
+        summary = f"{self.num_images} images"
+        if self.before_images is not None and self.before_images < self.num_images:
+            summary += f" ('before' on the first {self.before_images})"
+        summary += f", method {self.method}"
         before, after = self.spread("before"), self.spread("after")
         if after is not None:
             summary += "; change-rate spread (max/min) " + (f"{_num(before)}x -> " if before is not None else "")

@@ -70,11 +70,23 @@ def test_bad_options(field, value, match):
         initialize(model(PLAIN), images(1), InitConfig(**{field: value}), progress=False)
 
 
+def test_a_net_without_parameters_is_refused_and_a_frozen_one_is_left_as_it_is():
+    from tests.init.nets import HEAD, conv, relu
+    with pytest.raises(CaffeinitError, match="net 'bare' has no layer with parameters: nothing to initialize"):
+        initialize(model(HEAD.format(name="bare") + relu("relu", "data")), images(1), progress=False)
+    frozen = model(HEAD.format(name="frozen") + conv("conv1", "data", 4, extra='param { lr_mult: 0 } '))
+    weights = [a.copy() for a in frozen.blobs()["conv1"]]
+    report = initialize(frozen, images(2), progress=False)
+    assert report.layer("conv1").method == "frozen" and report.between_iterations == 0
+    for a, b in zip(frozen.blobs()["conv1"], weights):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_report_table_json_and_plot(tmp_path):
     m = model(PLAIN)
     report = initialize(m, images(2), InitConfig(), progress=False)
     text = report.table()
-    for name in ("conv1", "conv2", "fc1", "fc2", "16 images"):
+    for name in ("conv1", "conv2", "fc1", "fc2", "16 images ('before' on the first 4)"):
         assert name in text
     data = json.loads(json.dumps(report.to_dict()))
     assert [r["name"] for r in data["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
