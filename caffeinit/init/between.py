@@ -72,7 +72,10 @@ after 10 updates; measuring every batch: 1.31x in 6). An update that widened the
 (the weights are divided by what it multiplied) and retried with half the step. The iteration stops (converged)
 when no rate would move by more than ``tolerance`` or NOISE_Z of its standard errors (closer than its sampling
 noise an estimate cannot be equalized), or the last update narrowed the spread by less than half the tolerance, or
-the step fell below 1/16. Rates extrapolated from a mispredicted update on batch 0 are first checked on the other
+the step fell below 1/16, or (once updates are measured on every batch) the spread itself is no wider than K equal
+rates would show from their sampling noise alone (the expected range of K normals times the median standard error:
+the largest of 57 GoogLeNet moves exceeds 1.5 standard errors by chance alone, so the per-rate test kept chasing
+noise to the update limit on some image sets). Rates extrapolated from a mispredicted update on batch 0 are first checked on the other
 batches (once, as soon as no rate would move by more than twice ``tolerance``). At most ``between_iters`` updates.
 The reported rates after the step are these all-batch rates (measured, or with the first batch's last changes
 added; exact on homogeneous nets). CaffeNet (two LRN layers) takes 4 + 1 gradient passes: one update, predicted
@@ -887,6 +890,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
         _warn_without_gradient(model, log_rates, records)
         standard_error = _rate_noise(log_each, valid)
         noise = NOISE_Z * standard_error
+        noise_range = _noise_range(standard_error, valid)
         first_rates = np.exp(log_rates) / lr
         step_size, prev_spread, iterations, converged = 1.0, math.inf, 0, False
         correction = np.zeros((len(params), len(params)))  # learnt error of the model's response (Broyden)
@@ -913,7 +917,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 # measured again
                 unsure = extrapolated and distrust  # batch 0's changes, not trusted for the other batches
                 bound = np.maximum(2 * limit if unsure else limit, noise)
-                if np.all(np.abs(move[valid]) <= bound[valid]) or stalled:
+                if np.all(np.abs(move[valid]) <= bound[valid]) or stalled or (distrust and spread <= noise_range):
                     if not unsure:
                         converged = True
                         break
@@ -961,7 +965,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
         warnings.warn(f"the between-layer step did not converge in {config.between_iters} updates (non-homogeneous "
                       f"layers: {', '.join(model.approximate_layers) or 'none'}); change rates still differ by "
                       f"{math.exp(prev_spread):.2f}x{noise_note} (--between-iters allows more updates)")
-    note = _structural_spread_note(model, log_rates, valid, limit, noise) if converged else None
+    note = _structural_spread_note(model, log_rates, valid, max(limit, noise_range)) if converged else None
     rates = np.where(valid, np.exp(log_rates) / lr, np.nan)
     end_rms = _weight_rms(params)
     for k, nodes in enumerate(model.group_nodes):
@@ -976,16 +980,27 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                          note)
 
 
-def _structural_spread_note(model: ScaleModel, log_rates: np.ndarray, valid: np.ndarray, limit: float,
-                            noise: np.ndarray) -> str | None:
-    """After convergence, rates that still differ beyond the tolerance and their noise are held apart by the net's
-    structure (the step's update is the least-squares solution over the rescalings that keep the function): say
-    so, with the extremes, so a large spread (ResNet-50: ~4x) is not read as a failure to converge."""
+def _noise_range(standard_error: np.ndarray, valid: np.ndarray) -> float:
+    """The spread (range of log rates) that K equal rates show from sampling noise alone: the expected range of K
+    standard normals (twice Blom's estimate of the largest) times the median standard error."""
+    k = int(valid.sum())
+    if k < 2:
+        return 0.0
+    from statistics import NormalDist
+    return 2 * NormalDist().inv_cdf((k - 0.375) / (k + 0.25)) * float(np.median(standard_error[valid]))
+
+
+def _structural_spread_note(model: ScaleModel, log_rates: np.ndarray, valid: np.ndarray,
+                            allowed: float) -> str | None:
+    """After convergence, rates whose spread is wider than ``allowed`` (the tolerance, or what their noise alone
+    gives) are held apart by the net's structure (the step's update is the least-squares solution over the
+    rescalings that keep the function): say so, with the extremes, so a large spread (ResNet-50: ~4x) is not read
+    as a failure to converge."""
     if valid.sum() < 2:
         return None
     idx = np.flatnonzero(valid)
     hi, lo = idx[np.argmax(log_rates[idx])], idx[np.argmin(log_rates[idx])]
-    if log_rates[hi] - log_rates[lo] <= max(limit, float(noise[hi] + noise[lo])):
+    if log_rates[hi] - log_rates[lo] <= allowed:
         return None
     sums = [n.name for n in model.active if n.type == "Eltwise" and model.rules.get(n.index) == "channelwise"]
     why = ("the inputs of each Eltwise sum share one scale per channel (residual streams)" if sums else

@@ -360,6 +360,40 @@ def test_gradient_pass_schedule(monkeypatch, text, mispredicted):
     assert rest == [0, 1, 2, 3] * (report.between_iterations - 1)
 
 
+def test_noise_range_is_the_expected_range_of_k_noisy_equal_rates():
+    from caffeinit.init.between import _noise_range
+    rng = np.random.default_rng(5)
+    for k in (2, 5, 8, 57):
+        se = np.full(k + 1, 0.03)
+        valid = np.ones(k + 1, bool)
+        valid[-1] = False  # an invalid rate does not count
+        simulated = np.ptp(rng.standard_normal((20000, k)) * 0.03, axis=1).mean()
+        assert _noise_range(se, valid) == pytest.approx(simulated, rel=0.05)
+    assert _noise_range(np.array([0.1]), np.array([True])) == 0.0
+
+
+@pytest.mark.parametrize("noise_range", [0.0, 1e9])
+def test_once_distrusted_the_step_stops_when_the_spread_is_within_the_noise_range(monkeypatch, noise_range):
+    """In the saturated-LRN case the model mispredicts the first update; from then on a spread no wider than what
+    the rates' noise alone would give ends the step (as converged), however large the per-rate moves."""
+    from caffeinit.init import between
+    monkeypatch.setattr(between, "_noise_range", lambda *a: noise_range)
+    passes = []
+    original = between._square_grads
+    monkeypatch.setattr(between, "_square_grads", lambda *a, **k: (passes.append(a[3]), original(*a, **k))[1])
+    m = model(LRN_NET)
+    init = images(4, seed=11)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    m.module.layer_blobs[m.net.layer("conv1").index][0].data.mul_(30.0)
+    report = initialize(m, init, InitConfig(within=False, measure_before=False, tolerance=1e-4), progress=False)
+    assert report.between_converged
+    if noise_range:
+        # all batches, batch 0 after update 1 (mispredicted: distrust), then the other batches to check it: done
+        assert passes == [0, 1, 2, 3, 0, 1, 2, 3] and report.between_iterations == 1
+    else:
+        assert report.between_iterations > 1
+
+
 def test_rate_noise_is_the_standard_error_of_the_batch_mean():
     from caffeinit.init.between import _rate_noise
     rng = np.random.default_rng(4)
