@@ -85,6 +85,10 @@ def measure_table(measures: list[LayerMeasure]) -> str:
                      "-" if m.rate is None else f"{m.rate:.4g}",
                      "-" if m.effective_rate is None else f"{m.effective_rate:.4g}"))
     text = format_table(rows)
+    overflow = next((m.name for m in measures if not (math.isfinite(m.mean) and math.isfinite(m.std))), None)
+    if overflow is not None:
+        text += (f"\nnote: these weights overflow float32 from layer '{overflow}' on: its and later layers' "
+                 "statistics are inf or nan, and their rates cannot be measured (Caffe computes the same)")
     s = spread(measures)
     return text + (f"\nchange-rate spread (max/min): {s:.3g}x" if s else "")
 

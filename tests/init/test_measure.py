@@ -1,0 +1,35 @@
+import math
+
+import numpy as np
+import torch
+
+from caffeinit.init.measure import measure, measure_table
+from tests.init.nets import PLAIN, images, model
+
+
+def test_statistics_are_those_of_each_affine_output_over_all_images():
+    m = model(PLAIN)
+    batches = images(3, seed=2)
+    measures = measure(m, batches)
+    assert [x.name for x in measures] == ["conv1", "conv2", "fc1", "fc2"]
+    outs = {}
+    with torch.no_grad():
+        for b in batches:
+            got = m.module({"data": torch.from_numpy(b["data"])}, keep={"conv1", "fc1"})
+            for v in ("conv1", "fc1"):
+                outs.setdefault(v, []).append(got[v].double().numpy())
+    for x, axes in ((measures[0], (0, 2, 3)), (measures[2], (0,))):
+        data = np.concatenate(outs[x.name])
+        np.testing.assert_allclose(x.mean, data.mean(axis=axes).mean(), rtol=1e-6)
+        np.testing.assert_allclose(x.std, data.std(axis=axes).mean(), rtol=1e-5)
+    assert all(x.rate is not None and x.rate > 0 for x in measures)
+
+
+def test_weights_that_overflow_are_named_in_the_table():
+    m = model(PLAIN.replace("std: 0.01", "std: 1e12"))  # ~1e13 per layer: fc1 overflows float32
+    measures = measure(m, images(1))
+    by_name = {x.name: x for x in measures}
+    assert math.isfinite(by_name["conv2"].std) and not math.isfinite(by_name["fc1"].std)
+    text = measure_table(measures)
+    assert "note: these weights overflow float32 from layer 'fc1' on" in text
+    assert "overflow" not in measure_table(measure(model(PLAIN), images(1)))
