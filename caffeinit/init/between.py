@@ -910,6 +910,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 else:
                     stalled = prev_spread - spread < limit / 2  # the constraints allow no better
                 undo, prev_spread = None, spread
+                bar.set_postfix_str(f"spread {math.exp(spread):.3g}x", refresh=True)
                 x, linear, move = _model_step(model, probes, np.where(valid, log_rates, 0.0), valid, correction,
                                               _shares(model, sums))
                 # a rate is done when its move is within the tolerance or the sampling noise of its estimate; rates
