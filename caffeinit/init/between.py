@@ -1003,12 +1003,19 @@ def _structural_spread_note(model: ScaleModel, log_rates: np.ndarray, valid: np.
     hi, lo = idx[np.argmax(log_rates[idx])], idx[np.argmin(log_rates[idx])]
     if log_rates[hi] - log_rates[lo] <= allowed:
         return None
-    sums = [n.name for n in model.active if n.type == "Eltwise" and model.rules.get(n.index) == "channelwise"]
-    why = ("the inputs of each Eltwise sum share one scale per channel (residual streams)" if sums else
-           "shared parameters and layers that mix channels tie the scales of the layers before them")
+    reasons = []
+    if any(n.type == "Eltwise" and model.rules.get(n.index) == "channelwise" for n in model.active):
+        reasons.append("the inputs of each Eltwise sum share one scale per channel (residual streams)")
+    if any(len(nodes) > 1 for nodes in model.group_nodes):
+        reasons.append("layers that share parameters share one scale")
+    frozen = [n.name for n in model.active if model.rules.get(n.index) == "fixed" and affine_of(n) is not None]
+    if frozen:
+        reasons.append(f"frozen layers ({', '.join(frozen[:4])}{', ...' if len(frozen) > 4 else ''}) keep their "
+                       "scale, and so do the layers that feed them")
     if not model.homogeneous:
-        why += f", and the non-homogeneous layers ({', '.join(model.approximate_layers[:4])}" + (
-            ", ...)" if len(model.approximate_layers) > 4 else ")") + " respond to scaling only approximately"
+        names = ", ".join(model.approximate_layers[:4]) + (", ..." if len(model.approximate_layers) > 4 else "")
+        reasons.append(f"the non-homogeneous layers ({names}) respond to scaling only approximately")
+    why = "; ".join(reasons) or "layers that mix channels or are frozen tie the scales of the layers around them"
     return (f"the rates still differ by {math.exp(log_rates[hi] - log_rates[lo]):.2f}x after the best rescaling "
             f"that keeps the net's function (least squares on the log rates): {why}; highest "
             f"{model.group_nodes[hi][0].name}, lowest {model.group_nodes[lo][0].name}")

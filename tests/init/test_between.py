@@ -72,6 +72,20 @@ def test_homogeneous_net_keeps_its_function_and_equalizes_rates(text):
         assert f"note: {report.between_note}" in report.table()
 
 
+def test_a_spread_the_structure_leaves_is_explained_by_what_the_net_has():
+    """FROZEN_SHARED: conv2 is frozen (bias included), so conv1's rate cannot move, and s1/s2 share one weight; MIXED
+    has LRN and Sigmoid. PLAIN (a chain) is equalized exactly: no note."""
+    frozen = initialize(model(FROZEN_SHARED), images(4), InitConfig(), progress=False)
+    assert frozen.between_converged and frozen.spread() > 2
+    assert ": layers that share parameters share one scale; frozen layers (conv2) keep their scale, and so do the " \
+           "layers that feed them; highest" in frozen.between_note
+    mixed = initialize(model(MIXED), images(4), InitConfig(), progress=False)
+    assert mixed.spread() > 1.15  # beyond the tolerance and the noise range of its rates (+-6%, 5 rates)
+    assert ": the non-homogeneous layers (norm1, sig) respond to scaling only approximately; highest" \
+        in mixed.between_note
+    assert initialize(model(PLAIN), images(4), InitConfig(), progress=False).between_note is None
+
+
 def test_frozen_and_shared_weights():
     m = model(FROZEN_SHARED)
     initialize(m, images(4, seed=7), InitConfig(between=False, measure_before=False), progress=False)
