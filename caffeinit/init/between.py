@@ -75,10 +75,10 @@ noise an estimate cannot be equalized), or the last update narrowed the spread b
 the step fell below 1/16, or (once updates are measured on every batch) the spread itself is no wider than K equal
 rates would show from their sampling noise alone (the expected range of K normals times the median standard error:
 the largest of 57 GoogLeNet moves exceeds 1.5 standard errors by chance alone, so the per-rate test kept chasing
-noise to the update limit on some image sets). Rates extrapolated from a mispredicted update on batch 0 are first checked on the other
-batches (once, as soon as no rate would move by more than twice ``tolerance``). At most ``between_iters`` updates.
-The reported rates after the step are these all-batch rates (measured, or with the first batch's last changes
-added; exact on homogeneous nets). CaffeNet (two LRN layers) takes 4 + 1 gradient passes: one update, predicted
+noise to the update limit on some image sets). Rates extrapolated from a mispredicted update on batch 0 are first
+checked on the other batches (once, as soon as no rate would move by more than twice ``tolerance``). At most
+``between_iters`` updates. The reported rates after the step are these all-batch rates (measured, or with the first
+batch's last changes added; exact on homogeneous nets). CaffeNet (two LRN layers) takes 4 + 1 gradient passes: one update, predicted
 within 1% on its first batch.
 """
 from __future__ import annotations
@@ -1015,7 +1015,7 @@ def _structural_spread_note(model: ScaleModel, log_rates: np.ndarray, valid: np.
     if not model.homogeneous:
         names = ", ".join(model.approximate_layers[:4]) + (", ..." if len(model.approximate_layers) > 4 else "")
         reasons.append(f"the non-homogeneous layers ({names}) respond to scaling only approximately")
-    why = "; ".join(reasons) or "layers that mix channels or are frozen tie the scales of the layers around them"
+    why = "; ".join(reasons) or "layers that mix channels tie the scales of the layers around them"
     return (f"the rates still differ by {math.exp(log_rates[hi] - log_rates[lo]):.2f}x after the best rescaling "
             f"that keeps the net's function (least squares on the log rates): {why}; highest "
             f"{model.group_nodes[hi][0].name}, lowest {model.group_nodes[lo][0].name}")
