@@ -148,6 +148,7 @@ def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[t
         blobs[affine.bias].data.copy_(shift.to(weight.dtype).reshape(blobs[affine.bias].shape))
     if int(dead.sum()):
         record.dead = int(dead.sum())
+    if record.dead and given is None:  # given: they follow from a normalized layer before, which has warned
         warnings.warn(f"layer '{node.name}': {record.dead} of {len(std)} output channels are constant on the init "
                       f"images (dead); they keep their draw and get bias {config.bias}")
     record.after_stats(mean * gain + shift, std * gain)

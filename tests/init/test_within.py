@@ -94,6 +94,17 @@ def test_depthwise_convolutions_whiten_from_enough_patches(monkeypatch):
     assert len(counts[9]) == 8 and min(counts[9]) >= 256  # dw: 8 groups of 1 input channel x 3 x 3
 
 
+def test_a_scale_after_batchnorm_counts_the_dead_channels_it_inherits_without_a_second_warning():
+    m = model(MIXED)
+    black = [{"data": np.zeros((8, 3, 12, 12), np.float32)} for _ in range(2)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = initialize(m, black, InitConfig(between=False, measure_before=False), progress=False)
+    warned = [str(w.message).split("'")[1] for w in caught]
+    assert "conv1" in warned and "sc1" not in warned
+    assert report.layer("conv1").dead == report.layer("sc1").dead == 8  # the table still shows both
+
+
 def test_dead_channels_keep_their_draw_and_get_the_bias():
     m = model(PLAIN)
     black = [{"data": np.zeros((8, 3, 12, 12), np.float32)} for _ in range(2)]
