@@ -175,3 +175,13 @@ def test_inspect_train_net_with_input_shapes(capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["outputs"] == ["loss"] and summary["blobs"]["ip2"] == [64, 10]
     assert [layer["name"] for layer in summary["layers"]][0] == "mnist"
+
+
+def test_the_parser_and_usage_errors_do_not_load_torch():
+    """`caffeinit --help` and option typos answer at once: importing torch alone takes over a second."""
+    code = ("import sys\nfrom caffeinit.cli import build_parser, main\nbuild_parser().format_help()\n"
+            "try:\n    main(['run', 'net.prototxt', '--method', 'lsuv', '-o', 'x'])\n"
+            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "2 False", out.stderr
+    assert "invalid choice: 'lsuv'" in out.stderr

@@ -35,7 +35,7 @@ class LayerMeasure:
 def measure(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], *, draws: int = 1,
             seed: int = 0) -> list[LayerMeasure]:
     """Measure ``model`` (a CaffeModel) on ``batches`` of feed dicts {data-layer top: array}; weights unchanged."""
-    from caffeinit.init import _collect_feeds
+    from caffeinit.init.pipeline import _collect_feeds
 
     module, net = model.module, model.net
     feeds = _collect_feeds(net, batches, module.device)

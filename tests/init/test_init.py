@@ -122,7 +122,7 @@ def test_all_zero_starting_weights_get_their_before_statistics_from_a_forward_al
     rate to measure, so no gradient pass is made for the report."""
     text = PLAIN.replace('weight_filler { type: "gaussian" std: 0.01 }', 'bias_filler { type: "constant" value: 0.5 }')
     m = model(text)
-    import caffeinit.init as init_module
+    import caffeinit.init.pipeline as init_module
 
     def no_gradient_pass(*args, **kwargs):
         raise AssertionError("a gradient pass for the starting weights")

@@ -1,0 +1,199 @@
+"""``initialize``: the two steps in order over a model and its batches, and the report (see the package docstring)."""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.init.between import build_scale_model, measure_rates, run_between
+from caffeinit.init.config import InitConfig
+from caffeinit.init.report import InitReport, LayerRecord
+from caffeinit.init.roles import affine_of, frozen_at_zero, is_frozen, weight_lr_mult
+from caffeinit.init.stats import ChannelStats
+from caffeinit.init.within import run_within
+
+BEFORE_IMAGES = 4
+
+
+def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], config: InitConfig | None = None,
+               *, progress: bool = True) -> InitReport:
+    """Initialize ``model`` (a ``caffeinit.api.CaffeModel``) in place from ``batches`` and return the report.
+
+    ``batches`` yields feed dicts {data-layer top: array (N, ...)} for every data-layer top of the net (images and,
+    for train_val nets, labels); every batch is used. ``progress`` shows tqdm bars over layers and iterations.
+    """
+    config = config or InitConfig()
+    config.check()
+    module, net = model.module, model.net
+    if not any(len(blobs) for blobs in module.layer_blobs):
+        raise CaffeinitError(f"net '{net.name}' has no layer with parameters: nothing to initialize")
+    device = module.device
+    started = time.perf_counter()
+    feeds = _collect_feeds(net, batches, device)
+    num_images = sum(next(iter(f.values())).shape[0] for f in feeds)
+    report = InitReport(net=net.name, method=config.method, num_images=num_images)
+    records = _records(net, module)
+    report.layers = list(records.values())
+    plan = _draw_plan(net, module, config.reinit, records)
+    _warn_zero_frozen(net, module, records)
+    report.seconds["load"] = time.perf_counter() - started
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)  # only layers that draw from torch's global generator (TRAIN Dropout) use it
+        if config.measure_before:
+            t0 = time.perf_counter()
+            report.before_images = _measure_before(module, feeds[0], config, records)
+            report.seconds["before"] = time.perf_counter() - t0
+        if config.within:
+            t0 = time.perf_counter()
+            run_within(module, feeds, plan, config, records, progress)
+            report.seconds["within"] = time.perf_counter() - t0
+        if config.between:
+            t0 = time.perf_counter()
+            result = run_between(module, feeds[:config.between_batches], config, records, progress)
+            report.between_iterations, report.between_converged = result.iterations, result.converged
+            report.homogeneous = result.homogeneous
+            report.rate_noise = result.rate_noise
+            report.between_note = result.note
+            start = result.rates_before * np.array(result.lr_mults)
+            start = start[np.isfinite(start) & (start > 0)]
+            report.spread_between_start = float(start.max() / start.min()) if len(start) else None
+            report.seconds["between"] = time.perf_counter() - t0
+    for record in report.layers:
+        if record.lr_mult == 0 and record.method == "kept" and record.type != "BatchNorm":
+            record.method = "frozen"
+    return report
+
+
+def _collect_feeds(net, batches, device) -> list[dict[str, torch.Tensor]]:
+    """The batches as {value name: float32 tensor on the device}, checked against the net's data-layer tops."""
+    value_of_feed = {blob: v for node in net.layers if node.layer.is_data for blob, v in zip(node.tops, node.top_values)}
+    feeds = []
+    for i, batch in enumerate(batches):
+        missing = [b for b in net.feeds if b not in batch]
+        if missing:
+            raise CaffeinitError(f"init batch {i}: no values for input '{missing[0]}' (the net's inputs: "
+                                 f"{', '.join(net.feeds)})")
+        feed, size = {}, None
+        for blob, array in batch.items():
+            if blob not in net.feeds:
+                raise CaffeinitError(f"init batch {i}: unknown input '{blob}' (the net's inputs: "
+                                     f"{', '.join(net.feeds)})")
+            tensor = torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array)
+            tensor = tensor.to(device=device, dtype=torch.float32)
+            want = net.feeds[blob]
+            if tensor.dim() != len(want) or tuple(tensor.shape[1:]) != tuple(want[1:]):
+                raise CaffeinitError(f"init batch {i}: input '{blob}' has shape {tuple(tensor.shape)}, the net "
+                                     f"expects {tuple(want)} (only the batch size may differ)")
+            if size is not None and tensor.shape[0] != size:
+                raise CaffeinitError(f"init batch {i}: inputs have different batch sizes")
+            size = tensor.shape[0]
+            feed[value_of_feed[blob]] = tensor
+        if size:
+            feeds.append(feed)
+    if not feeds:
+        raise CaffeinitError("no images to initialize from")
+    return feeds
+
+
+def _records(net, module) -> dict[str, LayerRecord]:
+    records = {}
+    for node in net.layers:
+        if affine_of(node) is not None or node.type in ("BatchNorm", "PReLU"):
+            lr = 0.0 if node.type == "BatchNorm" else weight_lr_mult(node, 0)
+            records[node.name] = LayerRecord(node.name, node.type, lr_mult=lr)
+    return records
+
+
+def _draw_plan(net, module, reinit: str, records: dict[str, LayerRecord]) -> dict[int, str]:
+    """node index -> "affine" (draw and normalize) or "bn" (statistics from the data)."""
+    missing = set(module.missing)
+    if reinit == "missing":
+        start = len(net.layers)
+    elif reinit == "all":
+        start = 0
+    else:
+        start = net.layer(reinit).index  # raises a CaffeinitError naming the unknown layer
+    plan: dict[int, str] = {}
+    owner: dict[int, str] = {}
+    for node in net.layers:
+        if node.name not in records or not (node.index >= start or node.name in missing):
+            continue
+        record = records[node.name]
+        if node.type == "BatchNorm":
+            plan[node.index] = "bn"
+            record.method = "batchnorm"
+        elif node.type == "PReLU":
+            record.method = "filler"
+        elif is_frozen(node):
+            record.method = "frozen"
+        else:
+            weight = module.layer_blobs[node.index][0]
+            if id(weight) in owner:
+                record.method = f"shared ({owner[id(weight)]})"
+                continue
+            owner[id(weight)] = node.name
+            plan[node.index] = "affine"
+    return plan
+
+
+def _warn_zero_frozen(net, module, records: dict[str, LayerRecord]) -> None:
+    """A frozen layer with all-zero weights (a deploy net's upsampling Deconvolution without its caffemodel) outputs
+    a constant: nothing before it can be measured through it."""
+    for node in net.layers:
+        if frozen_at_zero(node, module.layer_blobs[node.index]):
+            note = ("frozen (lr_mult 0) with all-zero weights: its output does not depend on its input; give it a "
+                    "filler (Caffe's 'bilinear' for upsampling) or load its weights with --weights")
+            records[node.name].note = note
+            warnings.warn(f"layer '{node.name}': {note}")
+
+
+def _measure_before(module, feed, config, records) -> int:
+    """Output statistics and change rates under the starting weights, for the report only: on the first
+    ``BEFORE_IMAGES`` images of the first batch, so that it costs little. Returns how many images it used."""
+    model = build_scale_model(module)
+    nodes = [node for node in model.active if affine_of(node) is not None]
+    params, seen = [], set()
+    for node in nodes:
+        weight = module.layer_blobs[node.index][0]
+        if id(weight) not in seen:
+            seen.add(id(weight))
+            params.append(weight)
+
+    def tap(node, tops):
+        record = records.get(node.name)
+        affine = affine_of(node)
+        if record is not None and affine is not None:
+            stats = ChannelStats()
+            for t in tops:
+                stats.update(t, affine.channel_axis)
+            record.mean_before, record.std_before = float(stats.mean.mean()), float(stats.std.mean())
+
+    # all-zero starting weights (a deploy net without fillers): no rate to measure, the statistics need a forward
+    forward_only = not any(bool(p.detach().any()) for p in params)
+
+    def measure(batch) -> np.ndarray | None:
+        if forward_only:
+            with torch.no_grad():
+                module(batch, keep=(), tap=tap)
+            return None
+        return measure_rates(module, model, [batch], 1, config.seed, params=params, tap=tap)
+
+    used = next(iter(feed.values())).shape[0]
+    try:
+        rates = measure({v: t[:BEFORE_IMAGES] for v, t in feed.items()})
+        used = min(used, BEFORE_IMAGES)
+    except CaffeinitError:  # a layer that needs the declared batch size (e.g. a Reshape with a fixed first dim)
+        rates = measure(feed)
+    if rates is None:
+        return used
+    rate_of = {id(p): r for p, r in zip(params, rates)}
+    for node in nodes:
+        rate = rate_of[id(module.layer_blobs[node.index][0])]
+        if np.isfinite(rate):
+            records[node.name].rate_before = float(rate * weight_lr_mult(node, 0))
+    return used
