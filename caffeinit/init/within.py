@@ -121,7 +121,7 @@ def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[t
     weight = blobs[0]
     gen = layer_generator(config.seed, node, weight.device)
     drawn = _draw_weight(affine, weight, bottoms, config, gen, record)
-    if drawn is not weight:
+    if drawn.data_ptr() != weight.data_ptr():  # drawn in place (gaussian) or a new tensor
         weight.data.copy_(drawn)
     if affine.bias is not None:
         blobs[affine.bias].data.zero_()
@@ -183,14 +183,16 @@ def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.
         return affine.from_group_matrices(mats, weight)
     mats, flat = [], []
     target = min(config.max_samples, max(SAMPLES_PER_OUTPUT * n_out, 2 * width, MIN_SAMPLES))
+    per_batch = math.ceil(target / len(bottoms[0]))
+    available = sum(min(affine.patch_count(x), per_batch) for x in bottoms[0])  # what _gather_patches will find
+    if available < n_out:  # the very draw --method gaussian makes for this layer
+        record.method = "gaussian"
+        record.note = (f"{method}: only {available} input samples for {n_out} outputs"
+                       f"{' per group' if groups > 1 else ''}: gaussian")
+        warnings.warn(f"layer '{affine.name}': {record.note}")
+        return _standard_normal_(weight.data, gen)
     for g in range(groups):
         patches = _gather_patches(affine, bottoms[0], g, target, gen)
-        if patches.shape[0] < n_out:
-            record.method = "gaussian"
-            record.note = (f"{method}: only {patches.shape[0]} input samples for {n_out} outputs"
-                           f"{' per group' if groups > 1 else ''}: gaussian")
-            warnings.warn(f"layer '{affine.name}': {record.note}")
-            return torch.randn(weight.shape, generator=gen, device=device)
         filters = draws.from_patches(method, patches, n_out, gen, config.kmeans_iters)
         if filters is None:  # patches (nearly) constant: a dead input channel
             flat.append(g)
@@ -217,7 +219,8 @@ def _standard_normal_(weight: torch.Tensor, gen: torch.Generator) -> torch.Tenso
 
 def _gather_patches(affine: Affine, inputs: list[torch.Tensor], group: int, target: int,
                     gen: torch.Generator) -> torch.Tensor:
-    """About ``target`` input patches of ``group``, drawn evenly at random from every batch."""
+    """About ``target`` input patches of ``group``, drawn evenly at random from every batch (at most
+    ``ceil(target / batches)`` from each)."""
     per_batch = math.ceil(target / len(inputs))
     rows = []
     for x in inputs:

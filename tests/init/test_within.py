@@ -105,6 +105,22 @@ def test_a_scale_after_batchnorm_counts_the_dead_channels_it_inherits_without_a_
     assert report.layer("conv1").dead == report.layer("sc1").dead == 8  # the table still shows both
 
 
+def test_a_fallback_to_gaussian_is_the_draw_gaussian_makes():
+    text = HEAD.format(name="fc_on_data") + ip("fc", "data", 40)  # 16 images: 16 samples for 40 outputs
+    weights = {}
+    for method in ("gaussian", "kmeans"):
+        m = model(text)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = initialize(m, images(2), InitConfig(method=method, between=False), progress=False)
+        assert report.layer("fc").method == "gaussian"
+        assert [str(w.message) for w in caught] == (
+            [] if method == "gaussian" else ["layer 'fc': kmeans: only 16 input samples for 40 outputs: gaussian"])
+        weights[method] = m.blobs()["fc"]
+    for a, b in zip(weights["gaussian"], weights["kmeans"]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_dead_channels_keep_their_draw_and_get_the_bias():
     m = model(PLAIN)
     black = [{"data": np.zeros((8, 3, 12, 12), np.float32)} for _ in range(2)]
