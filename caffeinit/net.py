@@ -48,7 +48,10 @@ class Net:
         for node in self.layers:
             if node.name == name:
                 return node
-        raise CaffeinitError(f"net '{self.name}' has no layer '{name}'")
+        import difflib
+        close = difflib.get_close_matches(name, [node.name for node in self.layers], n=3)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise CaffeinitError(f"net '{self.name}' has no layer '{name}'{hint}")
 
     def consumers(self) -> dict[str, list[int]]:
         """value name -> indices of the layers that read it."""

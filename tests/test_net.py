@@ -87,3 +87,15 @@ def test_bundled_models_build():
     for path in sorted((ROOT / "models").glob("*/deploy.prototxt")):
         net = build_net(read_net(str(path)))
         assert net.outputs == ["prob"], path
+
+
+def test_an_unknown_layer_name_suggests_close_ones():
+    net = build_net(parse_net_text(
+        'name: "n"\nlayer { name: "data" type: "Input" top: "data" '
+        'input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+        'layer { name: "conv1_1" type: "Convolution" bottom: "data" top: "conv1_1" '
+        'convolution_param { num_output: 2 kernel_size: 3 } }\n'))
+    with pytest.raises(CaffeinitError, match=r"net 'n' has no layer 'conv1' \(did you mean 'conv1_1'\?\)$"):
+        net.layer("conv1")
+    with pytest.raises(CaffeinitError, match=r"net 'n' has no layer 'fc8'$"):
+        net.layer("fc8")
