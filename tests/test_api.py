@@ -1,4 +1,6 @@
 """The documented Python API, used as the README shows it."""
+import json
+
 import numpy as np
 
 import caffeinit
@@ -16,6 +18,15 @@ def test_readme_workflow(tmp_path):
     report = caffeinit.initialize(model, batches(source, 4, 8, progress=False),
                                   caffeinit.InitConfig(method="kmeans", between_iters=2), progress=False)
     assert "conv1" in report.table()
+    from caffeinit.init import InitReport
+    assert isinstance(report, InitReport) and [r.name for r in report.layers][:2] == ["conv1", "conv2"]
+    assert report.between_converged and report.spread() < 2 and report.before_images == 4
+    assert set(report.seconds) == {"load", "before", "within", "between"}
+    assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["spread_after"] == report.spread()
+    figure = report.figure()
+    assert len(figure.axes) == 2
+    import matplotlib.pyplot as plt
+    plt.close(figure)
     model.save_caffemodel(tmp_path / "init.caffemodel")
     result = caffeinit.export_onnx(model, tmp_path / "init.onnx")
     assert result.verification.max_rel_error <= 1e-4
