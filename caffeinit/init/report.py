@@ -8,6 +8,10 @@ from dataclasses import asdict, dataclass, field
 from caffeinit.tables import format_table
 
 
+MAX_PLOT_WIDTH = 24.0  # inches; deeper nets get thinner bars
+MAX_PLOT_LABELS = 50  # layer names along the x axis at most
+
+
 @dataclass
 class LayerRecord:
     """What happened to one layer. Statistics are channel averages of the layer's own output (before any
@@ -134,7 +138,8 @@ class InitReport:
                    or r.std_after is not None]
         names = [r.name for r in records]
         xs = range(len(names))
-        fig, (rate_ax, std_ax) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(names) + 2), 7), sharex=True)
+        fig, (rate_ax, std_ax) = plt.subplots(2, 1, figsize=(min(max(6.0, 0.45 * len(names) + 2), MAX_PLOT_WIDTH), 7),
+                                              sharex=True)
         rate_ax.bar([x - 0.2 for x in xs], [_plottable(r.rate_before) for r in records], 0.4, label="before")
         after = [_plottable(r.rate_after) for r in records]
         noise = [r.rate_noise or 0.0 for r in records]  # +- one standard error, symmetric in log scale
@@ -152,7 +157,8 @@ class InitReport:
         std_ax.set_ylabel("output std (channel mean)")
         std_ax.set_title("output std per layer (after: unit std, then the between-layer rescaling)", fontsize=10)
         std_ax.legend(loc="best", fontsize=8, framealpha=0.8)
-        std_ax.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=8)
+        step = math.ceil(len(names) / MAX_PLOT_LABELS)  # deep nets (DenseNet: 240 layers): every step-th name
+        std_ax.set_xticks(list(xs)[::step], names[::step], rotation=60, ha="right", fontsize=8)
         fig.tight_layout()
         return fig
 

@@ -1,0 +1,30 @@
+import math
+
+from caffeinit.init.report import MAX_PLOT_LABELS, MAX_PLOT_WIDTH, InitReport, LayerRecord
+
+
+def _report(layers: int) -> InitReport:
+    report = InitReport(net="deep", method="gaussian", num_images=16)
+    for i in range(layers):
+        report.layers.append(LayerRecord(f"conv{i}", "Convolution", "gaussian", std_before=0.5 ** i, std_after=1.0,
+                                         rate_before=1.0 + i, rate_after=2.0, rate_noise=0.05))
+    return report
+
+
+def test_the_plot_of_a_deep_net_stays_readable():
+    import matplotlib.pyplot as plt
+    for layers, labels in ((8, 8), (240, math.ceil(240 / math.ceil(240 / MAX_PLOT_LABELS)))):
+        figure = _report(layers).figure()
+        width, _ = figure.get_size_inches()
+        names = [t.get_text() for t in figure.axes[1].get_xticklabels()]
+        assert width <= MAX_PLOT_WIDTH and len(names) == labels <= MAX_PLOT_LABELS
+        assert names[0] == "conv0" and all(name.startswith("conv") for name in names)
+        plt.close(figure)
+
+
+def test_the_summary_leaves_out_an_unmeasured_before_spread():
+    report = _report(3)
+    assert "change-rate spread (max/min) 3x -> 1x after" in report.table()
+    for record in report.layers:
+        record.rate_before = None  # all-zero starting weights: no rate before
+    assert "change-rate spread (max/min) 1x after" in report.table()
