@@ -13,7 +13,8 @@ zca, kmeans and rand depend on the whitening only through the metric V S^2 V^T, 
 near-equal eigenvalues; pca takes single eigenvectors and always uses the float64 eigendecomposition. The others use
 a faster one when it resolves the cut between kept and dropped components: covariance and eigendecomposition in
 float32, then the eigenvectors around the cut re-solved in float64 (Rayleigh-Ritz), so that which components are
-kept is decided on float64 eigenvalues. float32 eigenvalues are off by ~3e-7 of the largest, so this path is taken
+kept is decided on float64 eigenvalues (fan-ins up to 2 x CUT_WINDOW, where that window is everything, go straight to
+float64). float32 eigenvalues are off by ~3e-7 of the largest, so this path is taken
 only when the cut's eigenvalue is at least 3e-5 of the largest; otherwise float64 throughout. On CaffeNet's patches
 the metric stays within 1.5e-3 of the float64 one (relative Frobenius norm; the difference sits at the cut, far
 within the metric's sampling noise) and still whitens the covariance: S V^T C V S = S^2 Lambda to ~5e-5.
@@ -68,7 +69,7 @@ def whitening(patches: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor,
     """(V, s): principal directions (fan-in x r, largest first, float64) and whitening gains 1/sqrt(lambda + floor).
     Float64 throughout when ``exact``, else from the float32 eigendecomposition where it resolves the cut."""
     n, f = patches.shape
-    if not exact and n >= f:
+    if not exact and n >= f > 2 * CUT_WINDOW:  # below, the window would be all of it: float64 alone is cheaper
         fast = _whitening_from_float32(patches)
         if fast is not None:
             return fast
@@ -171,6 +172,9 @@ def spherical_kmeans(z: torch.Tensor, k: int, gen: torch.Generator, iters: int) 
     """k unit-norm centres of the unit-norm rows of ``z`` (Lloyd's algorithm on cosine similarity, batched in
     torch). Starts from k distinct random rows; an emptied cluster is re-seeded with the row worst served so far."""
     n = z.shape[0]
+    if k == 1:  # what Lloyd's algorithm reaches from any start (depthwise convolutions: one output per group)
+        total = z.sum(dim=0, keepdim=True)
+        return total / total.norm().clamp_min(1e-30)
     centres = z[torch.randperm(n, generator=gen, device=gen.device)[:k].to(z.device)].clone()
     settled = n // 1000  # stop once at most 0.1% of the rows change cluster
     previous = None

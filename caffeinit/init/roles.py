@@ -92,21 +92,20 @@ class Affine:
                zip(x.shape[layer.axis + 1:], layer.kernel, layer.stride, layer.pad, layer.dilation)]
         return lead * math.prod(out)
 
-    def patches(self, x: torch.Tensor, group: int, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows of input patches of group ``group`` (samples x fan-in), in the weight's element order: all of them,
-        or only the rows numbered ``rows`` (gathered directly, without unfolding the whole bottom)."""
+    def patches(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Input patches of every group (groups x samples x fan-in), each row in the weight's element order: all of
+        them, or only the rows numbered ``rows`` (gathered directly, without unfolding the whole bottom)."""
         layer = self.node.layer
         if self.kind == "ip":
             flat = x.reshape(-1, layer.inputs)
-            return flat if rows is None else flat[rows.to(x.device)]
+            return (flat if rows is None else flat[rows.to(x.device)])[None]
         x = x.reshape((-1,) + tuple(x.shape[layer.axis:]))
-        per = x.shape[1] // self.groups
-        part = x[:, group * per:(group + 1) * per]
         if rows is None:
-            cols = F.unfold(part, layer.kernel, dilation=layer.dilation, padding=layer.pad, stride=layer.stride)
-            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            cols = F.unfold(x, layer.kernel, dilation=layer.dilation, padding=layer.pad, stride=layer.stride)
+            cols = cols.reshape(cols.shape[0], self.groups, -1, cols.shape[2])  # (image, group, column, place)
+            return cols.permute(1, 0, 3, 2).reshape(self.groups, -1, cols.shape[2])
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel, layer.stride, layer.pad, layer.dilation
-        padded = F.pad(part, (pw, pw, ph, ph))
+        padded = F.pad(x, (pw, pw, ph, ph))
         channels, height, width = padded.shape[1:]
         out_h = (height - dh * (kh - 1) - 1) // sh + 1
         out_w = (width - dw * (kw - 1) - 1) // sw + 1
@@ -116,8 +115,8 @@ class Affine:
         c = torch.arange(channels, device=x.device)[:, None, None] * (height * width)
         ky = torch.arange(kh, device=x.device)[None, :, None] * (dh * width)
         kx = torch.arange(kw, device=x.device)[None, None, :] * dw
-        offsets = (c + ky + kx).reshape(-1)  # (channel, ky, kx) order, as F.unfold and the weight
-        return padded.reshape(-1)[corner[:, None] + offsets[None, :]]
+        offsets = (c + ky + kx).reshape(self.groups, -1)  # (channel, ky, kx) order per group, as unfold and the weight
+        return padded.reshape(-1)[corner[None, :, None] + offsets[:, None, :]]
 
 
 def affine_of(node: LayerNode) -> Affine | None:

@@ -191,8 +191,9 @@ def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.
                        f"{' per group' if groups > 1 else ''}: gaussian")
         warnings.warn(f"layer '{affine.name}': {record.note}")
         return _standard_normal_(weight.data, gen)
+    every_group = _gather_patches(affine, bottoms[0], target, gen)
     for g in range(groups):
-        patches = _gather_patches(affine, bottoms[0], g, target, gen)
+        patches = every_group[g]
         filters = draws.from_patches(method, patches, n_out, gen, config.kmeans_iters)
         if filters is None:  # patches (nearly) constant: a dead input channel
             flat.append(g)
@@ -217,20 +218,19 @@ def _standard_normal_(weight: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     return weight
 
 
-def _gather_patches(affine: Affine, inputs: list[torch.Tensor], group: int, target: int,
-                    gen: torch.Generator) -> torch.Tensor:
-    """About ``target`` input patches of ``group``, drawn evenly at random from every batch (at most
-    ``ceil(target / batches)`` from each)."""
+def _gather_patches(affine: Affine, inputs: list[torch.Tensor], target: int, gen: torch.Generator) -> torch.Tensor:
+    """About ``target`` input patches per group (groups x samples x fan-in), at the same places for every group,
+    drawn evenly at random from every batch (at most ``ceil(target / batches)`` from each)."""
     per_batch = math.ceil(target / len(inputs))
     rows = []
     for x in inputs:
         count = affine.patch_count(x)
         if count > per_batch:
             index = torch.randperm(count, generator=gen, device=gen.device)[:per_batch]
-            rows.append(affine.patches(x, group, index))
+            rows.append(affine.patches(x, index))
         else:
-            rows.append(affine.patches(x, group))
-    return torch.cat(rows)
+            rows.append(affine.patches(x))
+    return torch.cat(rows, dim=1)
 
 
 def _set_batchnorm_stats(blobs: list[torch.Tensor], inputs: list[torch.Tensor],

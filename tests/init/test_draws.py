@@ -157,3 +157,16 @@ def test_orthonormal_columns_equal_householder_qr_with_positive_diagonal(m, n):
     # Q^T a is R: upper triangular with a positive diagonal
     r = (q.T @ a).numpy()
     assert np.abs(np.tril(r, -1)).max() < 1e-12 and (np.diag(r) > 0).all()
+
+
+def test_one_centre_is_the_direction_closest_to_all_rows():
+    """k = 1 (a depthwise convolution's single output per group): the centre maximizes the summed cosine similarity,
+    which no row and no other direction beats."""
+    z = torch.randn(500, 9, generator=_gen(6)) + torch.linspace(-1, 2, 9)
+    z = z / z.norm(dim=1, keepdim=True)
+    centre = draws.spherical_kmeans(z, 1, _gen(), 20)
+    assert centre.shape == (1, 9) and abs(float(centre.norm()) - 1) < 1e-6
+    best = float((z @ centre.t()).sum())
+    others = torch.cat([z, torch.randn(200, 9, generator=_gen(7))])
+    others = others / others.norm(dim=1, keepdim=True)
+    assert float((z @ others.t()).sum(dim=0).max()) < best
