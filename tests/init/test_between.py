@@ -348,13 +348,10 @@ MILD_LRN_NET = LRN_NET.replace("local_size: 3 alpha: 3 beta: 0.75", "local_size:
     .replace("local_size: 5 alpha: 5 beta: 0.75 k: 2", "local_size: 5 alpha: 0.0001 beta: 0.75")
 
 
-@pytest.mark.parametrize("text, mispredicted", [(MILD_LRN_NET, False), (LRN_NET, True)], ids=["mild", "saturated"])
-def test_gradient_pass_schedule(monkeypatch, text, mispredicted):
-    """All batches are measured once, then batch 0 after each update while the model predicts its changes (a mild
-    LRN: one update); once it has mispredicted one (a saturated LRN), every later update is measured on all batches,
-    and rates extrapolated from that mispredicted update are checked on the other batches before the step stops."""
+def _between_passes(monkeypatch, text, config):
+    """The report of a between-layer step from conv1 x 30 after a within-layer init, and the batch of every
+    gradient pass it made, in order."""
     from caffeinit.init import between
-
     passes = []
     original = between._square_grads
     monkeypatch.setattr(between, "_square_grads", lambda *a, **k: (passes.append(a[3]), original(*a, **k))[1])
@@ -362,7 +359,15 @@ def test_gradient_pass_schedule(monkeypatch, text, mispredicted):
     init = images(4, seed=11)
     initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
     m.module.layer_blobs[m.net.layer("conv1").index][0].data.mul_(30.0)  # far from equal rates
-    report = initialize(m, init, InitConfig(within=False, measure_before=False), progress=False)
+    return initialize(m, init, config, progress=False), passes
+
+
+@pytest.mark.parametrize("text, mispredicted", [(MILD_LRN_NET, False), (LRN_NET, True)], ids=["mild", "saturated"])
+def test_gradient_pass_schedule(monkeypatch, text, mispredicted):
+    """All batches are measured once, then batch 0 after each update while the model predicts its changes (a mild
+    LRN: one update); once it has mispredicted one (a saturated LRN), every later update is measured on all batches,
+    and rates extrapolated from that mispredicted update are checked on the other batches before the step stops."""
+    report, passes = _between_passes(monkeypatch, text, InitConfig(within=False, measure_before=False))
     assert report.homogeneous is False and report.between_converged and report.between_iterations >= 1
     assert passes[:5] == [0, 1, 2, 3, 0]  # every batch, then batch 0 after the first update
     rest = passes[5:]
@@ -392,14 +397,8 @@ def test_once_distrusted_the_step_stops_when_the_spread_is_within_the_noise_rang
     the rates' noise alone would give ends the step (as converged), however large the per-rate moves."""
     from caffeinit.init import between
     monkeypatch.setattr(between, "_noise_range", lambda *a: noise_range)
-    passes = []
-    original = between._square_grads
-    monkeypatch.setattr(between, "_square_grads", lambda *a, **k: (passes.append(a[3]), original(*a, **k))[1])
-    m = model(LRN_NET)
-    init = images(4, seed=11)
-    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
-    m.module.layer_blobs[m.net.layer("conv1").index][0].data.mul_(30.0)
-    report = initialize(m, init, InitConfig(within=False, measure_before=False, tolerance=1e-4), progress=False)
+    report, passes = _between_passes(monkeypatch, LRN_NET,
+                                     InitConfig(within=False, measure_before=False, tolerance=1e-4))
     assert report.between_converged
     if noise_range:
         # all batches, batch 0 after update 1 (mispredicted: distrust), then the other batches to check it: done
