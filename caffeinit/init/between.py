@@ -78,8 +78,8 @@ the largest of 57 GoogLeNet moves exceeds 1.5 standard errors by chance alone, s
 noise to the update limit on some image sets). Rates extrapolated from a mispredicted update on batch 0 are first
 checked on the other batches (once, as soon as no rate would move by more than twice ``tolerance``). At most
 ``between_iters`` updates. The reported rates after the step are these all-batch rates (measured, or with the first
-batch's last changes added; exact on homogeneous nets). CaffeNet (two LRN layers) takes 4 + 1 gradient passes: one update, predicted
-within 1% on its first batch.
+batch's last changes added; exact on homogeneous nets). CaffeNet (two LRN layers) takes 4 + 1 gradient passes: one
+update, predicted within 1% on its first batch.
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ near-equal eigenvalues; pca takes single eigenvectors and always uses the float6
 a faster one when it resolves the cut between kept and dropped components: covariance and eigendecomposition in
 float32, then the eigenvectors around the cut re-solved in float64 (Rayleigh-Ritz), so that which components are
 kept is decided on float64 eigenvalues (fan-ins up to 2 x CUT_WINDOW, where that window is everything, go straight to
-float64). float32 eigenvalues are off by ~3e-7 of the largest, so this path is taken
-only when the cut's eigenvalue is at least 3e-5 of the largest; otherwise float64 throughout. On CaffeNet's patches
+float64). float32 eigenvalues are off by ~3e-7 of the largest, so this path is taken only when the cut's eigenvalue
+is at least 3e-5 of the largest; otherwise float64 throughout. On CaffeNet's patches
 the metric stays within 1.5e-3 of the float64 one (relative Frobenius norm; the difference sits at the cut, far
 within the metric's sampling noise) and still whitens the covariance: S V^T C V S = S^2 Lambda to ~5e-5.
 Z and the k-means run in float32; Lloyd's iterations stop once at most 0.1% of the rows change cluster.
