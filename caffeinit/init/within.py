@@ -184,14 +184,14 @@ def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.
     mats, flat = [], []
     target = min(config.max_samples, max(SAMPLES_PER_OUTPUT * n_out, 2 * width, MIN_SAMPLES))
     per_batch = math.ceil(target / len(bottoms[0]))
-    available = sum(min(affine.patch_count(x), per_batch) for x in bottoms[0])  # what _gather_patches will find
+    available = sum(min(affine.patch_count(x), per_batch) for x in bottoms[0])  # what _gather_patches finds
     if available < n_out:  # the very draw --method gaussian makes for this layer
         record.method = "gaussian"
         record.note = (f"{method}: only {available} input samples for {n_out} outputs"
                        f"{' per group' if groups > 1 else ''}: gaussian")
         warnings.warn(f"layer '{affine.name}': {record.note}")
         return _standard_normal_(weight.data, gen)
-    every_group = _gather_patches(affine, bottoms[0], target, gen)
+    every_group = _gather_patches(affine, bottoms[0], per_batch, gen)
     for g in range(groups):
         patches = every_group[g]
         filters = draws.from_patches(method, patches, n_out, gen, config.kmeans_iters)
@@ -218,10 +218,10 @@ def _standard_normal_(weight: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     return weight
 
 
-def _gather_patches(affine: Affine, inputs: list[torch.Tensor], target: int, gen: torch.Generator) -> torch.Tensor:
-    """About ``target`` input patches per group (groups x samples x fan-in), at the same places for every group,
-    drawn evenly at random from every batch (at most ``ceil(target / batches)`` from each)."""
-    per_batch = math.ceil(target / len(inputs))
+def _gather_patches(affine: Affine, inputs: list[torch.Tensor], per_batch: int, gen: torch.Generator
+                    ) -> torch.Tensor:
+    """Input patches of every group (groups x samples x fan-in), at the same places for every group: up to
+    ``per_batch`` drawn at random from each batch."""
     rows = []
     for x in inputs:
         count = affine.patch_count(x)
