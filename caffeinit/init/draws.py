@@ -168,6 +168,44 @@ def from_patches(method: str, patches: torch.Tensor, n_out: int, gen: torch.Gene
     return filters.to(torch.float32)
 
 
+def single_filters(method: str, patches: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``from_patches`` with one filter per group, for all groups at once (depthwise convolutions: thousands of
+    groups of a few inputs): ``patches`` is groups x samples x fan-in with samples >= fan-in (the float64 path of
+    ``whitening``, batched). Returns the filters (groups x fan-in, float32) and which groups have them (False: the
+    patches do not vary; the caller draws those)."""
+    groups, n, f = patches.shape
+    x = patches.to(torch.float64)
+    x = x - x.mean(dim=1, keepdim=True)
+    lam, vec = torch.linalg.eigh(x.transpose(1, 2) @ x / n)
+    lam, vec = lam.flip(-1), vec.flip(-1)
+    top = lam[:, :1].clamp_min(0)
+    keep = (lam > EIG_DROP * top) & (torch.arange(f, device=lam.device) < max(1, n // 4))
+    gain = torch.where(keep, 1.0 / torch.sqrt(lam.clamp_min(0) + EIG_FLOOR * top), torch.zeros_like(lam))
+    whiten = gain[:, :, None] * vec.transpose(1, 2)  # S V^T per group; rows of dropped components are zero
+    ok = top[:, 0] > 0
+    if method == "pca":
+        filters = whiten[:, 0]
+    elif method == "zca":  # a random row of V S V^T among the inputs that vary
+        varying = patches.amax(dim=1) > patches.amin(dim=1)
+        keys = torch.rand(groups, f, generator=gen, device=gen.device, dtype=torch.float64).to(x.device)
+        pick = torch.where(varying, keys, torch.full_like(keys, -1.0)).argmax(dim=1)
+        filters = (vec[torch.arange(groups, device=x.device), pick][:, None, :] @ whiten)[:, 0]
+    else:  # kmeans (one centre: the normalized sum) or rand, on the L2-normalized whitened patches
+        z = (x @ whiten.transpose(1, 2)).to(torch.float32)
+        norms = z.norm(dim=2, keepdim=True)
+        z = torch.where(norms > 0, z / norms.clamp_min(1e-30), torch.zeros_like(z))
+        ok &= (norms[:, :, 0] > 0).any(dim=1)
+        if method == "rand":
+            keys = torch.rand(groups, n, generator=gen, device=gen.device).to(z.device)
+            pick = torch.where(norms[:, :, 0] > 0, keys, torch.full_like(keys, -1.0)).argmax(dim=1)
+            centres = z[torch.arange(groups, device=z.device), pick]
+        else:
+            total = z.sum(dim=1)
+            centres = total / total.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        filters = (centres[:, None, :] @ whiten.to(torch.float32))[:, 0]
+    return filters.to(torch.float32), ok
+
+
 def spherical_kmeans(z: torch.Tensor, k: int, gen: torch.Generator, iters: int) -> torch.Tensor:
     """k unit-norm centres of the unit-norm rows of ``z`` (Lloyd's algorithm on cosine similarity, batched in
     torch). Starts from k distinct random rows; an emptied cluster is re-seeded with the row worst served so far."""

@@ -192,7 +192,13 @@ def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.
         warnings.warn(f"layer '{affine.name}': {record.note}")
         return _standard_normal_(weight.data, gen)
     every_group = _gather_patches(affine, bottoms[0], per_batch, gen)
-    for g in range(groups):
+    if n_out == 1 and groups > 1 and every_group.shape[1] >= width:  # depthwise: all groups at once
+        filters, ok = draws.single_filters(method, every_group, gen)
+        flat = (~ok).nonzero().flatten().tolist()
+        if flat:  # patches (nearly) constant: dead input channels
+            filters[~ok] = torch.randn(len(flat), width, generator=gen, device=gen.device).to(filters.device)
+        mats = list(filters[:, None, :].to(device))
+    for g in range(groups if not mats else 0):
         patches = every_group[g]
         filters = draws.from_patches(method, patches, n_out, gen, config.kmeans_iters)
         if filters is None:  # patches (nearly) constant: a dead input channel

@@ -170,3 +170,41 @@ def test_one_centre_is_the_direction_closest_to_all_rows():
     others = torch.cat([z, torch.randn(200, 9, generator=_gen(7))])
     others = others / others.norm(dim=1, keepdim=True)
     assert float((z @ others.t()).sum(dim=0).max()) < best
+
+
+def _group_patches(groups=6, n=300, f=9, seed=8):
+    rng = np.random.default_rng(seed)
+    mixes = rng.standard_normal((groups, f, f)) * np.linspace(2, 0.2, f)
+    p = rng.standard_normal((groups, n, f)) @ mixes.transpose(0, 2, 1) + 3
+    p[1, :, 4] = 0.5  # group 1: one input never varies
+    p[5] = 1.0  # group 5: nothing varies
+    return torch.from_numpy(p.astype(np.float32))
+
+
+@pytest.mark.parametrize("method", ["pca", "kmeans"])
+def test_single_filters_for_all_groups_are_those_of_each_group(method):
+    """The batched depthwise path gives each group the filter ``from_patches`` gives it alone (up to the sign of an
+    eigenvector), and flags the group whose patches do not vary."""
+    p = _group_patches()
+    filters, ok = draws.single_filters(method, p, _gen())
+    assert ok.tolist() == [True] * 5 + [False]
+    for g in range(5):
+        alone = draws.from_patches(method, p[g], 1, _gen())[0].double()
+        cosine = float(filters[g].double() @ alone / (filters[g].double().norm() * alone.norm()))
+        assert abs(cosine) > 0.9999, (g, cosine)
+
+
+@pytest.mark.parametrize("method", ["zca", "rand"])
+def test_random_single_filters_respond_to_their_group(method):
+    p = _group_patches()
+    filters, ok = draws.single_filters(method, p, _gen())
+    assert ok.tolist() == [True] * 5 + [False]
+    for g in range(5):
+        responses = (p[g].double() - p[g].double().mean(0)) @ filters[g].double()
+        assert float(responses.std()) > 1e-3 * float(filters[g].double().norm() * p[g].double().std(0).max())
+    if method == "zca":  # each filter is a row of V S V^T centred on an input that varies (never input 4 of group 1)
+        vec, gain = draws.whitening(p[1].double(), exact=True)
+        rows = vec @ (gain[:, None] * vec.t())
+        cosines = (rows @ filters[1].double()) / (rows.norm(dim=1) * filters[1].double().norm())
+        assert float(cosines.max()) > 0.9999 and int(cosines.argmax()) != 4
+    assert torch.equal(draws.single_filters(method, p, _gen())[0], filters)  # the seed decides

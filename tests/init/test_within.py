@@ -77,21 +77,38 @@ def test_a_group_whose_input_does_not_vary_alone_falls_back_to_gaussian():
     assert report.layer("conv1").dead == 4  # Gaussian filters on a zero input: constant, as they must be
 
 
+@pytest.mark.parametrize("method", ["pca", "zca", "kmeans", "rand"])
+def test_a_depthwise_group_whose_input_does_not_vary_alone_falls_back_to_gaussian(method):
+    text = GROUPED_ON_DATA.replace(conv("conv1", "data", 8, group=2) + conv("dw", "conv1", 8, group=8),
+                                   conv("dw", "data", 4, group=4))
+    batches = images(4, seed=3)
+    for b in batches:
+        b["data"] = np.concatenate([b["data"], np.zeros_like(b["data"][:, :1])], axis=1)  # channel 3: zero
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = initialize(model(text), batches, InitConfig(method=method, between=False, measure_before=False),
+                            progress=False)
+    assert str(caught[0].message) == (f"layer 'dw': {method}: 1 of 4 groups' input patches do not vary enough: "
+                                      "gaussian for those")
+    assert report.layer("dw").method == method and report.layer("dw").dead == 1  # the zero channel's output
+
+
 def test_depthwise_convolutions_whiten_from_enough_patches(monkeypatch):
     """A depthwise 3x3 layer has 9 inputs and 1 output per group: the old 2 x fan-in rule gathered 18 patches, so
     the n/4 cap whitened 4 of 9 directions."""
     from caffeinit.init import draws
-    counts = {}
-    original = draws.from_patches
+    shapes = []
+    original = draws.single_filters
 
-    def spy(method, patches, n_out, gen, kmeans_iters=20):
-        counts.setdefault(patches.shape[1], []).append(patches.shape[0])
-        return original(method, patches, n_out, gen, kmeans_iters)
-    monkeypatch.setattr(draws, "from_patches", spy)
+    def spy(method, patches, gen):
+        shapes.append(tuple(patches.shape))
+        return original(method, patches, gen)
+    monkeypatch.setattr(draws, "single_filters", spy)
     batches = [{"data": np.concatenate([b["data"], b["data"][:, :1]], axis=1)} for b in images(4, seed=3)]
-    initialize(model(GROUPED_ON_DATA), batches, InitConfig(method="zca", between=False,
+    report = initialize(model(GROUPED_ON_DATA), batches, InitConfig(method="zca", between=False,
                                                                      measure_before=False), progress=False)
-    assert len(counts[9]) == 8 and min(counts[9]) >= 256  # dw: 8 groups of 1 input channel x 3 x 3
+    assert len(shapes) == 1 and shapes[0][0] == 8 and shapes[0][1] >= 256 and shapes[0][2] == 9  # dw, all groups
+    assert report.layer("dw").method == "zca"
 
 
 def test_a_scale_after_batchnorm_counts_the_dead_channels_it_inherits_without_a_second_warning():
