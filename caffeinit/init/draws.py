@@ -82,13 +82,21 @@ def whitening(patches: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor,
         vec = x.t() @ u
         vec = vec / vec.norm(dim=0, keepdim=True).clamp_min(1e-300)
     lam, vec = lam.flip(0), vec.flip(1)
-    top = lam[0].clamp_min(0)
+    gain, top = _gains(lam, n)
     if not top > 0:
         return vec[:, :0], lam[:0]
-    keep = lam > EIG_DROP * top
-    keep[max(1, n // 4):] = False
-    lam, vec = lam[keep], vec[:, keep]
-    return vec, 1.0 / torch.sqrt(lam + EIG_FLOOR * top)
+    kept = int((gain > 0).sum())  # a leading run
+    return vec[:, :kept], gain[:kept]
+
+
+def _gains(lam: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whitening gains 1/sqrt(lambda + floor) for the descending eigenvalues ``lam`` (..., fan-in) of n samples'
+    covariance, zero for the dropped components (below EIG_DROP of the largest, or beyond n/4), and the largest
+    eigenvalue (..., 1)."""
+    top = lam[..., :1].clamp_min(0)
+    keep = (lam > EIG_DROP * top) & (torch.arange(lam.shape[-1], device=lam.device) < max(1, n // 4))
+    gain = torch.where(keep, 1.0 / torch.sqrt(lam.clamp_min(0) + EIG_FLOOR * top), torch.zeros_like(lam))
+    return gain, top
 
 
 def _whitening_from_float32(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -178,9 +186,7 @@ def single_filters(method: str, patches: torch.Tensor, gen: torch.Generator) -> 
     x = x - x.mean(dim=1, keepdim=True)
     lam, vec = torch.linalg.eigh(x.transpose(1, 2) @ x / n)
     lam, vec = lam.flip(-1), vec.flip(-1)
-    top = lam[:, :1].clamp_min(0)
-    keep = (lam > EIG_DROP * top) & (torch.arange(f, device=lam.device) < max(1, n // 4))
-    gain = torch.where(keep, 1.0 / torch.sqrt(lam.clamp_min(0) + EIG_FLOOR * top), torch.zeros_like(lam))
+    gain, top = _gains(lam, n)
     whiten = gain[:, :, None] * vec.transpose(1, 2)  # S V^T per group; rows of dropped components are zero
     ok = top[:, 0] > 0
     if method == "pca":
