@@ -167,6 +167,11 @@ def test_batchnorm_statistics_make_test_equal_train_and_scale_is_normalized():
     mean, std = _channel_stats(m, init, ["conv1"], {})["conv1"]
     np.testing.assert_allclose(blobs["bn1"][0], mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(blobs["bn1"][1], std ** 2, rtol=1e-5)
+    # the later layers were normalized on conv1's outputs as mapped through BatchNorm and Scale without running
+    # them: a real forward agrees
+    for name, (mean, std) in _channel_stats(m, init, ["conv2", "fc"], {}).items():
+        np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
 
 
 def test_deconvolution_and_transposed_inner_product():
