@@ -238,13 +238,13 @@ def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.
         if flat:  # patches (nearly) constant: dead input channels
             filters[~ok] = torch.randn(len(flat), width, generator=gen, device=gen.device).to(filters.device)
         mats = list(filters[:, None, :].to(device))
-    for g in range(groups if not mats else 0):
-        patches = every_group[g]
-        filters = draws.from_patches(method, patches, n_out, gen, config.kmeans_iters)
-        if filters is None:  # patches (nearly) constant: a dead input channel
-            flat.append(g)
-            filters = torch.randn(n_out, width, generator=gen, device=gen.device)
-        mats.append(filters.to(device))
+    else:
+        for g in range(groups):
+            filters = draws.from_patches(method, every_group[g], n_out, gen, config.kmeans_iters)
+            if filters is None:  # patches (nearly) constant: a dead input channel
+                flat.append(g)
+                filters = torch.randn(n_out, width, generator=gen, device=gen.device)
+            mats.append(filters.to(device))
     record.method = method if len(flat) < groups else "gaussian"
     if flat:
         which = "its input patches" if groups == 1 else f"{len(flat)} of {groups} groups' input patches"
