@@ -32,7 +32,11 @@ class ChannelStats:
         inner = math.prod(x.shape[channel_axis + 1:])
         if outer * inner == 0:
             return
-        rows = x.reshape(outer, channels, inner)  # a view for contiguous batches: no copy of a large output
+        if channel_axis == 1 and x.dim() == 4 and not x.is_contiguous() and \
+                x.is_contiguous(memory_format=torch.channels_last):
+            rows = x.permute(0, 2, 3, 1).reshape(outer * inner, channels, 1)  # a view: channels are innermost
+        else:
+            rows = x.reshape(outer, channels, inner)  # a view for contiguous batches: no copy of a large output
         mean, var = self._moments(rows)
         if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
             # float32 squares overflow beyond ~1e19 (starting weights that blow up): redo this batch in float64

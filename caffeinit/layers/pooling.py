@@ -89,7 +89,7 @@ class PoolGeometry:
                 # (Not under autograd: the conversions' backward copies cost more than the layout saves.)
                 y = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel, self.stride, self.pad,
                                  ceil_mode=self.ceil)
-                return [y.contiguous()]
+                return [y.contiguous() if x.is_contiguous() else y]  # in the layout it came in
             y = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, return_indices=want_mask)
             if not want_mask:
                 return [y]

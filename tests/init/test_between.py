@@ -5,7 +5,7 @@ import torch
 from caffeinit.init import InitConfig, initialize
 from caffeinit.init.between import build_scale_model, end_values
 from tests.conftest import shared_path
-from tests.init.nets import DAG, FROZEN_SHARED, HEAD, MIXED, PLAIN, conv, images, ip, layer, model, relu
+from tests.init.nets import DAG, FROZEN_SHARED, HEAD, MIXED, PLAIN, conv, images, ip, layer, model, pool, relu
 
 
 def _outputs(m, batches, value):
@@ -191,6 +191,30 @@ LRN_NET = (HEAD.format(name="lrn") + conv("conv1", "data", 8) + relu("relu1", "c
            + conv("conv2", "norm1", 8) + relu("relu2", "conv2")
            + layer("norm2", "LRN", "conv2", extra="lrn_param { local_size: 5 alpha: 5 beta: 0.75 k: 2 } ")
            + conv("conv3", "norm2", 8) + relu("relu3", "conv3") + ip("fc", "conv3", 5))
+
+
+POOLED_LRN_NET = LRN_NET.replace('relu("relu1", "conv1")', 'relu("relu1", "conv1") + pool("pool1", "conv1")') \
+    .replace('"norm1", "LRN", "conv1"', '"norm1", "LRN", "pool1"')
+
+
+@pytest.mark.parametrize("text", [POOLED_LRN_NET, DAG], ids=["lrn", "dag"])
+def test_measured_rates_do_not_depend_on_the_layout_of_the_gradient_passes(monkeypatch, text):
+    """The gradient passes run channels-last on the CPU (faster convolutions and pooling); the rates are those of
+    the plain NCHW passes up to float rounding."""
+    from caffeinit.init import between
+    m = model(text)
+    init = images(2, seed=3)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    feeds = [{"data": torch.from_numpy(b["data"])} for b in init]
+    sm = build_scale_model(m.module)
+    layouts = []
+    monkeypatch.setattr(between, "fast_layout",
+                        lambda feed, original=between.fast_layout: (layouts.append(1), original(feed))[1])
+    fast = between.measure_rates(m.module, sm, feeds, 2, 7)
+    monkeypatch.setattr(between, "fast_layout", lambda feed: feed)
+    plain = between.measure_rates(m.module, sm, feeds, 2, 7)
+    assert len(layouts) == len(feeds) and np.isfinite(plain).all()
+    np.testing.assert_allclose(fast, plain, rtol=2e-5)
 
 
 def test_saturated_lrn_converges_in_few_updates():

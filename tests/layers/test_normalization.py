@@ -55,6 +55,46 @@ def test_lrn_within_channel_ignores_k(size, alpha, beta, k):
     close(run(make("LRN", text), x)[0], caffe_lrn_within(x, size, alpha, beta))
 
 
+def caffe_lrn_across_backward(x, top_diff, size, alpha, beta, k):
+    """lrn_layer.cpp CrossChannelBackward_cpu: bottom_diff = top_diff * scale^-beta - 2 alpha beta / size * x *
+    (window sum over channels of top_diff * top / scale)."""
+    x, top_diff = x.astype(np.float64), top_diff.astype(np.float64)
+    half = (size - 1) // 2
+    channels = x.shape[1]
+    scale = np.full(x.shape, float(k))
+    for c in range(channels):
+        for cc in range(max(0, c - half), min(channels, c + half + 1)):
+            scale[:, c] += alpha / size * x[:, cc] ** 2
+    ratio = top_diff * x * scale ** -beta / scale
+    window = np.zeros(x.shape)
+    for c in range(channels):
+        for cc in range(max(0, c - half), min(channels, c + half + 1)):
+            window[:, c] += ratio[:, cc]
+    return top_diff * scale ** -beta - 2 * alpha * beta / size * x * window
+
+
+@pytest.mark.parametrize("size, alpha, beta, k", [(5, 1e-2, 0.75, 2.0), (3, 3.0, 0.75, 1.0), (1, 0.3, 1.0, 0.7)])
+def test_lrn_backward_matches_caffe(size, alpha, beta, k):
+    """The closed-form backward (autograd.Function) against Caffe's CrossChannelBackward; its forward under
+    autograd is the plain forward's, bit for bit."""
+    x, top_diff = rand(2, 7, 3, 4) * 2, rand(2, 7, 3, 4, seed=1)
+    layer = make("LRN", f"lrn_param {{ local_size: {size} alpha: {alpha} beta: {beta} k: {k} }}")
+    layer.setup([x.shape])
+    xt = torch.from_numpy(x).requires_grad_()
+    top = layer.forward([xt], [])[0]
+    (grad,) = torch.autograd.grad(top, xt, torch.from_numpy(top_diff))
+    close(grad.numpy(), caffe_lrn_across_backward(x, top_diff, size, alpha, beta, k), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(top.detach().numpy(), run(layer, x)[0])
+
+
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+def test_lrn_backward_passes_gradcheck(region):
+    layer = make("LRN", f"lrn_param {{ local_size: 3 alpha: 2.0 beta: 0.75 k: 1.5 norm_region: {region} }}")
+    layer.setup([(2, 5, 4, 3)])
+    x = torch.from_numpy(rand(2, 5, 4, 3).astype(np.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: layer.forward([t], [])[0], (x,))
+
+
 def test_lrn_errors():
     with pytest.raises(CaffeinitError, match="odd"):
         make("LRN", "lrn_param { local_size: 4 }")

@@ -164,6 +164,25 @@ def test_autograd_flows_through_padded_path():
     assert x.grad is not None and x.grad.sum() > 0
 
 
+def test_max_pooling_keeps_the_input_layout():
+    """Channels-last in, channels-last out (the within step keeps that layout through the net); NCHW in, NCHW out;
+    the values, and under autograd the gradients, are the same in both."""
+    layer = pool_layer("MAX", 3, 2, 0)
+    layer.setup([(2, 4, 9, 9)])
+    x = torch.from_numpy(rand(2, 4, 9, 9))
+    plain = layer.forward([x], [])[0]
+    last = layer.forward([x.contiguous(memory_format=torch.channels_last)], [])[0]
+    assert plain.is_contiguous() and last.is_contiguous(memory_format=torch.channels_last) and not last.is_contiguous()
+    assert torch.equal(plain, last)
+    grads = []
+    for t in (x, x.contiguous(memory_format=torch.channels_last)):
+        t = t.clone().requires_grad_()
+        with torch.enable_grad():
+            (layer.forward([t], [])[0] * torch.arange(plain.numel()).reshape(plain.shape)).sum().backward()
+        grads.append(t.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
 @pytest.mark.parametrize("text, message", [
     ("pool: MAX kernel_size: 2 pad: 2", "pad"),
     ("pool: MAX kernel_size: 3 kernel_h: 3 kernel_w: 3", "kernel_size"),
