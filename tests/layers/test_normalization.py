@@ -16,16 +16,22 @@ def close(got, want, rtol=1e-5, atol=1e-6):
 
 # -- LRN ------------------------------------------------------------------------------------------------------
 
+def caffe_channel_window(t, size):
+    """The sum over the ``size`` channels centred on each channel (zero beyond the edges), as lrn_layer.cpp's
+    running sums over the padded channel axis."""
+    half = (size - 1) // 2
+    channels = t.shape[1]
+    total = np.zeros(t.shape)
+    for c in range(channels):
+        for cc in range(max(0, c - half), min(channels, c + half + 1)):
+            total[:, c] += t[:, cc]
+    return total
+
+
 def caffe_lrn_across(x, size, alpha, beta, k):
     """lrn_layer.cpp CrossChannelForward_cpu: scale = k + alpha/size * window sum of x^2 over channels."""
     x = x.astype(np.float64)
-    half = (size - 1) // 2
-    channels = x.shape[1]
-    scale = np.full(x.shape, float(k))
-    for c in range(channels):
-        for cc in range(max(0, c - half), min(channels, c + half + 1)):
-            scale[:, c] += alpha / size * x[:, cc] ** 2
-    return x * scale ** -beta
+    return x * (k + alpha / size * caffe_channel_window(x ** 2, size)) ** -beta
 
 
 def caffe_lrn_within(x, size, alpha, beta):
@@ -59,18 +65,9 @@ def caffe_lrn_across_backward(x, top_diff, size, alpha, beta, k):
     """lrn_layer.cpp CrossChannelBackward_cpu: bottom_diff = top_diff * scale^-beta - 2 alpha beta / size * x *
     (window sum over channels of top_diff * top / scale)."""
     x, top_diff = x.astype(np.float64), top_diff.astype(np.float64)
-    half = (size - 1) // 2
-    channels = x.shape[1]
-    scale = np.full(x.shape, float(k))
-    for c in range(channels):
-        for cc in range(max(0, c - half), min(channels, c + half + 1)):
-            scale[:, c] += alpha / size * x[:, cc] ** 2
-    ratio = top_diff * x * scale ** -beta / scale
-    window = np.zeros(x.shape)
-    for c in range(channels):
-        for cc in range(max(0, c - half), min(channels, c + half + 1)):
-            window[:, c] += ratio[:, cc]
-    return top_diff * scale ** -beta - 2 * alpha * beta / size * x * window
+    scale = k + alpha / size * caffe_channel_window(x ** 2, size)
+    top = x * scale ** -beta
+    return top_diff * scale ** -beta - 2 * alpha * beta / size * x * caffe_channel_window(top_diff * top / scale, size)
 
 
 @pytest.mark.parametrize("size, alpha, beta, k", [(5, 1e-2, 0.75, 2.0), (3, 3.0, 0.75, 1.0), (1, 0.3, 1.0, 0.7)])
