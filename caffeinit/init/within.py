@@ -88,10 +88,18 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
         affine = affine_of(node)
         source = node.bottom_values[0] if node.bottom_values else None
         given = known.get(source)
+        if given is None and node.type == "BatchNorm" and node.layer.use_global_stats and len(node.top_values) == 1 \
+                and (action == "bn" or upstream_changed) and len(node.bottom_shapes[0]) >= 2:
+            # its statistics are measured anyway: measured first, it composes like one whose input's are known
+            materialize(source)
+            given = known[source] = _stats_of(values[source])
         composes = given is not None and len(node.top_values) == 1 and (
             (action == "affine" and affine is not None and _output_is_input(affine))
             or (node.type == "BatchNorm" and node.layer.use_global_stats and (action == "bn" or upstream_changed)))
-        for v in node.bottom_values if not composes else ():
+        # a Concat along the channels of pending values (DenseNet's growing stacks) stays pending: the concatenated
+        # stored tensors under the concatenated maps, its statistics those of its inputs
+        joins = node.type == "Concat" and node.layer.axis == 1 and any(v in pending for v in node.bottom_values)
+        for v in node.bottom_values if not (composes or joins) else ():
             materialize(v)
         bottoms = [values[v] for v in node.bottom_values]
         top_map = None  # (gain, shift) of the top over the stored tensors of ``tops``
@@ -112,6 +120,8 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
                 tops = [bottoms[0]]
                 known[node.top_values[0]] = (torch.zeros_like(given[1]), given[1] / (given[1] + node.layer.eps))
                 action = "bn"
+            elif joins:
+                tops, top_map, known[node.top_values[0]] = _join_channels(node, bottoms, pending, known)
             else:
                 if node.type == "BatchNorm" and (action == "bn" or upstream_changed):
                     _set_batchnorm_stats(blobs, bottoms[0], given)
@@ -138,6 +148,35 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
             if last_use.get(v, -1) <= node.index:
                 values.pop(v, None)
                 pending.pop(v, None)
+
+
+def _join_channels(node: LayerNode, bottoms: list[list[torch.Tensor]],
+                   pending: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                   known: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    """A channel Concat of values some of which are pending maps: (tops, map, statistics) with the stored tensors
+    concatenated, the maps concatenated (identity for plain inputs) and the per-channel statistics concatenated
+    (measured here for inputs without known ones)."""
+    like = next(pending[v][0] for v in node.bottom_values if v in pending)
+    gains, shifts, means, variances = [], [], [], []
+    for v, stored in zip(node.bottom_values, bottoms):
+        channels = stored[0].shape[1]
+        gain, shift = pending.get(v, (like.new_ones(channels), like.new_zeros(channels)))
+        if v not in known:
+            known[v] = _stats_of(stored)
+        gains.append(gain)
+        shifts.append(shift)
+        means.append(known[v][0])
+        variances.append(known[v][1])
+    tops = [[torch.cat([b[i] for b in bottoms], dim=1) for i in range(len(bottoms[0]))]]
+    return tops, (torch.cat(gains), torch.cat(shifts)), (torch.cat(means), torch.cat(variances))
+
+
+def _stats_of(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (axis 1; a 1-D value is one channel) float64 mean and population variance over the batches."""
+    stats = ChannelStats()
+    for x in tensors:
+        stats.update(x if x.dim() > 1 else x[:, None], 1)
+    return stats.mean, stats.var
 
 
 def _output_is_input(affine: Affine) -> bool:
@@ -283,10 +322,7 @@ def _set_batchnorm_stats(blobs: list[torch.Tensor], inputs: list[torch.Tensor],
                          given: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Mean and population variance of the inputs (``given`` where known), scale factor 1."""
     if given is None:
-        stats = ChannelStats()
-        for x in inputs:
-            stats.update(x if x.dim() > 1 else x[:, None], 1)
-        given = stats.mean, stats.var
+        given = _stats_of(inputs)
     blobs[0].data.copy_(given[0].to(blobs[0].dtype))
     blobs[1].data.copy_(given[1].to(blobs[1].dtype))
     blobs[2].data.fill_(1.0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from caffeinit.init import InitConfig, initialize
-from tests.init.nets import MIXED, PLAIN, conv, HEAD, images, ip, model
+from tests.init.nets import MIXED, PLAIN, conv, HEAD, images, ip, layer, model, pool, relu
 
 BETA = 0.1
 AFFINE = ("conv1", "conv2", "fc1", "fc2")
@@ -170,6 +170,44 @@ def test_batchnorm_statistics_make_test_equal_train_and_scale_is_normalized():
     # the later layers were normalized on conv1's outputs as mapped through BatchNorm and Scale without running
     # them: a real forward agrees
     for name, (mean, std) in _channel_stats(m, init, ["conv2", "fc"], {}).items():
+        np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
+
+
+def _bn_scale_relu(name, bottom):
+    return (layer(f"{name}_bn", "BatchNorm", bottom, f"{name}_bn") + layer(f"{name}_sc", "Scale", f"{name}_bn",
+            f"{name}_bn", 'scale_param { bias_term: true } ') + relu(f"{name}_relu", f"{name}_bn"))
+
+
+# DenseNet's dense block: every layer's output is concatenated onto a growing stack that BatchNorm reads
+DENSE = (HEAD.format(name="dense") + conv("conv0", "data", 6) + pool("pool0", "conv0")
+         + _bn_scale_relu("x1", "pool0") + conv("c1", "x1_bn", 4) + layer("cat1", "Concat", ["pool0", "c1"])
+         + _bn_scale_relu("x2", "cat1") + conv("c2", "x2_bn", 4) + layer("cat2", "Concat", ["cat1", "c2"])
+         + _bn_scale_relu("x3", "cat2") + conv("c3", "x3_bn", 4) + layer("cat3", "Concat", ["c3", "cat2"])
+         + _bn_scale_relu("x4", "cat3") + ip("fc", "x4_bn", 5))
+
+
+def test_a_concat_of_normalized_outputs_keeps_their_maps_and_statistics(monkeypatch):
+    """A Concat of normalized outputs (and a pooled input) is kept as its inputs' stored tensors under their
+    per-channel maps, its statistics theirs: the BatchNorm reading it neither measures nor runs, and what the
+    layers after it were normalized on is what a real forward computes."""
+    from caffeinit.init import within
+    measured = []
+    original = within.ChannelStats.update
+    monkeypatch.setattr(within.ChannelStats, "update",
+                        lambda self, x, axis=1: (measured.append(x.shape[1]), original(self, x, axis))[1])
+    init = images(4, seed=3)
+    m = model(DENSE)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    # per batch: conv0, pool0 (once, for x1_bn), c1, c2, c3 and fc; never a BatchNorm or Scale input after that
+    assert sorted(set(measured)) == [4, 5, 6] and len(measured) == 6 * len(init)
+    blobs = m.blobs()
+    stats = _channel_stats(m, init, ["cat1", "cat2", "cat3"], {})
+    for bn, cat in (("x2_bn", "cat1"), ("x3_bn", "cat2"), ("x4_bn", "cat3")):
+        mean, std = stats[cat]
+        np.testing.assert_allclose(blobs[bn][0], mean, rtol=1e-5, atol=1e-6, err_msg=bn)
+        np.testing.assert_allclose(blobs[bn][1], std ** 2, rtol=1e-5, atol=1e-7, err_msg=bn)
+    for name, (mean, std) in _channel_stats(m, init, ["c2", "c3", "fc", "x4_bn@x4_sc"], {}).items():
         np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
         np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
 
