@@ -50,7 +50,7 @@ def child(net, method, device, images, batch):
     import torch
     from caffeinit.api import load
     from caffeinit.init import InitConfig, initialize
-    from caffeinit.init.between import build_scale_model
+    from caffeinit.init.scale_model import build_scale_model
 
     model = load(NETS[net], device=device)
     feed, shape = next(iter(model.net.feeds.items()))

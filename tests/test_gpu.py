@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from caffeinit.api import load
 from caffeinit.cli import main
 from caffeinit.fillers import scaled_random_blobs
-from caffeinit.init.between import end_values
+from caffeinit.init.scale_model import end_values
 from caffeinit.prototxt import parse_net_text
 from tests.conftest import ROOT, SHARED, shared_path
 from tests.test_conformance import CASES, rel_err

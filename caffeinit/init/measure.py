@@ -10,7 +10,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from caffeinit.init.between import build_scale_model, measure_rates
+from caffeinit.init.rates import measure_rates
+from caffeinit.init.scale_model import build_scale_model
 from caffeinit.init.roles import affine_of, weight_lr_mult
 from caffeinit.init.stats import ChannelStats
 from caffeinit.tables import format_table

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 
 from caffeinit.errors import CaffeinitError
-from caffeinit.init.between import build_scale_model, measure_rates, run_between
+from caffeinit.init.between import run_between
+from caffeinit.init.rates import measure_rates
+from caffeinit.init.scale_model import build_scale_model
 from caffeinit.init.config import InitConfig
 from caffeinit.init.report import InitReport, LayerRecord
 from caffeinit.init.roles import affine_of, frozen_at_zero, is_frozen, weight_lr_mult

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from caffeinit.init import InitConfig, initialize
-from caffeinit.init.between import build_scale_model, end_values
+from caffeinit.init.scale_model import build_scale_model, end_values
 from tests.conftest import shared_path
-from tests.init.nets import DAG, FROZEN_SHARED, HEAD, MIXED, PLAIN, conv, images, ip, layer, model, pool, relu
+from tests.init.nets import DAG, FROZEN_SHARED, HEAD, MIXED, PLAIN, conv, images, ip, layer, model, relu
 
 
 def _outputs(m, batches, value):
@@ -121,8 +121,8 @@ def test_a_frozen_all_zero_layer_is_named_and_the_layers_it_cuts_off_are_reporte
     m = model(text)
     from caffeinit.init import between
     passes = []
-    original = between._square_grads
-    monkeypatch.setattr(between, "_square_grads", lambda *a, **k: (passes.append(a[3]), original(*a, **k))[1])
+    original = between.square_grads
+    monkeypatch.setattr(between, "square_grads", lambda *a, **k: (passes.append(a[3]), original(*a, **k))[1])
     with pytest.warns(UserWarning) as caught:
         report = initialize(m, images(2), InitConfig(measure_before=False), progress=False)
     assert passes == []  # nothing to measure: no gradient can pass the frozen zeros
@@ -144,19 +144,6 @@ def test_non_homogeneous_layers_iterate_and_stay_finite():
     assert report.homogeneous is False
     assert all(np.isfinite(a).all() for v in m.blobs().values() for a in v)
     assert report.between_converged and report.spread("after") < 1.1
-
-
-def test_scale_model_constraints_on_a_dag():
-    m = model(DAG)
-    sm = build_scale_model(m.module)
-    names = [nodes[0].name for nodes in sm.group_nodes]
-    x = sm.solve(np.log(np.arange(1.0, len(names) + 1)), np.ones(len(names), bool))
-    linear = sm.linearize()
-    level = {v: linear.level(v, x) for v in linear.lin}
-    assert abs(level["conv1"] - level["b"]) < 1e-9  # Eltwise bottoms share one scale
-    assert linear.lin["cat"].widths == [6, 6]  # Concat bottoms keep their own (fc compensates per block)
-    assert abs(level["left"] - level["right"]) > 1e-3
-    assert abs(level["fc"]) < 1e-9  # the end keeps its scale
 
 
 def test_resnet50_stem_with_its_real_weights_is_rescaled_without_changing_its_function():
@@ -193,30 +180,6 @@ LRN_NET = (HEAD.format(name="lrn") + conv("conv1", "data", 8) + relu("relu1", "c
            + conv("conv3", "norm2", 8) + relu("relu3", "conv3") + ip("fc", "conv3", 5))
 
 
-POOLED_LRN_NET = LRN_NET.replace('relu("relu1", "conv1")', 'relu("relu1", "conv1") + pool("pool1", "conv1")') \
-    .replace('"norm1", "LRN", "conv1"', '"norm1", "LRN", "pool1"')
-
-
-@pytest.mark.parametrize("text", [POOLED_LRN_NET, DAG], ids=["lrn", "dag"])
-def test_measured_rates_do_not_depend_on_the_layout_of_the_gradient_passes(monkeypatch, text):
-    """The gradient passes run channels-last on the CPU (faster convolutions and pooling); the rates are those of
-    the plain NCHW passes up to float rounding."""
-    from caffeinit.init import between
-    m = model(text)
-    init = images(2, seed=3)
-    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
-    feeds = [{"data": torch.from_numpy(b["data"])} for b in init]
-    sm = build_scale_model(m.module)
-    layouts = []
-    monkeypatch.setattr(between, "fast_layout",
-                        lambda feed, original=between.fast_layout: (layouts.append(1), original(feed))[1])
-    fast = between.measure_rates(m.module, sm, feeds, 2, 7)
-    monkeypatch.setattr(between, "fast_layout", lambda feed: feed)
-    plain = between.measure_rates(m.module, sm, feeds, 2, 7)
-    assert len(layouts) == len(feeds) and np.isfinite(plain).all()
-    np.testing.assert_allclose(fast, plain, rtol=2e-5)
-
-
 def test_saturated_lrn_converges_in_few_updates():
     m = model(LRN_NET)
     init = images(4, seed=11)
@@ -236,137 +199,6 @@ def test_saturated_lrn_converges_in_few_updates():
     assert np.isfinite(m.blobs()["conv1"][0]).all() and not np.allclose(m.blobs()["conv1"][0], conv1 * 30)
 
 
-def _lrn_numpy(x, size, alpha, beta, k):
-    """Caffe's LRN ACROSS_CHANNELS (lrn_layer.cpp) in float64: scale = k + alpha/size * sum of x^2 over the size
-    channels centred on c (zero-padded), y = x scale^-beta. Returns (y, scale)."""
-    pad = (size - 1) // 2
-    sq = np.pad(x ** 2, ((0, 0), (pad, pad), (0, 0), (0, 0)))
-    scale = k + alpha / size * sum(sq[:, i:i + x.shape[1]] for i in range(size))
-    return x * scale ** -beta, scale
-
-
-def _rms(a):
-    return np.sqrt(np.mean(a ** 2))
-
-
-@pytest.mark.parametrize("gain", [0.3, 1.0, 3.0])
-def test_lrn_probe_exponents_match_the_formula(gain):
-    from google.protobuf import text_format
-
-    from caffeinit.init.between import ScaleProbe
-    from caffeinit.layers.registry import layer_class
-    from caffeinit.proto import caffe_pb2
-    rng = np.random.default_rng(12)
-    x = (gain * rng.standard_normal((2, 7, 5, 5))).astype(np.float32)
-    param = text_format.Parse('name: "n" type: "LRN" lrn_param { local_size: 5 alpha: 1 beta: 0.75 k: 2 }',
-                              caffe_pb2.LayerParameter())
-    lrn = layer_class("LRN")(param)
-    lrn.setup([x.shape])
-    probe = ScaleProbe(lrn, torch.from_numpy(x), [], torch.Generator().manual_seed(0))
-    x64 = x.astype(np.float64)
-    # local: d log RMS(y(s x)) / d log s = sum y^2 (1 - 2 beta (scale - k) / scale) / sum y^2
-    y, scale = _lrn_numpy(x64, 5, 1.0, 0.75, 2.0)
-    local = float(np.sum(y ** 2 * (1 - 2 * 0.75 * (scale - 2) / scale)) / np.sum(y ** 2))
-    g, h = probe.exponents(0.0)
-    assert abs(g - local) < 0.01, (g, local)
-    assert 0 < h < 1.05
-    # secant to a level L: log(RMS y(e^L x) / RMS y(x)) / L
-    for level in (-1.0, 2.0):
-        secant = np.log(_rms(_lrn_numpy(np.exp(level) * x64, 5, 1.0, 0.75, 2.0)[0]) / _rms(y)) / level
-        assert abs(probe.exponents(level)[0] - secant) < 1e-4, level
-    # off the probe's grid the response is interpolated: still close to the exact secant
-    for level in (-0.73, 1.234, 2.46):
-        secant = np.log(_rms(_lrn_numpy(np.exp(level) * x64, 5, 1.0, 0.75, 2.0)[0]) / _rms(y)) / level
-        assert abs(probe.exponents(level)[0] - secant) < 2e-3, level
-
-
-@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
-def test_lrn_probe_closed_form_matches_autograd(region):
-    """The probe's closed-form LRN responses (no autograd) are the RMS of f(s x) and of J(s x)^T u that autograd
-    gives through the layer's own forward, at every scale of the grid."""
-    from google.protobuf import text_format
-
-    from caffeinit.init.between import EXPONENT_STEP, ScaleProbe
-    from caffeinit.layers.registry import layer_class
-    from caffeinit.proto import caffe_pb2
-    x = torch.from_numpy(3 * np.random.default_rng(5).standard_normal((2, 7, 6, 6)))
-    param = text_format.Parse(f'name: "n" type: "LRN" lrn_param {{ local_size: 3 alpha: 0.5 beta: 0.75 k: 2 '
-                              f'norm_region: {region} }}', caffe_pb2.LayerParameter())
-    lrn = layer_class("LRN")(param)
-    lrn.setup([tuple(x.shape)])
-    probe = ScaleProbe(lrn, x, [], torch.Generator().manual_seed(0))
-    for index in (-20, -3, 0, 4, 25):
-        out, grad = probe._response_at(index)
-        xs = (x * np.exp(index * EXPONENT_STEP)).requires_grad_(True)
-        y = lrn.forward([xs], [])[0]
-        (g,) = torch.autograd.grad(y, xs, grad_outputs=probe.u)
-        assert abs(out - np.log(float(y.detach().pow(2).mean().sqrt()))) < 1e-9, index
-        assert abs(grad - np.log(float(g.pow(2).mean().sqrt()))) < 1e-9, index
-
-
-def test_linearization_of_a_homogeneous_dag():
-    """Backward levels: on a homogeneous net the gradient of every weight block moves by exactly the inverse of the
-    block's factor (m = -l) for every x the constraints allow (ends kept, Eltwise bottoms at one level), so a weight
-    of one block moves its rate by -2 x_k."""
-    from caffeinit.init.between import _null_space
-    sm = build_scale_model(model(DAG).module)
-    linear = sm.linearize()
-    allowed = _null_space(linear.constraints, len(sm.groups))
-    assert allowed.shape[1] >= 2
-    split = linear.split_groups()
-    assert [sm.group_nodes[k][0].name for k in split] == ["fc"]  # fc reads the Concat
-    for x in (allowed @ np.random.default_rng(0).standard_normal((allowed.shape[1], 3))).T:
-        change, _ = linear.change(x)
-        for k, factor in enumerate(linear.factors):
-            for gain in linear.gains[k]:
-                np.testing.assert_allclose(gain.per_channel(x), -factor.per_channel(x), atol=1e-12)
-            if k not in split:
-                assert abs(change[k] + 2 * float(factor.rows[0] @ x)) < 1e-12
-
-
-GRAM_NET = (HEAD.format(name="gram") + conv("left", "data", 6) + conv("right", "data", 10)
-            + layer("cat", "Concat", ["left", "right"]) + ip("fc1", "cat", 20) + relu("relu1", "fc1")
-            + 'layer { name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2" inner_product_param { num_output: 30 '
-              'transpose: true weight_filler { type: "gaussian" std: 0.1 } } }\n'
-            + ip("fc3", "fc2", 5))
-
-
-def test_inner_product_gradient_norms_from_gram_matrices_equal_the_formed_gradients(monkeypatch):
-    """The squared gradient norms (and per-input-channel sums of a Concat-split fc1) that the Gram matrices give
-    equal those of the gradients autograd forms, draw for draw."""
-    from caffeinit.init import between
-
-    m = model(GRAM_NET)
-    sm = build_scale_model(m.module)
-    sm.input_channels = {k: between._InputChannels(node, tuple(sm.groups[k].shape))
-                         for k, node in sm.linearize().split_groups().items()}
-    names = [nodes[0].name for nodes in sm.group_nodes]
-    assert names.index("fc1") in sm.input_channels  # its input is split into the two branches' blocks
-    feed = {"data": torch.from_numpy(images(1, seed=3)[0]["data"])}
-
-    def measure():
-        sums = {k: np.zeros(r.channels) for k, r in sm.input_channels.items()}
-        with between._GradsOnly(m.module, sm.groups):
-            total = between._square_grads(m.module, sm, feed, 0, 2, 7, sm.groups, channel_sums=sums)
-        return total, sums
-
-    taps = []
-    original = between._GramTap.__init__
-    monkeypatch.setattr(between._GramTap, "__init__", lambda self, *a, **k: (original(self, *a, **k),
-                                                                             taps.append(self))[0])
-    gram, gram_sums = measure()
-    assert {sm.group_nodes[k][0].name for k in taps[0].readers} == {"fc1", "fc2"}  # fc3: forming it is cheaper
-
-    def no_grams(self, *a, **k):
-        original(self, *a, **k)
-        self.readers, self.key_of, self.wanted = {}, {}, set()
-    monkeypatch.setattr(between._GramTap, "__init__", no_grams)
-    formed, formed_sums = measure()
-    np.testing.assert_allclose(gram, formed, rtol=1e-5)
-    for k in formed_sums:
-        np.testing.assert_allclose(gram_sums[k], formed_sums[k], rtol=1e-5)
-
-
 # CaffeNet's LRN setting (alpha 1e-4 over 5 channels): mildly non-homogeneous
 MILD_LRN_NET = LRN_NET.replace("local_size: 3 alpha: 3 beta: 0.75", "local_size: 5 alpha: 0.0001 beta: 0.75") \
     .replace("local_size: 5 alpha: 5 beta: 0.75 k: 2", "local_size: 5 alpha: 0.0001 beta: 0.75")
@@ -377,8 +209,8 @@ def _between_passes(monkeypatch, text, config):
     gradient pass it made, in order."""
     from caffeinit.init import between
     passes = []
-    original = between._square_grads
-    monkeypatch.setattr(between, "_square_grads", lambda *a, **k: (passes.append(a[3]), original(*a, **k))[1])
+    original = between.square_grads
+    monkeypatch.setattr(between, "square_grads", lambda *a, **k: (passes.append(a[3]), original(*a, **k))[1])
     m = model(text)
     init = images(4, seed=11)
     initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)

@@ -1,12 +1,13 @@
 """The between-layer step on Concat merges: every branch keeps its own level, compensated per input-channel block in
-the layers that read the concatenated value (caffeinit/init/between.py)."""
+the layers that read the concatenated value (caffeinit/init/scale_model.py)."""
 import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
 
 from caffeinit.init import InitConfig, initialize
-from caffeinit.init.between import _InputChannels, _null_space, build_scale_model, end_values, measure_rates
+from caffeinit.init.rates import measure_rates
+from caffeinit.init.scale_model import InputChannels, _null_space, build_scale_model, end_values
 from caffeinit.layers.registry import layer_class
 from caffeinit.net import LayerNode
 from caffeinit.proto import caffe_pb2
@@ -179,7 +180,7 @@ def test_input_channel_factors_equal_scaling_the_input(text, shape):
     blobs = [weight] + [torch.zeros(s, dtype=torch.float64) for s in lay.blob_shapes[1:]]
     x = torch.from_numpy(rng.standard_normal(shape))
     f = rng.random(shape[1]) + 0.5
-    reader = _InputChannels(node, tuple(weight.shape))
+    reader = InputChannels(node, tuple(weight.shape))
     scaled = weight.clone()
     reader.scale(scaled, f)
     fx = x * torch.from_numpy(f).reshape((1, -1) + (1,) * (len(shape) - 2))

@@ -1,0 +1,246 @@
+"""Measuring the change rates C_k = RMS(dL/dW_k) / RMS(W_k) under N(0,1) gradients injected at the net's end values,
+and the probes of the non-homogeneous layers' response to scaling their input.
+
+A gradient pass runs the net with autograd up to the last layer that reaches an end value (channels-last on the CPU,
+where oneDNN's convolutions are fastest); its draws depend only on the seed, the batch and the draw (common random
+numbers: the same draws after an update see only the update's effect). An InnerProduct weight's gradient is never
+formed: its squared norm comes from two Gram matrices over the rows. LRN's probes are in closed form.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from caffeinit.executor import TorchNet, fast_layout
+from caffeinit.init.scale_model import ScaleModel
+from caffeinit.net import LayerNode
+
+EXPONENT_STEP = 0.1  # local exponents are measured by scaling the input by exp(-+ this)
+PROBE_IMAGES = 4  # the probes look at this many images of the first batch
+
+
+class ScaleProbe:
+    """One approximate layer's response to scaling its input, on the input it saw in one forward: the exponents
+    (g, h) with RMS(f(s x)) ~ s^g RMS(f(x)) and RMS(J(s x)^T u) ~ s^(h - 1) RMS(J(x)^T u), u fixed N(0,1)."""
+
+    def __init__(self, layer, x: torch.Tensor, blobs, gen: torch.Generator):
+        self.layer, self.x, self.blobs, self.gen = layer, x.detach(), list(blobs), gen
+        self.u: torch.Tensor | None = None
+        self.window_of_squares: torch.Tensor | None = None  # LRN: window(x^2), shared by every scale
+        self.cache: dict[int, tuple[float, float]] = {}  # grid index -> response
+
+    def response(self, log_scale: float) -> tuple[float, float]:
+        """(log RMS f(s x), log RMS J(s x)^T u) at s = exp(log_scale), interpolated linearly between the points of
+        a grid of step EXPONENT_STEP (both are smooth in log s), so that the fixed-point rounds of an update reuse a
+        few layer evaluations instead of making one per round."""
+        position = log_scale / EXPONENT_STEP
+        low = math.floor(position + 1e-9)
+        frac = position - low
+        a = self._response_at(low)
+        if frac < 1e-9:
+            return a
+        b = self._response_at(low + 1)
+        return (a[0] + frac * (b[0] - a[0]), a[1] + frac * (b[1] - a[1]))
+
+    def _response_at(self, index: int) -> tuple[float, float]:
+        if index not in self.cache:
+            scale = math.exp(index * EXPONENT_STEP)
+            if self.layer.type_name == "LRN":
+                y, g = self._lrn_response(scale)
+            else:
+                with torch.enable_grad():
+                    xs = (self.x * scale).requires_grad_(True)
+                    y = self.layer.forward([xs], self.blobs)[0]
+                    # (y u).sum() rather than grad_outputs=u: the latter makes torch import sympy (~0.4 s)
+                    (g,) = torch.autograd.grad((y * self._direction(y)).sum(), xs)
+            out, grad = _rms(y), _rms(g)
+            self.cache[index] = (math.log(out) if out > 0 else math.nan, math.log(grad) if grad > 0 else math.nan)
+        return self.cache[index]
+
+    def _direction(self, y: torch.Tensor) -> torch.Tensor:
+        if self.u is None:
+            self.u = torch.randn(y.shape, generator=self.gen, device=self.gen.device).to(y.device, y.dtype)
+        return self.u
+
+    def _lrn_response(self, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """LRN's f(s x) and J(s x)^T u in closed form, without autograd: with z = s x, S = c + window(z^2) and the
+        window map symmetric, f = z S^-beta and J^T u = u S^-beta - 2 beta z window(u z S^(-beta-1))."""
+        layer = self.layer
+        with torch.no_grad():
+            if self.window_of_squares is None:
+                self.window_of_squares = layer.window(self.x * self.x)
+            z = self.x * scale
+            base = self.window_of_squares * (scale * scale) + layer.offset
+            factor = base.pow(-layer.beta)
+            y = z * factor
+            g = layer.input_gradient(z, base, factor, self._direction(y))
+        return y, g
+
+    def exponents(self, level: float = 0.0) -> tuple[float, float]:
+        """Secant exponents between scale 1 and exp(level) (local ones, by central differences, near 0); 1 where
+        not finite."""
+        if abs(level) < EXPONENT_STEP:
+            low, high, width = self.response(-EXPONENT_STEP), self.response(EXPONENT_STEP), 2 * EXPONENT_STEP
+        else:
+            low, high, width = self.response(0.0), self.response(level), level
+        g, h = (high[0] - low[0]) / width, 1 + (high[1] - low[1]) / width
+        return (g if math.isfinite(g) else 1.0, h if math.isfinite(h) else 1.0)
+
+
+class ProbeTap:
+    """A forward tap that keeps a ScaleProbe for each of the model's approximate layers."""
+
+    def __init__(self, module: TorchNet, model: ScaleModel, seed: int, inner=None):
+        self.module, self.seed, self.inner = module, seed, inner
+        self.approx = {node.index for node in model.active if model.rules[node.index] == "approx"}
+        self.wanted = {node.bottom_values[0] for node in model.active if node.index in self.approx}
+        self.values: dict[str, torch.Tensor] = {}
+        self.probes: dict[int, ScaleProbe] = {}
+
+    def __call__(self, node: LayerNode, tops) -> None:
+        if self.inner is not None:
+            self.inner(node, tops)
+        if node.index in self.approx and node.bottom_values[0] in self.values:
+            gen = torch.Generator(device=self.module.device)
+            gen.manual_seed((int(self.seed) * 15_485_863 + 31 * node.index + 7) % (2 ** 63))
+            self.probes[node.index] = ScaleProbe(node.layer, self.values[node.bottom_values[0]],
+                                                 self.module.layer_blobs[node.index], gen)
+        for v, t in zip(node.top_values, tops):
+            if v in self.wanted:  # RMS ratios: a few images are plenty
+                self.values[v] = t.detach()[:PROBE_IMAGES] if t.dim() else t.detach()
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(t.detach())) / math.sqrt(max(t.numel(), 1))
+
+
+def square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tensor], batch: int, draws: int,
+                  seed: int, params: list[torch.nn.Parameter], tap=None,
+                  channel_sums: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """Sum over ``draws`` N(0,1) gradient draws at the end values of mean(dL/dW^2), per param, on one batch. The
+    draws depend only on ``seed``, ``batch`` and the draw. ``channel_sums[k]`` (split groups, ``params`` being the
+    model's groups) gets the sums of dL/dW_k^2 per input channel added. InnerProduct weights never get their
+    gradient formed (see _GramTap)."""
+    stop = max(node.index for node in model.active) + 1
+    sums = np.zeros(len(params))
+    feed = fast_layout(feed)
+    grams = _GramTap(module, model, params, feed, tap)
+    direct = [k for k in range(len(params)) if k not in grams.readers]
+    with torch.enable_grad():
+        out = module(feed, stop=stop, keep=model.ends, tap=grams)
+        gram_keys = [k for k in grams.readers if k in grams.outputs]
+        gen = torch.Generator(device=module.device)
+        for d in range(draws):
+            gen.manual_seed((int(seed) * 7_368_787 + 104_729 * batch + 1_299_709 * d + 1) % (2 ** 63))
+            loss = sum((torch.randn(out[v].shape, generator=gen, device=gen.device).to(out[v].device) * out[v]).sum()
+                       for v in model.ends)
+            wanted = [params[k] for k in direct] + [grams.outputs[k] for k in gram_keys]
+            grads = torch.autograd.grad(loss, wanted, retain_graph=d < draws - 1, allow_unused=True)
+            for k, g in zip(direct, grads):
+                if g is not None:
+                    sums[k] += _rms(g) ** 2
+                    if channel_sums is not None and k in channel_sums:
+                        channel_sums[k] += model.input_channels[k].squares(g)
+            for k, g in zip(gram_keys, grads[len(direct):]):
+                if g is not None:
+                    split = channel_sums is not None and k in channel_sums
+                    squares = grams.squares(k, g, per_channel=split)
+                    sums[k] += float(squares.sum()) / params[k].numel()
+                    if split:
+                        channel_sums[k] += squares
+    return sums
+
+
+class _GramTap:
+    """A forward tap that keeps the input X (rows x D) and output Y of every InnerProduct whose weight is one of
+    ``params`` and has no other user. Its weight gradient is dY^T X (or its transpose), whose squared norm per
+    input channel c is sum_ij (dY dY^T)_ij (X_c X_c^T)_ij: two small Gram matrices over the rows instead of the
+    outputs x D gradient (fc6 of CaffeNet: 16 x 16 instead of 37.7M values per pass)."""
+
+    def __init__(self, module: TorchNet, model: ScaleModel, params: list[torch.nn.Parameter],
+                 feed: dict[str, torch.Tensor], inner=None):
+        self.inner = inner
+        users: dict[int, list[LayerNode]] = {}
+        for node in module.net.layers:
+            blobs = module.layer_blobs[node.index]
+            if len(blobs):
+                users.setdefault(id(blobs[0]), []).append(node)
+        active = {node.index for node in model.active}
+        self.readers: dict[int, LayerNode] = {}
+        for k, p in enumerate(params):
+            nodes = users.get(id(p), [])
+            if len(nodes) == 1 and nodes[0].type == "InnerProduct" and nodes[0].index in active:
+                layer = nodes[0].layer
+                rows = math.prod(nodes[0].bottom_shapes[0][:layer.axis])
+                if rows * (layer.num_output + layer.inputs) < layer.num_output * layer.inputs:  # Grams are cheaper
+                    self.readers[k] = nodes[0]
+        self.key_of = {node.index: k for k, node in self.readers.items()}
+        self.wanted = {node.bottom_values[0] for node in self.readers.values()}
+        self.values = {v: t for v, t in feed.items() if v in self.wanted}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.inputs: dict[int, torch.Tensor] = {}
+
+    def __call__(self, node: LayerNode, tops) -> None:
+        if self.inner is not None:
+            self.inner(node, tops)
+        k = self.key_of.get(node.index)
+        if k is not None and node.bottom_values[0] in self.values:
+            self.outputs[k] = tops[0]
+            self.inputs[k] = self.values[node.bottom_values[0]].detach()
+        for v, t in zip(node.top_values, tops):
+            if v in self.wanted:
+                self.values[v] = t
+
+    def squares(self, k: int, grad: torch.Tensor, per_channel: bool) -> np.ndarray:
+        """The sum of the squared weight gradient, or its sums per input channel (axis 1 of the input, as
+        InputChannels counts them)."""
+        node = self.readers[k]
+        dy = grad.detach().double().reshape(-1, node.layer.num_output)
+        rows = dy.shape[0]
+        gram_dy = dy @ dy.t()
+        x = self.inputs[k].double().reshape(rows, -1)
+        if not per_channel:
+            return (x @ x.t() * gram_dy).sum().clamp_min(0).reshape(1).cpu().numpy()
+        x = x.reshape(rows, int(node.bottom_shapes[0][1]), -1).transpose(0, 1)  # (channels, rows, inner)
+        return (torch.bmm(x, x.transpose(1, 2)) * gram_dy).sum(dim=(1, 2)).clamp_min(0).cpu().numpy()
+
+
+class GradsOnly:
+    """Within the block only ``params`` require gradients."""
+
+    def __init__(self, module: TorchNet, params):
+        self.module, self.wanted = module, {id(p) for p in params}
+
+    def __enter__(self):
+        self.saved = [(p, p.requires_grad) for p in self.module.parameters()]
+        for p in self.module.parameters():
+            p.requires_grad_(id(p) in self.wanted)
+
+    def __exit__(self, *exc):
+        for p, flag in self.saved:
+            p.requires_grad_(flag)
+
+
+def weight_rms(params) -> np.ndarray:
+    return np.array([_rms(p) for p in params])
+
+
+def change_rates(square_sums: np.ndarray, count: int, weight_rms: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(weight_rms > 0, np.sqrt(square_sums / count) / weight_rms, np.nan)
+
+
+def measure_rates(module: TorchNet, model: ScaleModel, feeds: list[dict[str, torch.Tensor]], draws: int, seed: int,
+                  params: list[torch.nn.Parameter] | None = None, tap=None) -> np.ndarray:
+    """RMS(dL/dW) / RMS(W) for each of ``params`` (default: the model's groups), over ``feeds`` and ``draws`` N(0,1)
+    gradient draws per batch at the end values. ``tap`` sees the forward of the first batch."""
+    params = model.groups if params is None else params
+    if not params:
+        return np.zeros(0)
+    sums = np.zeros(len(params))
+    with GradsOnly(module, params):
+        for b, feed in enumerate(feeds):
+            sums += square_grads(module, model, feed, b, draws, seed, params, tap if b == 0 else None)
+    return change_rates(sums, len(feeds) * draws, weight_rms(params))
