@@ -110,9 +110,12 @@ class InitReport:
         summary += f", method {self.method}"
         before, after = self.spread("before"), self.spread("after")
         if after is not None:
-            summary += "; change-rate spread (max/min) " + (f"{_num(before)}x -> " if before is not None else "")
-            summary += f"{_num(after)}x"
-            summary += f" after {self.between_iterations} between-layer update(s)"
+            # the spread before the between-layer step (the progress bar's first figure) is not the starting weights'
+            steps = [f"{_num(before)}x from the starting weights"] if before is not None else []
+            if self.spread_between_start is not None:
+                steps.append(f"{_num(self.spread_between_start)}x after the within-layer step")
+            steps.append(f"{_num(after)}x after {self.between_iterations} between-layer update(s)")
+            summary += "; change-rate spread (max/min) " + ", ".join(steps)
             if self.rate_noise is not None:
                 summary += f" (rates measured to +-{100 * self.rate_noise:.0f}%)"
         if self.seconds:

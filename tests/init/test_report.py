@@ -22,9 +22,12 @@ def test_the_plot_of_a_deep_net_stays_readable():
         plt.close(figure)
 
 
-def test_the_summary_leaves_out_an_unmeasured_before_spread():
+def test_the_summary_names_each_spread_and_leaves_out_an_unmeasured_one():
     report = _report(3)
-    assert "change-rate spread (max/min) 3x -> 1x after" in report.table()
+    assert "change-rate spread (max/min) 3x from the starting weights, 1x after 0 between-layer" in report.table()
+    report.spread_between_start = 4.2e4
+    assert ("change-rate spread (max/min) 3x from the starting weights, 4.20e+04x after the within-layer step, 1x "
+            "after 0 between-layer update(s)") in report.table()
     for record in report.layers:
         record.rate_before = None  # all-zero starting weights: no rate before
-    assert "change-rate spread (max/min) 1x after" in report.table()
+    assert "change-rate spread (max/min) 4.20e+04x after the within-layer step, 1x after" in report.table()
