@@ -77,5 +77,6 @@ class Layer:
     def forward_inplace(self, bottoms: list, blobs: list) -> list | None:
         """``forward`` free to overwrite ``bottoms[0]`` and return it as top 0, with bitwise the same numbers; None
         where this layer (with its settings) cannot, and the executor then calls ``forward``. The executor calls it
-        only without autograd, on a contiguous bottom 0 that no other live value, caller or parameter shares."""
+        only without autograd, on a contiguous bottom 0 that no other live value, caller or parameter shares (the
+        init's within-layer step also on a channels-last one: implementations must not assume a memory layout)."""
         return None

@@ -133,7 +133,9 @@ class BatchNorm(Layer):
             return None
         x = bottoms[0]
         mean, var = self._global_stats(blobs, x.dtype)
-        x.view(x.shape[0], self.channels, -1).sub_(mean[None, :, None]).div_(torch.sqrt(var + self.eps)[None, :, None])
+        shape = [1] * x.dim()
+        shape[min(1, x.dim() - 1)] = self.channels  # broadcast: any memory layout (the init runs channels-last)
+        x.sub_(mean.reshape(shape)).div_(torch.sqrt(var + self.eps).reshape(shape))
         return [x]
 
     def _global_stats(self, blobs, dtype):

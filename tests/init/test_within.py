@@ -212,6 +212,40 @@ def test_a_concat_of_normalized_outputs_keeps_their_maps_and_statistics(monkeypa
         np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
 
 
+# an explicit Split: both tops are the same tensors; the ReLU on one of them must not run in place
+SPLIT = (HEAD.format(name="split") + conv("conv1", "data", 6)
+         + layer("split", "Split", "conv1", extra='top: "b" ').replace('top: "split" top: "b"', 'top: "a" top: "b"')
+         + relu("relu_a", "a") + conv("conv_a", "a", 4) + conv("conv_b", "b", 4)
+         + layer("cat", "Concat", ["conv_a", "conv_b"]) + relu("relu_c", "cat") + ip("fc", "cat", 5))
+
+
+def test_layers_run_in_place_only_on_what_no_one_else_holds():
+    """The within step overwrites a dying input (ReLU in place, each batch dropped once used) only where no other
+    value and not the caller hold its memory: the Split's other top and the caller's batches stay intact, and every
+    layer was normalized on what a real forward computes."""
+    init = images(3, seed=4)
+    originals = [b["data"].copy() for b in init]
+    m = model(SPLIT)
+    assert m.net.layer("split").tops == ["a", "b"]
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    for before, b in zip(originals, init):
+        np.testing.assert_array_equal(before, b["data"])
+    for name, (mean, std) in _channel_stats(m, init, ["conv_a", "conv_b", "fc"], {}).items():
+        np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
+
+
+def test_the_callers_batches_are_not_overwritten_by_a_layer_on_the_input():
+    text = ('name: "flat"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 8 dim: 20 } } }\n'
+            + relu("relu0", "data") + ip("fc1", "data", 6) + relu("relu1", "fc1") + ip("fc2", "fc1", 3))
+    rng = np.random.default_rng(2)
+    init = [{"data": rng.standard_normal((8, 20)).astype(np.float32)} for _ in range(40)]
+    originals = [b["data"].copy() for b in init]
+    initialize(model(text), init, InitConfig(between=False, measure_before=False), progress=False)
+    for before, b in zip(originals, init):
+        np.testing.assert_array_equal(before, b["data"])
+
+
 def test_deconvolution_and_transposed_inner_product():
     text = (HEAD.format(name="deconv") + conv("conv1", "data", 6, group=3)
             + 'layer { name: "up" type: "Deconvolution" bottom: "conv1" top: "up" convolution_param { num_output: 4 '

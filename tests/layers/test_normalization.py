@@ -124,6 +124,23 @@ def test_batchnorm_global_stats(factor):
         close(top, x / np.sqrt(1e-5), rtol=2e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape, channels_last", [((3, 4, 2, 5), False), ((3, 4, 2, 5), True), ((6, 4), False),
+                                                   ((8,), False)])
+def test_batchnorm_in_place_is_the_forward_in_any_layout(shape, channels_last):
+    """forward_inplace overwrites its bottom with bitwise forward's numbers, also on a channels-last bottom (the
+    within-layer step runs channels-last)."""
+    channels = shape[1] if len(shape) > 1 else 1
+    blobs = [rand(channels, seed=1), np.abs(rand(channels, seed=2)) + 0.5, np.array([2.0], np.float32)]
+    layer = make("BatchNorm")
+    layer.setup([shape])
+    x = torch.from_numpy(rand(*shape) * 3 + 1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = layer.forward([x], [torch.from_numpy(b) for b in blobs])[0]
+    got = layer.forward_inplace([x], [torch.from_numpy(b) for b in blobs])[0]
+    assert got is x and torch.equal(got, want)
+
+
 @pytest.mark.parametrize("shape", [(4, 3, 5), (6, 2), (8,), (2, 3, 2, 2, 2)])
 def test_batchnorm_batch_stats_in_train(shape):
     x = rand(*shape) * 2 + 3
