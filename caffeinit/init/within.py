@@ -81,8 +81,7 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
     def materialize(v: str) -> None:
         if v in pending:
             gain, shift = pending.pop(v)
-            shared = any(u != v and values[u] is values[v] for u in values)
-            values[v] = _apply_affine(values[v], gain, shift, 1, in_place=not shared)
+            values[v] = _apply_affine(values[v], gain, shift, 1, in_place=owned(v))
 
     from tqdm.auto import tqdm
     for node in tqdm(net.layers, desc="within-layer", unit="layer", disable=not progress, leave=False):
