@@ -44,7 +44,11 @@ class LRN(Layer):
         x = bottoms[0]
         if torch.is_grad_enabled() and x.requires_grad:
             return [_LRNFunction.apply(x, self)]
-        return [self.window(x * x).add_(self.offset).pow_(-self.beta).mul_(x)]
+        return [self.scale_base(x).pow_(-self.beta).mul_(x)]
+
+    def scale_base(self, x):
+        """c + window(x^2), a fresh tensor: the top is x times its -beta power."""
+        return self.window(x * x).add_(self.offset)
 
     def input_gradient(self, x, base, factor, grad):
         """J(x)^T grad, given base = c + window(x^2) and factor = base^-beta: the window map is symmetric, so (as in
@@ -76,7 +80,7 @@ class _LRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, layer):
-        base = layer.window(x * x).add_(layer.offset)
+        base = layer.scale_base(x)
         factor = base.pow(-layer.beta)
         ctx.layer = layer
         ctx.save_for_backward(x, base, factor)
