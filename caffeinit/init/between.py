@@ -29,10 +29,9 @@ the largest of 57 GoogLeNet moves exceeds 1.5 standard errors by chance alone, s
 noise to the update limit on some image sets). The update that batch 0 shows mispredicted is measured on the other
 batches at once, and these all-batch rates are the new baseline (comparing later all-batch spreads with one
 extrapolated from batch 0 took back good updates: GoogLeNet spent 4 of its 8 updates so, 33 gradient passes -> 13).
-At most
-``between_iters`` updates. The reported rates after the step are these all-batch rates (measured, or with the first
-batch's last changes added; exact on homogeneous nets). CaffeNet (two LRN layers) takes 4 + 1 gradient passes: one
-update, predicted within 1% on its first batch.
+At most ``between_iters`` updates. The reported rates after the step are these all-batch rates (measured, or with
+the first batch's last changes added; exact on homogeneous nets). CaffeNet (two LRN layers) takes 4 + 1 gradient
+passes: one update, predicted within 1% on its first batch.
 """
 from __future__ import annotations
 
