@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from caffeinit.api import load
-from caffeinit.executor import TorchNet, frontier
+from caffeinit.executor import TorchNet, fast_layout, frontier
 from caffeinit.fillers import scaled_random_blobs
 from caffeinit.net import build_net
 from caffeinit.prototxt import parse_net_text, read_net
@@ -498,3 +498,11 @@ def test_without_onednn_the_fused_path_is_the_plain_one(monkeypatch):
         got = module({"data": x()}, keep={"prob", "conv1"})
     assert calls == []
     assert all(torch.equal(got[v], want[v]) for v in want)
+
+
+def test_fast_layout_makes_4d_cpu_feeds_channels_last_and_keeps_their_values():
+    image = torch.randn(2, 3, 5, 4)
+    flat = torch.randn(2, 7)
+    out = fast_layout({"data": image, "extra": flat})
+    assert out["data"].is_contiguous(memory_format=torch.channels_last) and not out["data"].is_contiguous()
+    assert torch.equal(out["data"], image) and out["extra"] is flat
