@@ -200,34 +200,35 @@ class _LiveStorage:
     def __init__(self, module: TorchNet, feeds: Mapping[str, torch.Tensor]):
         self.module = module
         self.count: Counter = Counter()
-        self.protected = {_storage(t) for t in feeds.values() if torch.is_tensor(t)}
+        self.protected = {storage_key(t) for t in feeds.values() if torch.is_tensor(t)}
         self.params_added = False
         for t in feeds.values():
             self.add(t)
 
     def add(self, t) -> None:
         if torch.is_tensor(t):
-            self.count[_storage(t)] += 1
+            self.count[storage_key(t)] += 1
 
     def drop(self, t) -> None:
         if torch.is_tensor(t):
-            self.count[_storage(t)] -= 1
+            self.count[storage_key(t)] -= 1
 
     def only_owner(self, t) -> bool:
         """Whether ``t`` may be overwritten: contiguous, non-empty, its storage held by one live value (itself) and
         neither fed nor a parameter (a layer may return a parameter or a view of one)."""
         if not (torch.is_tensor(t) and t.numel() and t.is_contiguous()):
             return False
-        key = _storage(t)
+        key = storage_key(t)
         if self.count[key] != 1:
             return False
         if not self.params_added:
-            self.protected.update(_storage(p) for p in self.module.parameters())
+            self.protected.update(storage_key(p) for p in self.module.parameters())
             self.params_added = True
         return key not in self.protected
 
 
-def _storage(t: torch.Tensor) -> int:
+def storage_key(t: torch.Tensor) -> int:
+    """Identifies the memory ``t`` lives in (shared by its views and by tensors on the same storage)."""
     return t.untyped_storage().data_ptr()
 
 

@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from caffeinit import fillers
-from caffeinit.executor import TorchNet, fast_layout
+from caffeinit.executor import TorchNet, fast_layout, storage_key
 from caffeinit.init import draws
 from caffeinit.init.config import DATA_METHODS, InitConfig
 from caffeinit.init.report import LayerRecord
@@ -71,12 +71,13 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
     # Scale) are one pass over the data instead of five
     pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    protected = {_storage(t) for feed in batches for t in feed.values()}  # the caller's tensors
+    protected = {storage_key(t) for feed in batches for t in feed.values()}  # the caller's tensors
 
     def owned(v: str) -> bool:
         """Whether the tensors of ``v`` may be overwritten: no other live value or caller holds their memory."""
-        mine = {_storage(t) for t in values[v]}
-        return not mine & protected and not any(_storage(t) in mine for u, ts in values.items() if u != v for t in ts)
+        mine = {storage_key(t) for t in values[v]}
+        others = (storage_key(t) for u, ts in values.items() if u != v for t in ts)
+        return not mine & protected and not any(key in mine for key in others)
 
     def materialize(v: str) -> None:
         if v in pending:
@@ -182,10 +183,6 @@ def _forward(layer: Layer, bottoms: list[torch.Tensor], blobs: list[torch.Tensor
     """``layer``'s tops, overwriting bottom 0 where ``in_place`` and the layer can."""
     tops = layer.forward_inplace(bottoms, blobs) if in_place else None
     return tops if tops is not None else layer.forward(bottoms, blobs)
-
-
-def _storage(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
 
 
 def _join_channels(node: LayerNode, bottoms: list[list[torch.Tensor]],
