@@ -185,3 +185,11 @@ def test_the_parser_and_usage_errors_do_not_load_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "2 False", out.stderr
     assert "invalid choice: 'lsuv'" in out.stderr
+
+
+def test_every_command_starts_by_retaining_freed_memory(monkeypatch):
+    import caffeinit.cli as cli
+    calls = []
+    monkeypatch.setattr(cli, "retain_freed_memory", lambda: calls.append(True))
+    assert main(["inspect", str(LENET)]) == 0
+    assert calls == [True]

@@ -1,0 +1,49 @@
+"""retain_freed_memory: memory of a large tensor, freed, serves the next one without new page faults."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+PROGRAM = """
+import resource, sys
+import torch
+from caffeinit.allocator import retain_freed_memory
+retained = retain_freed_memory() if sys.argv[1] == "retain" else None
+def faults_of_a_tensor(mib):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.ones(mib * 2 ** 20 // 4)  # written: every page touched
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_a_tensor(64)
+print(retained, faults_of_a_tensor(60))  # fits in the freed block whatever torch's alignment adds
+"""
+
+
+def _second_block_faults(mode: str, tunables: str | None = None) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
+    out = subprocess.run([sys.executable, "-c", PROGRAM, mode], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True)
+    retained, faults = out.stdout.split()
+    return retained, int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_a_freed_block_is_reused_without_page_faults():
+    pages = 60 * 2 ** 20 // 4096
+    retained, faults = _second_block_faults("retain")
+    if retained == "False":
+        pytest.skip("not glibc: nothing to retain")
+    assert faults < pages // 20
+    # the default returns a block this large to the kernel on free: the next one faults in every page again
+    _, default_faults = _second_block_faults("default")
+    assert default_faults > pages // 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_a_malloc_setting_in_glibc_tunables_is_left_alone():
+    retained, faults = _second_block_faults("retain", tunables="glibc.malloc.mmap_max=65536")
+    assert retained == "False" and faults > 60 * 2 ** 20 // 4096 // 2
