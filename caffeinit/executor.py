@@ -9,6 +9,7 @@ import torch
 
 from caffeinit.errors import CaffeinitError, layer_error
 from caffeinit.layers.activation import ReLU
+from caffeinit.layers.normalization import BatchNorm, Scale, batchnorm_scale
 from caffeinit.layers.base import Layer
 from caffeinit.net import LayerNode, Net
 
@@ -29,9 +30,15 @@ class TorchNet(torch.nn.Module):
     through oneDNN, and a ReLU that alone reads such a layer's top, which nobody asked to keep, runs fused into it
     (its value up to float rounding; convolution tops are then channels-last inside the run, returned values
     contiguous). ``fuse_inference = False`` keeps every layer on its plain ``forward``.
+
+    Under autograd, with ``keep`` given, a BatchNorm with global statistics and the Scale (and ReLU) that alone
+    read its top run as one autograd node (``normalization.batchnorm_scale``: values up to float rounding, half the
+    memory kept for backward) where no value between them is kept or needed by the tap. ``fuse_gradients = False``
+    runs them one by one.
     """
 
     fuse_inference = True
+    fuse_gradients = True
 
     def __init__(self, net: Net, blobs: Mapping[str, list[np.ndarray]] | None = None, *,
                  seed: int = 0, device: str | torch.device = "cpu", copy_blobs: bool = True, source: str = ""):
@@ -113,7 +120,8 @@ class TorchNet(torch.nn.Module):
         live = _LiveStorage(self, feeds) if keep_set is not None and tap is None and not torch.is_grad_enabled() \
             else None
         fusible = live is not None and self.fuse_inference and self.device.type == "cpu"
-        fused_relus: set[int] = set()  # ReLU layers already run inside the layer before them
+        chains = self.fuse_gradients and torch.is_grad_enabled()
+        fused_relus: set[int] = set()  # layers already run inside a layer before them (ReLUs, Scales)
         for node in layers:
             if node.index in fused_relus:
                 continue
@@ -129,13 +137,23 @@ class TorchNet(torch.nn.Module):
                                      "computed in this run") from None
             blobs = list(self.layer_blobs[node.index])
             tops = None
-            top_values = node.top_values
+            top_values, last = node.top_values, node  # last: the layer whose tops these are (fused ones: the end)
             if fusible and hasattr(node.layer, "forward_inference"):
                 relu = self._fusible_relu(node, layers, keep_set)
                 tops = node.layer.forward_inference(bottoms, blobs, None if relu is None else relu.layer.negative_slope)
                 if tops is not None and relu is not None:
                     fused_relus.add(relu.index)
                     top_values = relu.top_values
+            if chains and isinstance(node.layer, BatchNorm):
+                chain = self._batchnorm_chain(node, layers, keep_set, tap)
+                if chain:
+                    scale = chain[0]
+                    tops = batchnorm_scale(node.layer, blobs, scale.layer, list(self.layer_blobs[scale.index]),
+                                           bottoms[0], relu=len(chain) == 2)
+                    if tops is not None:
+                        tops = [tops]
+                        fused_relus.update(n.index for n in chain)
+                        top_values, last = chain[-1].top_values, chain[-1]
             if tops is None and live is not None and node.index in self._can_run_inplace:
                 v = node.bottom_values[0]
                 if v not in keep_set and self._last_use.get(v) == node.index and \
@@ -150,7 +168,7 @@ class TorchNet(torch.nn.Module):
                     live.add(t)
                 values[v] = t
             if tap is not None:
-                tap(node, tops)
+                tap(last, tops)
             if keep_set is not None:
                 for v in node.bottom_values:
                     if v not in keep_set and self._last_use.get(v, -1) <= node.index and v in values:
@@ -174,6 +192,28 @@ class TorchNet(torch.nn.Module):
         return reader if isinstance(reader.layer, ReLU) else None
 
 
+    def _batchnorm_chain(self, node: LayerNode, layers: list[LayerNode], keep: set[str] | None,
+                         tap: Tap | None) -> list[LayerNode]:
+        """The Scale (and ReLU) that may run with BatchNorm ``node`` as one autograd node (``batchnorm_scale``): each
+        the only reader of the value before it, in this run, those values not asked for (``keep``) and their layers
+        not needed by the tap (see ``tap_needs``). Empty where there is none."""
+        chain: list[LayerNode] = []
+        current = node
+        for kind in (Scale, ReLU):
+            if len(current.top_values) != 1 or (keep is None or current.top_values[0] in keep) or \
+                    (current is not node and tap_needs(tap, current)):
+                break
+            readers = self._readers.get(current.top_values[0], [])
+            if len(readers) != 1 or not layers[0].index <= readers[0] <= layers[-1].index:
+                break
+            reader = layers[readers[0] - layers[0].index]
+            if not isinstance(reader.layer, kind) or len(reader.bottom_values) != 1 or \
+                    (kind is ReLU and reader.layer.negative_slope != 0):
+                break
+            chain.append(reader)
+            current = reader
+        return chain if chain and not tap_needs(tap, node) else []
+
     def _net_for_batch(self, feeds: Mapping[str, torch.Tensor]) -> Net:
         """The net set up for the batch size of ``feeds`` (Caffe reshapes every layer on each forward): layers
         whose shape bookkeeping depends on the batch (losses, ArgMax, ...) then see the right one. Nets for other
@@ -191,6 +231,15 @@ class TorchNet(torch.nn.Module):
             shapes = {b: (batch,) + tuple(s[1:]) for b, s in self.net.feeds.items() if s}
             net = cached[1][batch] = build_net(self.net.param, self.net.phase, input_shapes=shapes)
         return net
+
+
+def tap_needs(tap: Tap | None, node: LayerNode) -> bool:
+    """Whether ``tap`` must see ``node``'s tops: a tap with a ``needs(node)`` method says; any other sees every
+    layer."""
+    if tap is None:
+        return False
+    needs = getattr(tap, "needs", None)
+    return True if needs is None else bool(needs(node))
 
 
 class _LiveStorage:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from caffeinit.data.sources import ImageSource, Source, find_images, layer_source
-from caffeinit.data.transform import Preprocess
+from caffeinit.data.transform import Preprocess, parse_ints
 from caffeinit.errors import CaffeinitError
 from caffeinit.net import Net
 
@@ -53,11 +53,11 @@ def net_source(net: Net, options: ImageOptions) -> Source:
     if other:
         raise CaffeinitError(f"--images feeds '{data_top}'{' and ' + label_top if label_top else ''}, but the net "
                              f"also needs input '{other[0]}'")
-    if node.type == "Input" or options.has_preprocess_flags():
+    if node.type == "Input":
         preprocess = Preprocess.from_flags(shape, options.resize, options.crop, options.mean_value,
                                            options.mean_file, options.scale, options.gray, phase=net.phase)
     else:
-        preprocess = Preprocess.for_layer(node.param, net.phase, top_shape=shape)
+        preprocess = replaced_layer_preprocess(node.param, net.phase, options, top_shape=shape)
     item = preprocess.output_shape(1 if preprocess.force_gray else 3, *(preprocess.resize or shape[2:]))
     if preprocess.resize is not None and item != tuple(shape[1:]):
         hint = ""
@@ -68,6 +68,40 @@ def net_source(net: Net, options: ImageOptions) -> Source:
     entries = find_images(options.images, options.root_folder)
     return ImageSource(entries, preprocess, data_top, label_top, skip_bad=options.skip_bad_images,
                        name=options.images)
+
+
+TRANSFORM_FLAGS = (("crop", "--crop"), ("mean_value", "--mean-value"), ("mean_file", "--mean-file"),
+                   ("scale", "--scale"))
+
+
+def replaced_layer_preprocess(lp, phase: int, options: ImageOptions, top_shape=None) -> Preprocess:
+    """The preprocessing of ``--images`` in place of data layer ``lp`` (Data, ImageData, ...): the layer's own
+    transform_param (``Preprocess.for_layer``), so the transform flags do not apply. How images decode is the
+    source's business where the layer leaves it open: a Data layer's Datums hold whatever colour and size they
+    were made with, so ``--gray`` and ``--resize`` say what its images would be (MNIST's greyscale digits); an
+    ImageData layer's is_color and new_height/new_width, a transform_param's force_color or a mean file's size
+    settle them, and flags that contradict those are refused."""
+    given = [flag for attr, flag in TRANSFORM_FLAGS if getattr(options, attr) is not None]
+    if given:
+        raise CaffeinitError(f"--images replaces layer '{lp.name}' ({lp.type}), whose transform_param sets the "
+                             f"preprocessing: {'/'.join(given)} do{'es' if len(given) == 1 else ''} not apply "
+                             "(--gray and --resize do, where the layer leaves them open)")
+    preprocess = Preprocess.for_layer(lp, phase, top_shape=top_shape)
+    if options.gray and not preprocess.force_gray:
+        if lp.type == "ImageData" or lp.transform_param.force_color:
+            what = "image_data_param is_color" if lp.type == "ImageData" else "transform_param force_color"
+            raise CaffeinitError(f"--gray: layer '{lp.name}' ({lp.type}) reads its images in colour ({what})")
+        preprocess.force_gray = True
+    if options.resize is not None:
+        size = tuple(parse_ints(options.resize, "--resize", 2))
+        ip = lp.image_data_param
+        fixed = ("image_data_param new_height/new_width" if lp.type == "ImageData" and ip.new_height > 0
+                 and ip.new_width > 0 else "its mean file" if preprocess.mean_image is not None else None)
+        if fixed is not None and size != tuple(preprocess.resize):
+            raise CaffeinitError(f"--resize {size[0]},{size[1]}: layer '{lp.name}' ({lp.type}) takes "
+                                 f"{preprocess.resize[0]}x{preprocess.resize[1]} images ({fixed})")
+        preprocess.resize = size
+    return preprocess
 
 
 def image_feed_shapes(net_param, phase, options: ImageOptions, batch_size: int) -> dict[str, tuple[int, ...]]:
@@ -83,10 +117,7 @@ def image_feed_shapes(net_param, phase, options: ImageOptions, batch_size: int) 
     if len(data) != 1 or data[0].type == "Input":
         return {}
     lp = data[0]
-    if options.has_preprocess_flags():
-        raise CaffeinitError(f"--images replaces layer '{lp.name}' ({lp.type}), whose transform_param sets the "
-                             "preprocessing: --resize/--crop/--mean-value/--mean-file/--scale/--gray do not apply")
-    preprocess = Preprocess.for_layer(lp, phase)
+    preprocess = replaced_layer_preprocess(lp, phase, options)
     source = ImageSource(find_images(options.images, options.root_folder), preprocess, lp.top[0],
                          name=options.images)
     first = source.load_pixels(source.entries[0])

@@ -73,8 +73,8 @@ class Preprocess:
 
         With ``--crop`` and no ``--resize`` images keep their own size before the crop.
         """
-        resize = _parse_ints(resize, "--resize", 2) if resize is not None else None
-        crop = _parse_ints(crop, "--crop", 1)[0] if crop is not None else 0
+        resize = parse_ints(resize, "--resize", 2) if resize is not None else None
+        crop = parse_ints(crop, "--crop", 1)[0] if crop is not None else 0
         if resize is None and not crop:
             if len(input_shape) != 4:
                 raise CaffeinitError(f"the net's input has shape {tuple(input_shape)}, not N x C x H x W: "
@@ -103,13 +103,16 @@ class Preprocess:
                   top_shape=None) -> "Preprocess":
         """For ``--images`` replacing a net's own data layer: its ``transform_param``, images warped to the
         ImageData layer's new_height/new_width, else to the mean image's size (mean_file), else to the data top's
-        H x W when there is no crop; with a crop and no mean file, images keep their own size."""
+        H x W when there is no crop; with a crop and no mean file, images keep their own size. An ImageData layer's
+        images are greyscale where its is_color is false."""
         tp = layer_param.transform_param
         resize = None
         ip = layer_param.image_data_param
         if layer_param.type == "ImageData" and ip.new_height > 0 and ip.new_width > 0:
             resize = (int(ip.new_height), int(ip.new_width))
         preprocess = cls.from_transform_param(tp, phase)
+        if layer_param.type == "ImageData":  # it decodes as is_color says (force_color/force_gray are for Datums)
+            preprocess.force_color, preprocess.force_gray = False, not ip.is_color
         if resize is None and preprocess.mean_image is not None:
             resize = tuple(int(d) for d in preprocess.mean_image.shape[1:])
         elif resize is None and not tp.crop_size and top_shape is not None and len(top_shape) == 4:
@@ -183,7 +186,7 @@ class Preprocess:
         return np.ascontiguousarray(out)
 
 
-def _parse_ints(value, flag: str, count: int) -> tuple[int, ...]:
+def parse_ints(value, flag: str, count: int) -> tuple[int, ...]:
     items = _split(value)
     try:
         ints = tuple(int(v) for v in items)

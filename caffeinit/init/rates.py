@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from caffeinit.executor import TorchNet, fast_layout
+from caffeinit.executor import TorchNet, fast_layout, tap_needs
 from caffeinit.init.scale_model import ScaleModel
 from caffeinit.net import LayerNode
 
@@ -99,6 +99,11 @@ class ProbeTap:
         self.values: dict[str, torch.Tensor] = {}
         self.probes: dict[int, ScaleProbe] = {}
 
+    def needs(self, node: LayerNode) -> bool:
+        """Whether this tap must see ``node``'s tops (the executor may fuse the others away)."""
+        return node.index in self.approx or any(v in self.wanted for v in node.top_values) or \
+            tap_needs(self.inner, node)
+
     def __call__(self, node: LayerNode, tops) -> None:
         if self.inner is not None:
             self.inner(node, tops)
@@ -181,6 +186,11 @@ class _GramTap:
         self.values = {v: t for v, t in feed.items() if v in self.wanted}
         self.outputs: dict[int, torch.Tensor] = {}
         self.inputs: dict[int, torch.Tensor] = {}
+
+    def needs(self, node: LayerNode) -> bool:
+        """Whether this tap must see ``node``'s tops (the executor may fuse the others away)."""
+        return node.index in self.key_of or any(v in self.wanted for v in node.top_values) or \
+            tap_needs(self.inner, node)
 
     def __call__(self, node: LayerNode, tops) -> None:
         if self.inner is not None:

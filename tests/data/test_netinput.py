@@ -71,3 +71,63 @@ def test_images_replace_a_train_nets_data_layer():
     first = IMAGES.read_text().split()[0]
     want = cv2.imread(str(IMAGES.parent / first)).astype(np.float32).transpose(2, 0, 1) * 0.00390625
     np.testing.assert_allclose(batch["data"][0], want, rtol=1e-6)
+
+
+def _replaced(param, options, phase="train", batch=2):
+    """image_feed_shapes, then net_source on the net built with them (what `caffeinit run` does)."""
+    shapes = image_feed_shapes(param, phase, options, batch)
+    model = load(param, phase=phase, input_shapes=shapes)
+    return shapes, next(batches(net_source(model.net, options), batch, batch, progress=False))
+
+
+def test_gray_and_resize_say_what_a_data_layers_datums_would_hold():
+    """A Data layer's Datums carry their own colour and size (MNIST: 28 x 28 greyscale), so --gray and --resize
+    describe them, and the layer's transform_param still applies."""
+    param = read_net(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))
+    options = ImageOptions(images=str(IMAGES), gray=True, resize="28,28")
+    shapes, batch = _replaced(param, options)
+    assert shapes["data"] == (2, 1, 28, 28)
+    first = IMAGES.read_text().split()[0]
+    pixels = cv2.resize(cv2.imread(str(IMAGES.parent / first), cv2.IMREAD_GRAYSCALE), (28, 28),
+                        interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    np.testing.assert_allclose(batch["data"][0, 0], pixels * 0.00390625, rtol=1e-6)
+
+
+def test_transform_flags_do_not_apply_to_a_replaced_layer():
+    param = read_net(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))
+    with pytest.raises(CaffeinitError, match=r"layer 'mnist' \(Data\), whose transform_param sets the "
+                                             r"preprocessing: --crop/--scale do not apply \(--gray and --resize do"):
+        image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES), scale="2", crop="20", gray=True), 2)
+
+
+IMAGE_DATA = '''name: "image_data"
+layer {{ name: "data" type: "ImageData" top: "data" top: "label"
+  image_data_param {{ source: "unused.txt" batch_size: 2 {params} }} transform_param {{ scale: 0.5 }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param {{ num_output: 2 }} }}
+'''
+
+
+def test_an_image_data_layer_decodes_as_its_is_color_says(tmp_path):
+    net = tmp_path / "net.prototxt"
+    net.write_text(IMAGE_DATA.format(params="is_color: false new_height: 20 new_width: 24"))
+    shapes, batch = _replaced(read_net(net), ImageOptions(images=str(IMAGES)), phase="test")
+    assert shapes["data"] == (2, 1, 20, 24)
+    first = IMAGES.read_text().split()[0]
+    pixels = cv2.resize(cv2.imread(str(IMAGES.parent / first), cv2.IMREAD_GRAYSCALE), (24, 20),
+                        interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    np.testing.assert_allclose(batch["data"][0, 0], pixels * 0.5, rtol=1e-6)
+    # flags that agree with the layer are accepted
+    assert _replaced(read_net(net), ImageOptions(images=str(IMAGES), gray=True, resize="20,24"),
+                     phase="test")[0] == shapes
+
+
+@pytest.mark.parametrize("params, options, message", [
+    ("", {"gray": True}, r"--gray: layer 'data' \(ImageData\) reads its images in colour \(image_data_param "
+                         r"is_color\)"),
+    ("new_height: 20 new_width: 24", {"resize": "28,28"},
+     r"--resize 28,28: layer 'data' \(ImageData\) takes 20x24 images \(image_data_param new_height/new_width\)")])
+def test_flags_that_contradict_an_image_data_layer_are_refused(tmp_path, params, options, message):
+    net = tmp_path / "net.prototxt"
+    net.write_text(IMAGE_DATA.format(params=params))
+    with pytest.raises(CaffeinitError, match=message):
+        image_feed_shapes(read_net(net), "test", ImageOptions(images=str(IMAGES), **options), 2)

@@ -35,6 +35,42 @@ def test_measured_rates_do_not_depend_on_the_layout_of_the_gradient_passes(monke
     np.testing.assert_allclose(fast, plain, rtol=2e-5)
 
 
+def _bn_scale(name, bottom, relu_too):
+    text = (layer(f"{name}_bn", "BatchNorm", bottom, bottom)
+            + layer(f"{name}_sc", "Scale", bottom, bottom, 'scale_param { bias_term: true } '))
+    return text + (relu(f"{name}_relu", bottom) if relu_too else "")
+
+
+# ResNet's blocks: BatchNorm + Scale + ReLU after a convolution, BatchNorm + Scale into an Eltwise sum, and an
+# InnerProduct whose input the Gram tap needs
+RESIDUAL_BN = (HEAD.format(name="residual_bn") + conv("conv1", "data", 8) + _bn_scale("c1", "conv1", True)
+               + conv("a", "conv1", 8) + _bn_scale("a", "a", True) + conv("b", "a", 8) + _bn_scale("b", "b", False)
+               + layer("sum", "Eltwise", ["conv1", "b"]) + relu("relu_s", "sum")
+               + conv("c", "sum", 8) + _bn_scale("c", "c", True) + ip("fc", "c", 5))
+
+
+def test_fused_batchnorm_scale_relu_gives_the_rates_of_the_layers_one_by_one(monkeypatch):
+    """Gradient passes run BatchNorm + Scale (+ ReLU) as one autograd node (executor.fuse_gradients): every fusible
+    chain is fused, and the rates (the Scales' gammas among them) are those of the layers one by one."""
+    from caffeinit.executor import TorchNet
+    from caffeinit.layers import normalization
+    from caffeinit.init import rates
+    m = model(RESIDUAL_BN)
+    init = images(2, seed=4)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    feeds = [{"data": torch.from_numpy(b["data"])} for b in init]
+    sm = build_scale_model(m.module)
+    chains = []
+    monkeypatch.setattr("caffeinit.executor.batchnorm_scale",
+                        lambda *a, **k: (chains.append(k["relu"]), normalization.batchnorm_scale(*a, **k))[1])
+    fused = rates.measure_rates(m.module, sm, feeds, 2, 7)
+    assert chains == [True, True, False, True] * len(feeds)
+    monkeypatch.setattr(TorchNet, "fuse_gradients", False)
+    plain = rates.measure_rates(m.module, sm, feeds, 2, 7)
+    assert len(chains) == 4 * len(feeds) and np.isfinite(plain).all() and len(plain) == 9  # 4 convs, 4 gammas, fc
+    np.testing.assert_allclose(fused, plain, rtol=2e-5)
+
+
 def _lrn_numpy(x, size, alpha, beta, k):
     """Caffe's LRN ACROSS_CHANNELS (lrn_layer.cpp) in float64: scale = k + alpha/size * sum of x^2 over the size
     channels centred on c (zero-padded), y = x scale^-beta. Returns (y, scale)."""

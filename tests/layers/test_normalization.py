@@ -273,6 +273,69 @@ def test_autograd_through_scale_and_batchnorm():
     close(scale.grad.numpy(), X.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-4, atol=1e-4)
 
 
+def _batchnorm_scale_case(gamma, beta, mean, channels_last=True, shape=(4, 3, 5, 6)):
+    bn, scale = make("BatchNorm"), make("Scale", "scale_param { bias_term: true }")
+    bn.setup([shape]), scale.setup([shape])
+    var = np.abs(rand(shape[1], seed=3)) + 0.5
+    bn_blobs = [torch.tensor(mean, dtype=torch.float32), torch.from_numpy(var), torch.ones(1)]
+    x = torch.from_numpy(rand(*shape) * np.sqrt(var)[:, None, None] + np.asarray(mean, np.float32)[:, None, None])
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return bn, scale, bn_blobs, gamma, beta, x
+
+
+def _three_layers_and_fused(bn, scale, bn_blobs, gamma, beta, x, relu):
+    """(values, dx, dgamma, dbeta, saved bytes) of the layers one by one and of batchnorm_scale, under one gradient."""
+    from caffeinit.layers.activation import ReLU  # noqa: F401  (registers ReLU)
+    grad = torch.from_numpy(rand(*x.shape, seed=9))
+    results = []
+    for fused in (False, True):
+        xs = x.clone().requires_grad_(True)
+        params = [torch.tensor(gamma, dtype=torch.float32, requires_grad=True),
+                  torch.tensor(beta, dtype=torch.float32, requires_grad=True)]
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            if fused:
+                y = normalization.batchnorm_scale(bn, bn_blobs, scale, params, xs, relu)
+            else:
+                y = scale.forward(bn.forward([xs], bn_blobs), params)[0]
+                y = torch.relu(y) if relu else y
+        results.append((y.detach(), *torch.autograd.grad(y, [xs] + params, grad), sum(saved)))
+    return results
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("case", ["plain", "zero_gamma", "large_beta", "far_mean"])
+def test_batchnorm_scale_fused_matches_the_three_layers(relu, case):
+    """The gradient passes' fused BatchNorm + Scale (+ ReLU): the same values and gradients as the layers one by
+    one, also where gamma's gradient cannot come from the output (a zero gamma, |beta / gamma| > 100) and for
+    inputs whose mean is 1000 times their spread."""
+    gamma, beta, mean = [1.5, -0.7, 0.4], [0.3, 0.1, -0.2], [0.5, -1.0, 2.0]
+    if case == "zero_gamma":
+        gamma[1] = 0.0
+    elif case == "large_beta":
+        beta[2] = 500 * gamma[2]
+    elif case == "far_mean":
+        mean = [1000.0, -2000.0, 3000.0]
+    plain, fused = _three_layers_and_fused(*_batchnorm_scale_case(gamma, beta, mean), relu=relu)
+    for want, got in zip(plain[:4], fused[:4]):
+        scale = float(want.abs().max())
+        assert float((got - want).abs().max()) <= 2e-5 * scale + 1e-6
+    assert fused[0].is_contiguous(memory_format=torch.channels_last)  # keeps the gradient pass's layout
+    if relu and case == "plain":  # only the output is kept: one tensor where the layers keep two
+        assert fused[4] <= 0.55 * plain[4]
+
+
+def test_batchnorm_scale_is_not_fused_with_batch_statistics():
+    bn = make("BatchNorm", phase=caffe_pb2.TRAIN)
+    scale = make("Scale", "scale_param { bias_term: true }")
+    shape = (2, 3, 4, 4)
+    bn.setup([shape]), scale.setup([shape])
+    blobs = [torch.zeros(3), torch.ones(3), torch.ones(1)]
+    assert normalization.batchnorm_scale(bn, blobs, scale, [torch.ones(3), torch.zeros(3)],
+                                         torch.from_numpy(rand(*shape)), relu=True) is None
+
+
 # -- conformance ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["lrn_across", "lrn_within", "batchnorm_scale"])
