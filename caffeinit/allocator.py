@@ -8,7 +8,9 @@ into a fresh 16 x 256 x 56 x 56 output (51 MB) takes ~15 ms that way and ~4 ms i
 memory in the heap makes `caffeinit run` 5-13% faster on nets whose batches hold tensors above 32 MB (ResNet-50
 -13%, GoogLeNet -5%), for 5-14% more peak RSS (freed memory is reused, but fragments the heap); CaffeNet's
 tensors stay below the threshold, and its time does not change (benchmarks/RESULTS.md). A malloc setting in
-GLIBC_TUNABLES is the user's choice and is left alone.
+GLIBC_TUNABLES is the user's choice and is left alone. ``release_free_memory`` hands the free part back at the end
+of a phase (the initialization calls it after the within-layer step, whose stored outputs are then gone), so the
+next phase's peak does not add to what fragmentation left of the last one's.
 """
 from __future__ import annotations
 
@@ -26,12 +28,30 @@ def retain_freed_memory() -> bool:
     """Make glibc's malloc serve every block from its heap and keep freed memory there for the next allocations.
     Process-wide, for allocations made from now on; the CLI calls it first thing. Returns False (and changes
     nothing) where the C library is not glibc, or where GLIBC_TUNABLES sets malloc's behaviour already."""
-    if not sys.platform.startswith("linux") or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
+    libc = _glibc()
+    if libc is None or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or not hasattr(libc, "mallopt"):
+        return False  # musl and others have no mallopt
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free memory to the kernel now (glibc's malloc_trim; its pages fault in again when
+    reused). False where the C library has no malloc_trim."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    libc.malloc_trim(0)
+    return True
+
+
+def _glibc():
+    """The C library, on Linux, or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None

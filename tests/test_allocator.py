@@ -47,3 +47,29 @@ def test_a_freed_block_is_reused_without_page_faults():
 def test_a_malloc_setting_in_glibc_tunables_is_left_alone():
     retained, faults = _second_block_faults("retain", tunables="glibc.malloc.mmap_max=65536")
     assert retained == "False" and faults > 60 * 2 ** 20 // 4096 // 2
+
+
+RELEASE = """
+import torch
+from caffeinit.allocator import release_free_memory, retain_freed_memory
+def resident_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2 ** 20
+retain_freed_memory()
+block = torch.ones(200 * 2 ** 20 // 4)
+small = torch.ones(16)  # allocated above the block: the heap's top cannot simply shrink
+del block
+kept = resident_mib()
+released = release_free_memory()
+print(released, kept - resident_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_release_free_memory_hands_retained_memory_back():
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", RELEASE], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True)
+    released, dropped = out.stdout.split()
+    if released == "False":
+        pytest.skip("not glibc")
+    assert float(dropped) > 150  # MiB of the freed 200 no longer resident

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from caffeinit.errors import CaffeinitError
+from caffeinit.allocator import release_free_memory
 from caffeinit.init.between import run_between
 from caffeinit.init.rates import measure_rates
 from caffeinit.init.scale_model import build_scale_model
@@ -53,6 +54,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
         if config.within:
             t0 = time.perf_counter()
             run_within(module, feeds, plan, config, records, progress)
+            release_free_memory()  # the within step's stored outputs are gone: the between step starts clean
             report.seconds["within"] = time.perf_counter() - t0
         if config.between:
             t0 = time.perf_counter()
