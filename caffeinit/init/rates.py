@@ -89,20 +89,28 @@ class ScaleProbe:
         return (g if math.isfinite(g) else 1.0, h if math.isfinite(h) else 1.0)
 
 
-class ProbeTap:
+class _Tap:
+    """A forward tap that acts on the layers numbered in ``acts_on`` and keeps the values named in ``wanted``;
+    ``inner`` (another tap) sees every call first."""
+    acts_on: set[int]
+    wanted: set[str]
+    inner = None
+
+    def needs(self, node: LayerNode) -> bool:
+        """Whether this tap must see ``node``'s tops (the executor may fuse the others away)."""
+        return node.index in self.acts_on or any(v in self.wanted for v in node.top_values) or \
+            tap_needs(self.inner, node)
+
+
+class ProbeTap(_Tap):
     """A forward tap that keeps a ScaleProbe for each of the model's approximate layers."""
 
     def __init__(self, module: TorchNet, model: ScaleModel, seed: int, inner=None):
         self.module, self.seed, self.inner = module, seed, inner
-        self.approx = {node.index for node in model.active if model.rules[node.index] == "approx"}
+        self.approx = self.acts_on = {node.index for node in model.active if model.rules[node.index] == "approx"}
         self.wanted = {node.bottom_values[0] for node in model.active if node.index in self.approx}
         self.values: dict[str, torch.Tensor] = {}
         self.probes: dict[int, ScaleProbe] = {}
-
-    def needs(self, node: LayerNode) -> bool:
-        """Whether this tap must see ``node``'s tops (the executor may fuse the others away)."""
-        return node.index in self.approx or any(v in self.wanted for v in node.top_values) or \
-            tap_needs(self.inner, node)
 
     def __call__(self, node: LayerNode, tops) -> None:
         if self.inner is not None:
@@ -158,7 +166,7 @@ def square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tens
     return sums
 
 
-class _GramTap:
+class _GramTap(_Tap):
     """A forward tap that keeps the input X (rows x D) and output Y of every InnerProduct whose weight is one of
     ``params`` and has no other user. Its weight gradient is dY^T X (or its transpose), whose squared norm per
     input channel c is sum_ij (dY dY^T)_ij (X_c X_c^T)_ij: two small Gram matrices over the rows instead of the
@@ -182,15 +190,11 @@ class _GramTap:
                 if rows * (layer.num_output + layer.inputs) < layer.num_output * layer.inputs:  # Grams are cheaper
                     self.readers[k] = nodes[0]
         self.key_of = {node.index: k for k, node in self.readers.items()}
+        self.acts_on = set(self.key_of)
         self.wanted = {node.bottom_values[0] for node in self.readers.values()}
         self.values = {v: t for v, t in feed.items() if v in self.wanted}
         self.outputs: dict[int, torch.Tensor] = {}
         self.inputs: dict[int, torch.Tensor] = {}
-
-    def needs(self, node: LayerNode) -> bool:
-        """Whether this tap must see ``node``'s tops (the executor may fuse the others away)."""
-        return node.index in self.key_of or any(v in self.wanted for v in node.top_values) or \
-            tap_needs(self.inner, node)
 
     def __call__(self, node: LayerNode, tops) -> None:
         if self.inner is not None:

@@ -15,16 +15,20 @@ POOLED_LRN_NET = (HEAD.format(name="pooled_lrn") + conv("conv1", "data", 8) + re
                   + conv("conv2", "norm1", 8) + relu("relu2", "conv2") + ip("fc", "conv2", 5))
 
 
+def _initialized(text, seed):
+    """A model of ``text`` after the within-layer step on 2 batches, those batches as feeds, its scale model."""
+    m = model(text)
+    init = images(2, seed=seed)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    return m, [{"data": torch.from_numpy(b["data"])} for b in init], build_scale_model(m.module)
+
+
 @pytest.mark.parametrize("text", [POOLED_LRN_NET, DAG], ids=["lrn", "dag"])
 def test_measured_rates_do_not_depend_on_the_layout_of_the_gradient_passes(monkeypatch, text):
     """The gradient passes run channels-last on the CPU (faster convolutions and pooling); the rates are those of
     the plain NCHW passes up to float rounding."""
     from caffeinit.init import rates
-    m = model(text)
-    init = images(2, seed=3)
-    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
-    feeds = [{"data": torch.from_numpy(b["data"])} for b in init]
-    sm = build_scale_model(m.module)
+    m, feeds, sm = _initialized(text, seed=3)
     layouts = []
     monkeypatch.setattr(rates, "fast_layout",
                         lambda feed, original=rates.fast_layout: (layouts.append(1), original(feed))[1])
@@ -55,11 +59,7 @@ def test_fused_batchnorm_scale_relu_gives_the_rates_of_the_layers_one_by_one(mon
     from caffeinit.executor import TorchNet
     from caffeinit.layers import normalization
     from caffeinit.init import rates
-    m = model(RESIDUAL_BN)
-    init = images(2, seed=4)
-    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
-    feeds = [{"data": torch.from_numpy(b["data"])} for b in init]
-    sm = build_scale_model(m.module)
+    m, feeds, sm = _initialized(RESIDUAL_BN, seed=4)
     chains = []
     monkeypatch.setattr("caffeinit.executor.batchnorm_scale",
                         lambda *a, **k: (chains.append(k["relu"]), normalization.batchnorm_scale(*a, **k))[1])
