@@ -367,7 +367,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv=None) -> int:
-    retain_freed_memory()  # 8-15% faster on large nets (see caffeinit/allocator.py)
+    retain_freed_memory()  # 5-13% faster on large nets (see caffeinit/allocator.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     with warnings.catch_warnings():

@@ -120,10 +120,10 @@ class TorchNet(torch.nn.Module):
         live = _LiveStorage(self, feeds) if keep_set is not None and tap is None and not torch.is_grad_enabled() \
             else None
         fusible = live is not None and self.fuse_inference and self.device.type == "cpu"
-        chains = self.fuse_gradients and torch.is_grad_enabled()
-        fused_relus: set[int] = set()  # layers already run inside a layer before them (ReLUs, Scales)
+        fuse_chains = self.fuse_gradients and torch.is_grad_enabled() and keep_set is not None
+        fused_away: set[int] = set()  # layers already run inside a layer before them (ReLUs, Scales)
         for node in layers:
-            if node.index in fused_relus:
+            if node.index in fused_away:
                 continue
             if node.layer.is_data:
                 for blob, v in zip(node.tops, node.top_values):
@@ -142,9 +142,9 @@ class TorchNet(torch.nn.Module):
                 relu = self._fusible_relu(node, layers, keep_set)
                 tops = node.layer.forward_inference(bottoms, blobs, None if relu is None else relu.layer.negative_slope)
                 if tops is not None and relu is not None:
-                    fused_relus.add(relu.index)
+                    fused_away.add(relu.index)
                     top_values = relu.top_values
-            if chains and isinstance(node.layer, BatchNorm):
+            if fuse_chains and isinstance(node.layer, BatchNorm):
                 chain = self._batchnorm_chain(node, layers, keep_set, tap)
                 if chain:
                     scale = chain[0]
@@ -152,7 +152,7 @@ class TorchNet(torch.nn.Module):
                                            bottoms[0], relu=len(chain) == 2)
                     if tops is not None:
                         tops = [tops]
-                        fused_relus.update(n.index for n in chain)
+                        fused_away.update(n.index for n in chain)
                         top_values, last = chain[-1].top_values, chain[-1]
             if tops is None and live is not None and node.index in self._can_run_inplace:
                 v = node.bottom_values[0]
@@ -191,8 +191,7 @@ class TorchNet(torch.nn.Module):
         reader = layers[readers[0] - layers[0].index]
         return reader if isinstance(reader.layer, ReLU) else None
 
-
-    def _batchnorm_chain(self, node: LayerNode, layers: list[LayerNode], keep: set[str] | None,
+    def _batchnorm_chain(self, node: LayerNode, layers: list[LayerNode], keep: set[str],
                          tap: Tap | None) -> list[LayerNode]:
         """The Scale (and ReLU) that may run with BatchNorm ``node`` as one autograd node (``batchnorm_scale``): each
         the only reader of the value before it, in this run, those values not asked for (``keep``) and their layers
@@ -200,7 +199,7 @@ class TorchNet(torch.nn.Module):
         chain: list[LayerNode] = []
         current = node
         for kind in (Scale, ReLU):
-            if len(current.top_values) != 1 or (keep is None or current.top_values[0] in keep) or \
+            if len(current.top_values) != 1 or current.top_values[0] in keep or \
                     (current is not node and tap_needs(tap, current)):
                 break
             readers = self._readers.get(current.top_values[0], [])

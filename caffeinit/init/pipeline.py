@@ -8,8 +8,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from caffeinit.errors import CaffeinitError
 from caffeinit.allocator import release_free_memory
+from caffeinit.errors import CaffeinitError
 from caffeinit.init.between import run_between
 from caffeinit.init.rates import measure_rates
 from caffeinit.init.scale_model import build_scale_model
