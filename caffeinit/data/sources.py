@@ -440,7 +440,7 @@ def layer_source(layer_param: caffe_pb2.LayerParameter, phase: int = caffe_pb2.T
         dp = layer_param.data_param
         if not dp.source:
             raise CaffeinitError(f"{where}: data_param.source is not set")
-        preprocess = Preprocess.from_transform_param(layer_param.transform_param, phase)
+        preprocess = Preprocess.from_transform_param(layer_param.transform_param, phase, where=where)
         shapes = peek_top_shapes(layer_param, phase)
         return DatumDBSource(dp.source, dp.backend, preprocess, tops, rand_skip=dp.rand_skip, skip_bad=skip_bad,
                              expected_shape=shapes[0][1:])
@@ -448,7 +448,7 @@ def layer_source(layer_param: caffe_pb2.LayerParameter, phase: int = caffe_pb2.T
         ip = layer_param.image_data_param
         entries = _image_data_entries(layer_param, root_folder)
         preprocess = Preprocess.from_transform_param(layer_param.transform_param, phase,
-                                                     resize=_image_data_resize(layer_param))
+                                                     resize=_image_data_resize(layer_param), where=where)
         return ImageSource(entries, preprocess, tops[0], tops[1] if len(tops) > 1 else None, color=ip.is_color,
                            shuffle=ip.shuffle, rand_skip=ip.rand_skip, skip_bad=skip_bad, name=ip.source)
     if kind == "HDF5Data":

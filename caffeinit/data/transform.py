@@ -54,14 +54,24 @@ class Preprocess:
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_transform_param(cls, tp: caffe_pb2.TransformationParameter, phase: int = caffe_pb2.TEST,
-                             resize: tuple[int, int] | None = None, mean_file: str | None = None) -> "Preprocess":
-        """From a layer's ``transform_param``; ``mean_file`` overrides the path it names (e.g. resolved elsewhere)."""
+                             resize: tuple[int, int] | None = None, mean_file: str | None = None,
+                             where: str = "") -> "Preprocess":
+        """From a layer's ``transform_param``; ``mean_file`` overrides the path it names (e.g. resolved elsewhere).
+        ``where`` (the layer) prefixes errors."""
+        prefix = f"{where}: transform_param" if where else "transform_param"
         path = mean_file or (tp.mean_file if tp.HasField("mean_file") else None)
         if path and len(tp.mean_value):
-            raise CaffeinitError("transform_param: cannot specify mean_file and mean_value at the same time")
+            raise CaffeinitError(f"{prefix}: cannot specify mean_file and mean_value at the same time")
+        mean_image = None
+        if path:
+            try:
+                mean_image = read_mean_file(path)
+            except CaffeinitError as e:  # the path is the prototxt's: say whose, and how Caffe resolves it
+                raise CaffeinitError(f"{prefix} mean_file: {e} (Caffe reads a relative path from the folder it "
+                                     "runs in)") from None
         return cls(phase=phase, resize=resize, crop_size=int(tp.crop_size), mirror=bool(tp.mirror),
                    mean_values=tuple(float(v) for v in tp.mean_value),
-                   mean_image=read_mean_file(path) if path else None, mean_file=path, scale=float(tp.scale),
+                   mean_image=mean_image, mean_file=path, scale=float(tp.scale),
                    force_color=bool(tp.force_color), force_gray=bool(tp.force_gray))
 
     @classmethod
@@ -110,7 +120,7 @@ class Preprocess:
         ip = layer_param.image_data_param
         if layer_param.type == "ImageData" and ip.new_height > 0 and ip.new_width > 0:
             resize = (int(ip.new_height), int(ip.new_width))
-        preprocess = cls.from_transform_param(tp, phase)
+        preprocess = cls.from_transform_param(tp, phase, where=f"layer '{layer_param.name}' ({layer_param.type})")
         if layer_param.type == "ImageData":  # it decodes as is_color says (force_color/force_gray are for Datums)
             preprocess.force_color, preprocess.force_gray = False, not ip.is_color
         if resize is None and preprocess.mean_image is not None:

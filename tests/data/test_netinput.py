@@ -131,3 +131,12 @@ def test_flags_that_contradict_an_image_data_layer_are_refused(tmp_path, params,
     net.write_text(IMAGE_DATA.format(params=params))
     with pytest.raises(CaffeinitError, match=message):
         image_feed_shapes(read_net(net), "test", ImageOptions(images=str(IMAGES), **options), 2)
+
+
+def test_a_missing_mean_file_names_the_layer_that_asks_for_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # AlexNet's train_val names data/ilsvrc12/imagenet_mean.binaryproto, from Caffe's root
+    param = read_net(shared_path("corpus", "bvlc__models_bvlc_alexnet_train_val.prototxt"))
+    with pytest.raises(CaffeinitError, match=r"^layer 'data' \(Data\): transform_param mean_file: "
+                                             r"data/ilsvrc12/imagenet_mean.binaryproto: .*\(Caffe reads a relative "
+                                             r"path from the folder it runs in\)$"):
+        image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES)), 2)
