@@ -34,6 +34,11 @@ from caffeinit.net import LayerNode
 
 SAMPLES_PER_OUTPUT = 10  # data-dependent draws gather about this many patches per filter (and >= 2 x fan-in)
 MIN_SAMPLES = 256  # and at least this many (depthwise 3x3: 18 patches would whiten only 4 of 9 directions)
+# fewer samples than inputs (fan-ins above max_samples / 2: FCN's fc6, a 7x7x512 convolution) are whitened through
+# their Gram matrix, whose float64 product and eigendecomposition grow with the square and cube of their count (on
+# 2 cores 4,000 samples of 25,088 inputs take 4.4 + 4.4 s, so max_samples' 20,000 would take ~11 minutes and ~10 GB):
+# at most this many, or one per output
+GRAM_SAMPLES = 4096
 
 
 def layer_generator(seed: int, node: LayerNode, device) -> torch.Generator:
@@ -297,6 +302,8 @@ def _draw_weight(affine: Affine, weight: torch.Tensor, bottoms: list[list[torch.
         return affine.from_group_matrices(mats, weight)
     mats, flat = [], []
     target = min(config.max_samples, max(SAMPLES_PER_OUTPUT * n_out, 2 * width, MIN_SAMPLES))
+    if target < width:
+        target = min(target, max(GRAM_SAMPLES, n_out))
     per_batch = math.ceil(target / len(bottoms[0]))
     available = sum(min(affine.patch_count(x), per_batch) for x in bottoms[0])  # what _gather_patches finds
     if available < n_out:  # the very draw --method gaussian makes for this layer

@@ -111,6 +111,26 @@ def test_depthwise_convolutions_whiten_from_enough_patches(monkeypatch):
     assert report.layer("dw").method == "zca"
 
 
+@pytest.mark.parametrize("outputs, expected", [(8, 40), (50, 52)])  # per batch, rounded up: 4 x 13
+def test_more_inputs_than_samples_whiten_at_most_gram_samples(monkeypatch, outputs, expected):
+    """Fan-ins above max_samples / 2 are whitened through the samples' Gram matrix, cubic in their count: at most
+    GRAM_SAMPLES of them (here made 40, with max_samples 96 for a fan-in of 3 x 7 x 7 = 147: 96 without the cap),
+    or one per output."""
+    from caffeinit.init import draws, within
+    monkeypatch.setattr(within, "GRAM_SAMPLES", 40)
+    counts = []
+    original = draws.from_patches
+
+    def spy(method, patches, n_out, gen, kmeans_iters=20):
+        counts.append(patches.shape[0])
+        return original(method, patches, n_out, gen, kmeans_iters)
+    monkeypatch.setattr(draws, "from_patches", spy)
+    net = HEAD.format(name="wide") + conv("wide", "data", outputs, k=7) + relu("relu", "wide")
+    report = initialize(model(net), images(4, seed=2), InitConfig(method="kmeans", between=False, max_samples=96,
+                                                                  measure_before=False), progress=False)
+    assert counts == [expected] and report.layer("wide").method == "kmeans"
+
+
 def test_a_scale_after_batchnorm_counts_the_dead_channels_it_inherits_without_a_second_warning():
     m = model(MIXED)
     black = [{"data": np.zeros((8, 3, 12, 12), np.float32)} for _ in range(2)]
