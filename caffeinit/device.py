@@ -50,3 +50,18 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return "cpu"
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that new tensors on ``device`` can still take: free GPU memory, or the kernel's MemAvailable on Linux;
+    None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from caffeinit.api import load
-from caffeinit.device import select_device, set_precision
+from caffeinit.device import available_memory, select_device, set_precision
 from caffeinit.errors import CaffeinitError
 
 LENET = pathlib.Path(__file__).parents[1] / "models" / "lenet" / "deploy.prototxt"
@@ -46,3 +46,9 @@ def test_unknown_precision_and_device_are_one_line_errors():
         set_precision("bf16")
     with pytest.raises(CaffeinitError, match="unknown device 'tpu'"):
         select_device("tpu")
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/meminfo").exists(), reason="Linux's /proc/meminfo")
+def test_available_memory_on_the_cpu_is_the_kernels_figure():
+    line = next(l for l in pathlib.Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemAvailable:"))
+    assert abs(available_memory(torch.device("cpu")) - int(line.split()[1]) * 1024) < 2 ** 30  # moves as we run

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from caffeinit.allocator import release_free_memory
+from caffeinit.device import available_memory
 from caffeinit.errors import CaffeinitError
 from caffeinit.init.between import run_between
 from caffeinit.init.rates import measure_rates
@@ -17,7 +18,7 @@ from caffeinit.init.config import InitConfig
 from caffeinit.init.report import InitReport, LayerRecord
 from caffeinit.init.roles import affine_of, frozen_at_zero, is_frozen, weight_lr_mult
 from caffeinit.init.stats import ChannelStats
-from caffeinit.init.within import run_within
+from caffeinit.init.within import run_within, stored_peak
 
 BEFORE_IMAGES = 4
 
@@ -38,6 +39,8 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     started = time.perf_counter()
     feeds = _collect_feeds(net, batches, device)
     num_images = sum(next(iter(f.values())).shape[0] for f in feeds)
+    if config.within:
+        _check_memory(net, device, num_images)
     report = InitReport(net=net.name, method=config.method, num_images=num_images)
     records = _records(net, module)
     report.layers = list(records.values())
@@ -71,6 +74,21 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
         if record.lr_mult == 0 and record.method == "kept" and record.type != "BatchNorm":
             record.method = "frozen"
     return report
+
+
+def _check_memory(net, device, num_images: int) -> None:
+    """Refuse, before any work, a within-layer step whose stored values alone exceed the memory available (a
+    segmentation net's 500 x 500 inputs: FCN-8s keeps ~125 MB per image after conv1_1)."""
+    per_image, where = stored_peak(net)
+    available = available_memory(device)
+    if available is None or where is None or per_image * num_images <= available:
+        return
+    kind = "free GPU memory" if device.type == "cuda" else "memory available"
+    raise CaffeinitError(
+        f"the within-layer step keeps every image's values: after layer '{where.name}' ({where.type}) that is "
+        f"{num_images} images x {per_image / 2 ** 20:.1f} MiB = {per_image * num_images / 2 ** 30:.1f} GiB, more than "
+        f"the {available / 2 ** 30:.1f} GiB of {kind} (at {int(available // per_image)} images they alone would "
+        "fill it): use fewer images (--num-images) or smaller inputs")
 
 
 def _collect_feeds(net, batches, device) -> list[dict[str, torch.Tensor]]:

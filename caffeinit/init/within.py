@@ -53,6 +53,29 @@ def dead_channels(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return std <= torch.clamp(1e-6 * mean.abs(), min=1e-30)
 
 
+def stored_peak(net) -> tuple[float, LayerNode | None]:
+    """The most the within-layer step must hold at once, in bytes per image, and after which layer: every value a
+    later layer reads, for every image, as float32, once each layer's dying inputs are gone (a lower bound: a layer
+    also holds its inputs while it makes its outputs, and those that die there are released a batch at a time)."""
+    last_use = {v: node.index for node in net.layers if not node.layer.is_loss for v in node.bottom_values}
+    declared = next((shape[0] for shape in net.feeds.values() if shape), 1) or 1
+    live: dict[str, float] = {}
+    peak, where = 0.0, None
+    for node in net.layers:
+        if node.layer.is_loss:
+            continue
+        for v, shape in zip(node.top_values, node.top_shapes):
+            if v in last_use:
+                live[v] = 4.0 * math.prod(shape) / declared
+        for v in node.bottom_values:
+            if last_use.get(v, -1) <= node.index:
+                live.pop(v, None)
+        total = sum(live.values())
+        if total > peak and not node.layer.is_data:
+            peak, where = total, node
+    return peak, where
+
+
 def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: dict[int, str], config: InitConfig,
                records: dict[str, LayerRecord], progress: bool = False) -> None:
     """Initialize the layers in ``draw`` (node index -> "affine" | "bn") in place, over ``batches`` (feeds keyed by

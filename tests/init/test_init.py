@@ -82,6 +82,43 @@ def test_a_net_without_parameters_is_refused_and_a_frozen_one_is_left_as_it_is()
         np.testing.assert_array_equal(a, b)
 
 
+BRANCHED = """name: "branched"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "a" type: "Convolution" bottom: "data" top: "a" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "relu" type: "ReLU" bottom: "a" top: "a" }
+layer { name: "b" type: "Convolution" bottom: "a" top: "b" convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "c" type: "Convolution" bottom: "a" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "cat" type: "Concat" bottom: "b" bottom: "c" top: "cat" }
+layer { name: "fc" type: "InnerProduct" bottom: "cat" top: "fc" inner_product_param { num_output: 3 } }
+"""
+
+
+def test_the_within_steps_stored_values_are_counted_after_each_layer():
+    """Alive after each layer, per image (floats): a 256, relu 256, b 256 + 384 (the ReLU's output still feeds c),
+    c 384 + 128, cat 512, fc nothing later reads."""
+    from caffeinit.init.within import stored_peak
+    per_image, where = stored_peak(model(BRANCHED).net)
+    assert per_image == 4 * (256 + 384) and where.name == "b"
+
+
+def test_a_within_step_that_cannot_fit_in_memory_is_refused_before_any_work(monkeypatch):
+    from caffeinit.init import pipeline
+    m = model(BRANCHED)
+    before = {k: [a.copy() for a in v] for k, v in m.blobs().items()}
+    batches = images(5, batch=2, size=8)  # 10 images: 25,600 bytes at 'b'
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 25_599)
+    with pytest.raises(CaffeinitError, match=r"^the within-layer step keeps every image's values: after layer 'b' "
+                                             r"\(Convolution\) that is 10 images x 0.0 MiB = 0.0 GiB, more than the "
+                                             r"0.0 GiB of memory available \(at 9 images they alone would fill "
+                                             r"it\): use fewer images \(--num-images\) or smaller inputs$"):
+        initialize(m, batches, InitConfig(), progress=False)
+    assert all(np.array_equal(a, b) for k in before for a, b in zip(before[k], m.blobs()[k]))
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 25_600)
+    initialize(m, batches, InitConfig(between=False), progress=False)
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 25_599)
+    initialize(m, batches, InitConfig(within=False), progress=False)  # only the within step stores every image
+
+
 def test_report_table_json_and_plot(tmp_path):
     m = model(PLAIN)
     report = initialize(m, images(2), InitConfig(), progress=False)
