@@ -53,11 +53,16 @@ def dead_channels(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return std <= torch.clamp(1e-6 * mean.abs(), min=1e-30)
 
 
+def _last_uses(net) -> dict[str, int]:
+    """Value name -> index of the last layer of the init (losses are not part of it) that reads it."""
+    return {v: node.index for node in net.layers if not node.layer.is_loss for v in node.bottom_values}
+
+
 def stored_peak(net) -> tuple[float, LayerNode | None]:
     """The most the within-layer step must hold at once, in bytes per image, and after which layer: every value a
     later layer reads, for every image, as float32, once each layer's dying inputs are gone (a lower bound: a layer
     also holds its inputs while it makes its outputs, and those that die there are released a batch at a time)."""
-    last_use = {v: node.index for node in net.layers if not node.layer.is_loss for v in node.bottom_values}
+    last_use = _last_uses(net)
     declared = next((shape[0] for shape in net.feeds.values() if shape), 1) or 1
     live: dict[str, float] = {}
     peak, where = 0.0, None
@@ -81,11 +86,7 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
     """Initialize the layers in ``draw`` (node index -> "affine" | "bn") in place, over ``batches`` (feeds keyed by
     value name). Fills the "after" statistics of every affine layer in ``records``."""
     net = module.net
-    last_use: dict[str, int] = {}
-    for node in net.layers:
-        if not node.layer.is_loss:
-            for v in node.bottom_values:
-                last_use[v] = node.index
+    last_use = _last_uses(net)
     values: dict[str, list[torch.Tensor]] = {}
     # exact per-channel (axis 1) mean and variance over all batches, float64, of values whose statistics follow
     # from a layer's own: a normalized affine top, a TEST-phase BatchNorm's output
