@@ -78,3 +78,21 @@ def test_values_whose_float32_squares_overflow_give_finite_statistics():
     stats = ChannelStats()
     stats.update(inf)
     assert not torch.isfinite(stats.mean).any()  # data that is itself infinite stays so
+
+
+def test_a_shift_from_an_unrepresentative_subset_keeps_the_variance():
+    """The deviations are taken from the mean of every 16th row of a batch (its images, or the positions of a
+    channels-last batch); here exactly those rows sit ~3.3 standard deviations out (sqrt(15) is the most a 1/16
+    subset can) on data whose mean is 1e5 times its spread, and the variance keeps float32 resolution."""
+    rng = np.random.default_rng(7)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        rows = (3e4 + 0.3 * rng.standard_normal((32 * 81, 4))).astype(np.float32)  # (image, y, x) x channel
+        if layout == torch.contiguous_format:
+            rows[(np.arange(32 * 81) // 81) % 16 == 0] += np.float32(2.0)  # images 0 and 16
+        else:
+            rows[::16] += np.float32(2.0)  # every 16th position
+        x = rows.reshape(32, 9, 9, 4).transpose(0, 3, 1, 2)
+        stats = ChannelStats()
+        stats.update(torch.from_numpy(np.ascontiguousarray(x)).contiguous(memory_format=layout))
+        np.testing.assert_allclose(stats.mean.numpy(), rows.astype(np.float64).mean(0), rtol=1e-9)
+        np.testing.assert_allclose(stats.var.numpy(), rows.astype(np.float64).var(0), rtol=1e-5)
