@@ -21,6 +21,7 @@ from caffeinit.init.stats import ChannelStats
 from caffeinit.init.within import run_within, stored_peak
 
 BEFORE_IMAGES = 4
+TIGHT_MEMORY = 0.8  # stored values above this fraction of the memory available get a warning
 
 
 def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], config: InitConfig | None = None,
@@ -78,12 +79,20 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
 
 def _check_memory(net, device, num_images: int) -> None:
     """Refuse, before any work, a within-layer step whose stored values alone exceed the memory available (a
-    segmentation net's 500 x 500 inputs: FCN-8s keeps ~125 MB per image after conv1_1)."""
+    segmentation net's 500 x 500 inputs: FCN-8s keeps ~125 MB per image after conv1_1); warn where they fill most
+    of it."""
     per_image, where = stored_peak(net)
     available = available_memory(device)
-    if available is None or where is None or per_image * num_images <= available:
+    if available is None or where is None:
         return
+    need = per_image * num_images
     kind = "free GPU memory" if device.type == "cuda" else "memory available"
+    if TIGHT_MEMORY * available < need <= available:
+        warnings.warn(f"the within-layer step keeps every image's values: {need / 2 ** 30:.1f} GiB after layer "
+                      f"'{where.name}', of the {available / 2 ** 30:.1f} GiB of {kind}; with the layers' own work "
+                      "it may run out (--num-images lowers it)")
+    if need <= available:
+        return
     raise CaffeinitError(
         f"the within-layer step keeps every image's values: after layer '{where.name}' ({where.type}) that is "
         f"{num_images} images x {per_image / 2 ** 20:.1f} MiB = {per_image * num_images / 2 ** 30:.1f} GiB, more than "

@@ -1,6 +1,7 @@
 import contextlib
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -114,7 +115,14 @@ def test_a_within_step_that_cannot_fit_in_memory_is_refused_before_any_work(monk
         initialize(m, batches, InitConfig(), progress=False)
     assert all(np.array_equal(a, b) for k in before for a, b in zip(before[k], m.blobs()[k]))
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 25_600)
-    initialize(m, batches, InitConfig(between=False), progress=False)
+    with pytest.warns(UserWarning, match=r"^the within-layer step keeps every image's values: 0.0 GiB after layer "
+                                         r"'b', of the 0.0 GiB of memory available; with the layers' own work it "
+                                         r"may run out \(--num-images lowers it\)$"):
+        initialize(m, batches, InitConfig(between=False), progress=False)
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 32_001)  # 80%: fits, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        initialize(m, batches, InitConfig(between=False), progress=False)
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 25_599)
     initialize(m, batches, InitConfig(within=False), progress=False)  # only the within step stores every image
 
