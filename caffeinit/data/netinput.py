@@ -2,6 +2,7 @@
 the net's own data layer."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from caffeinit.data.sources import ImageSource, Source, find_images, layer_source
@@ -80,13 +81,21 @@ def replaced_layer_preprocess(lp, phase: int, options: ImageOptions, top_shape=N
     source's business where the layer leaves it open: a Data layer's Datums hold whatever colour and size they
     were made with, so ``--gray`` and ``--resize`` say what its images would be (MNIST's greyscale digits); an
     ImageData layer's is_color and new_height/new_width, a transform_param's force_color or a mean file's size
-    settle them, and flags that contradict those are refused."""
-    given = [flag for attr, flag in TRANSFORM_FLAGS if getattr(options, attr) is not None]
+    settle them, and flags that contradict those are refused. ``--mean-file`` says where the mean file that the
+    transform_param names is (its path is relative to the folder Caffe runs in)."""
+    names_mean_file = lp.transform_param.HasField("mean_file")
+    given = [flag for attr, flag in TRANSFORM_FLAGS if getattr(options, attr) is not None
+             and not (attr == "mean_file" and names_mean_file)]
     if given:
         raise CaffeinitError(f"--images replaces layer '{lp.name}' ({lp.type}), whose transform_param sets the "
                              f"preprocessing: {'/'.join(given)} do{'es' if len(given) == 1 else ''} not apply "
-                             "(--gray and --resize do, where the layer leaves them open)")
-    preprocess = Preprocess.for_layer(lp, phase, top_shape=top_shape)
+                             "(--gray and --resize do, where the layer leaves them open, and --mean-file for the "
+                             "mean file it names)")
+    if names_mean_file and options.mean_file is None and not os.path.exists(lp.transform_param.mean_file):
+        raise CaffeinitError(f"layer '{lp.name}' ({lp.type}): transform_param mean_file "
+                             f"'{lp.transform_param.mean_file}' is not there (Caffe reads a relative path from the "
+                             "folder it runs in): run from that folder, or say where it is with --mean-file")
+    preprocess = Preprocess.for_layer(lp, phase, top_shape=top_shape, mean_file=options.mean_file)
     if options.gray and not preprocess.force_gray:
         if lp.type == "ImageData" or lp.transform_param.force_color:
             what = "image_data_param is_color" if lp.type == "ImageData" else "transform_param force_color"

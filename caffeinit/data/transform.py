@@ -110,17 +110,18 @@ class Preprocess:
 
     @classmethod
     def for_layer(cls, layer_param: caffe_pb2.LayerParameter, phase: int = caffe_pb2.TEST,
-                  top_shape=None) -> "Preprocess":
+                  top_shape=None, mean_file: str | None = None) -> "Preprocess":
         """For ``--images`` replacing a net's own data layer: its ``transform_param``, images warped to the
         ImageData layer's new_height/new_width, else to the mean image's size (mean_file), else to the data top's
         H x W when there is no crop; with a crop and no mean file, images keep their own size. An ImageData layer's
-        images are greyscale where its is_color is false."""
+        images are greyscale where its is_color is false. ``mean_file`` is where the mean file it names is."""
         tp = layer_param.transform_param
         resize = None
         ip = layer_param.image_data_param
         if layer_param.type == "ImageData" and ip.new_height > 0 and ip.new_width > 0:
             resize = (int(ip.new_height), int(ip.new_width))
-        preprocess = cls.from_transform_param(tp, phase, where=f"layer '{layer_param.name}' ({layer_param.type})")
+        preprocess = cls.from_transform_param(tp, phase, mean_file=mean_file,
+                                              where=f"layer '{layer_param.name}' ({layer_param.type})")
         if layer_param.type == "ImageData":  # it decodes as is_color says (force_color/force_gray are for Datums)
             preprocess.force_color, preprocess.force_gray = False, not ip.is_color
         if resize is None and preprocess.mean_image is not None:

@@ -136,7 +136,25 @@ def test_flags_that_contradict_an_image_data_layer_are_refused(tmp_path, params,
 def test_a_missing_mean_file_names_the_layer_that_asks_for_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # AlexNet's train_val names data/ilsvrc12/imagenet_mean.binaryproto, from Caffe's root
     param = read_net(shared_path("corpus", "bvlc__models_bvlc_alexnet_train_val.prototxt"))
-    with pytest.raises(CaffeinitError, match=r"^layer 'data' \(Data\): transform_param mean_file: "
-                                             r"data/ilsvrc12/imagenet_mean.binaryproto: .*\(Caffe reads a relative "
-                                             r"path from the folder it runs in\)$"):
+    with pytest.raises(CaffeinitError, match=r"^layer 'data' \(Data\): transform_param mean_file "
+                                             r"'data/ilsvrc12/imagenet_mean.binaryproto' is not there \(Caffe reads a "
+                                             r"relative path from the folder it runs in\): run from that folder, or "
+                                             r"say where it is with --mean-file$"):
         image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES)), 2)
+
+
+def test_mean_file_says_where_the_replaced_layers_mean_file_is(tmp_path):
+    from caffeinit.weights import write_binaryproto
+    mean = np.random.default_rng(3).uniform(90, 130, (3, 256, 256)).astype(np.float32)
+    write_binaryproto(tmp_path / "mean.binaryproto", mean)
+    param = read_net(shared_path("corpus", "bvlc__models_bvlc_alexnet_train_val.prototxt"))
+    options = ImageOptions(images=str(IMAGES), mean_file=str(tmp_path / "mean.binaryproto"))
+    shapes, batch = _replaced(param, options, phase="test")  # TEST: centre crop, no mirror
+    assert shapes["data"] == (2, 3, 227, 227)
+    first = IMAGES.read_text().split()[0]
+    pixels = cv2.resize(cv2.imread(str(IMAGES.parent / first)), (256, 256)).astype(np.float32).transpose(2, 0, 1)
+    np.testing.assert_allclose(batch["data"][0], (pixels - mean)[:, 14:241, 14:241], rtol=0, atol=1e-4)
+    # a layer that names no mean file gets none
+    lenet = read_net(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))
+    with pytest.raises(CaffeinitError, match=r"preprocessing: --mean-file does not apply"):
+        image_feed_shapes(lenet, "train", options, 2)
