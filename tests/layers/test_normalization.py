@@ -328,6 +328,22 @@ def test_batchnorm_scale_fused_matches_the_three_layers(relu, case):
     assert fused[4] <= (0.55 if relu and case in ("plain", "far_mean") else 1.0) * plain[4]
 
 
+@pytest.mark.parametrize("relu, gamma", [(True, [1.5, -0.7, 0.4]), (True, [1.5, 0.0, 0.4]), (False, [1.5, -0.7, 0.4])])
+def test_batchnorm_scale_passes_gradcheck(relu, gamma):
+    """The fused node's backward against finite differences in float64: gamma's gradient from the output (a ReLU,
+    gamma nonzero), from the centred input (a zero gamma; no ReLU)."""
+    bn, scale = make("BatchNorm"), make("Scale", "scale_param { bias_term: true }")
+    shape = (2, 3, 3, 4)
+    bn.setup([shape]), scale.setup([shape])
+    bn_blobs = [torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), torch.tensor([0.7, 1.3, 2.0], dtype=torch.float64),
+                torch.ones(1, dtype=torch.float64)]
+    x = torch.from_numpy(rand(*shape).astype(np.float64)).requires_grad_(True)
+    params = [torch.tensor(gamma, dtype=torch.float64, requires_grad=True),
+              torch.tensor([0.3, 0.1, -0.2], dtype=torch.float64, requires_grad=True)]
+    assert torch.autograd.gradcheck(
+        lambda x, g, b: normalization.batchnorm_scale(bn, bn_blobs, scale, [g, b], x, relu), (x, *params))
+
+
 def test_batchnorm_scale_is_not_fused_with_batch_statistics():
     bn = make("BatchNorm", phase=caffe_pb2.TRAIN)
     scale = make("Scale", "scale_param { bias_term: true }")
