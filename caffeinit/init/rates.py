@@ -107,15 +107,15 @@ class ProbeTap(_Tap):
 
     def __init__(self, module: TorchNet, model: ScaleModel, seed: int, inner=None):
         self.module, self.seed, self.inner = module, seed, inner
-        self.approx = self.acts_on = {node.index for node in model.active if model.rules[node.index] == "approx"}
-        self.wanted = {node.bottom_values[0] for node in model.active if node.index in self.approx}
+        self.acts_on = {node.index for node in model.active if model.rules[node.index] == "approx"}
+        self.wanted = {node.bottom_values[0] for node in model.active if node.index in self.acts_on}
         self.values: dict[str, torch.Tensor] = {}
         self.probes: dict[int, ScaleProbe] = {}
 
     def __call__(self, node: LayerNode, tops) -> None:
         if self.inner is not None:
             self.inner(node, tops)
-        if node.index in self.approx and node.bottom_values[0] in self.values:
+        if node.index in self.acts_on and node.bottom_values[0] in self.values:
             gen = torch.Generator(device=self.module.device)
             gen.manual_seed((int(self.seed) * 15_485_863 + 31 * node.index + 7) % (2 ** 63))
             self.probes[node.index] = ScaleProbe(node.layer, self.values[node.bottom_values[0]],
