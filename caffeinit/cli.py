@@ -196,6 +196,7 @@ def cmd_run(args) -> int:
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
 
     model, source = _model_and_images(args, say)
+    deploy = _onnx_net(model, args.stage, args.level) if args.onnx else None  # refused now, not after the work
     distinct = _known_length(source)
     if distinct is not None and distinct < args.num_images:
         say(f"note: {distinct} images for --num-images {args.num_images}: cycled as Caffe's data layers do (batches "
@@ -217,7 +218,7 @@ def cmd_run(args) -> int:
     if args.onnx:
         # A TF32 torch run is itself ~1e-3 off IEEE fp32: compare with a matching tolerance.
         _export_onnx(model, args.onnx, inputs, say, device="auto" if model.device.type == "cuda" else "cpu",
-                     tolerance=1e-4 if args.precision == "ieee" else 1e-2)
+                     tolerance=1e-4 if args.precision == "ieee" else 1e-2, deploy=deploy)
     return 0
 
 
@@ -239,9 +240,33 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def _onnx_net(model, stages, level):
+    """What ONNX export will write for ``model``, checked before any work: None for the model's own net, or where
+    that was built for TRAIN or ends in losses, its inference part (``caffeinit.deploy_net``) as a NetParameter."""
+    from caffeinit.deploy_net import deploy_param, needs_deploy
+    from caffeinit.net import build_net
+    from caffeinit.onnx_export import check_exportable
+
+    if not needs_deploy(model.net):
+        check_exportable(model.net)
+        return None
+    param = deploy_param(model.net_param, model.net.feeds, stages, level)
+    if all(lp.type == "Input" for lp in param.layer):
+        raise CaffeinitError(f"net '{model.net.name}' has nothing to export to ONNX: its TEST phase holds only data "
+                             "and loss/accuracy layers")
+    check_exportable(build_net(param, "test"))
+    return param
+
+
 def _export_onnx(model, path, inputs, say, opset=None, static_batch=False, check=True, device="cpu",
-                 tolerance=1e-4) -> None:
+                 tolerance=1e-4, deploy=None) -> None:
+    """Export ``model``, or with ``deploy`` (from ``_onnx_net``) that net with ``model``'s weights."""
     from caffeinit.onnx_export import DEFAULT_OPSET, export_onnx
+    if deploy is not None:
+        from caffeinit.api import load
+        model = load(deploy, model.module.blobs_numpy(copy=False), phase="test", device=model.device)
+        say(f"ONNX of the inference net: the TEST-phase layers without loss/accuracy layers (inputs: "
+            f"{', '.join(model.net.feeds)}; outputs: {', '.join(model.net.outputs)})")
     result = export_onnx(model, path, opset=opset or DEFAULT_OPSET, static_batch=static_batch, check=check,
                          device=device, inputs=inputs, tolerance=tolerance)
     say(result.summary())
@@ -260,7 +285,7 @@ def cmd_convert(args) -> int:
             f"{_name_list(model.module.missing)}")
     inputs = [p for p in (args.net, args.weights) if p]
     _export_onnx(model, args.onnx, inputs, say, opset=args.opset, static_batch=args.static_batch,
-                 check=not args.no_check, device=args.ort_device)
+                 check=not args.no_check, device=args.ort_device, deploy=_onnx_net(model, args.stage, args.level))
     return 0
 
 

@@ -78,6 +78,38 @@ def test_run_onnx_writes_the_initialized_net(tmp_path):
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
+def test_run_onnx_of_a_train_net_writes_its_inference_part(tmp_path, capsys):
+    """LeNet's train_test: the caffemodel is for the net as given; the ONNX file is its TEST-phase inference part
+    (no Data layer, label, loss or accuracy), computing what the train_test computes with those weights."""
+    import onnxruntime as ort
+    from caffeinit.api import load
+    from tests.conftest import shared_path
+    net = shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt")
+    out, onnx_path = tmp_path / "lenet.caffemodel", tmp_path / "lenet.onnx"
+    code = main(["run", str(net), "--images", str(IMAGES), "--gray", "--resize", "28,28", "-o", str(out),
+                 "--onnx", str(onnx_path), *[a for a in FAST if a != "--quiet"]])
+    assert code == 0
+    assert ("ONNX of the inference net: the TEST-phase layers without loss/accuracy layers (inputs: data; outputs: "
+            "ip2)") in capsys.readouterr().err
+    model = load(net, weights=out, phase="test", input_shapes={"data": (3, 1, 28, 28), "label": (3,)})
+    x = np.random.default_rng(1).uniform(0, 1, (3, 1, 28, 28)).astype(np.float32)
+    want = model.forward({"data": x, "label": np.zeros(3, np.float32)}, blobs=["ip2"])["ip2"]
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(["ip2"], {"data": x})[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_run_refuses_an_unexportable_net_before_the_work(tmp_path, capsys, monkeypatch):
+    from caffeinit.onnx_export import registry
+    monkeypatch.delitem(registry._CONVERTERS, "Pooling")  # as if Pooling had no ONNX converter
+    out = tmp_path / "out.caffemodel"
+    out.write_bytes(b"precious")
+    code, _ = run(tmp_path, "--onnx", tmp_path / "init.onnx")
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("caffeinit: error: layer 'pool1' has type 'Pooling', which cannot be "
+                                        "exported to ONNX") and err.count("\n") == 1
+    assert out.read_bytes() == b"precious" and not (tmp_path / "init.onnx").exists()
+
+
 def test_warnings_are_one_line_each(tmp_path, capsys):
     code, out = run(tmp_path, "--method", "kmeans")
     err = capsys.readouterr().err.splitlines()

@@ -3,9 +3,10 @@ the net's own data layer."""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
-from caffeinit.data.sources import ImageSource, Source, find_images, layer_source
+from caffeinit.data.sources import DatumDBSource, ImageSource, Source, find_images, layer_source
 from caffeinit.data.transform import Preprocess, parse_ints
 from caffeinit.errors import CaffeinitError
 from caffeinit.net import Net
@@ -96,21 +97,49 @@ def replaced_layer_preprocess(lp, phase: int, options: ImageOptions, top_shape=N
                              f"'{lp.transform_param.mean_file}' is not there (Caffe reads a relative path from the "
                              "folder it runs in): run from that folder, or say where it is with --mean-file")
     preprocess = Preprocess.for_layer(lp, phase, top_shape=top_shape, mean_file=options.mean_file)
+    held = database_item(lp)
+    where = f"layer '{lp.name}' ({lp.type})"
+    if held is not None:  # the database is here: our images are made like its records
+        channels, height, width = held
+        database = f"its database '{lp.data_param.source}' holds {channels}x{height}x{width} images"
+        if options.gray and channels != 1:
+            raise CaffeinitError(f"--gray: {where} reads colour images ({database})")
+        if preprocess.mean_image is not None and tuple(preprocess.mean_image.shape[1:]) != (height, width):
+            size = "x".join(map(str, preprocess.mean_image.shape[1:]))
+            raise CaffeinitError(f"{where}: its mean file is {size} but {database}")
+        preprocess.force_gray = channels == 1
+        preprocess.resize = (height, width)
     if options.gray and not preprocess.force_gray:
         if lp.type == "ImageData" or lp.transform_param.force_color:
             what = "image_data_param is_color" if lp.type == "ImageData" else "transform_param force_color"
-            raise CaffeinitError(f"--gray: layer '{lp.name}' ({lp.type}) reads its images in colour ({what})")
+            raise CaffeinitError(f"--gray: {where} reads its images in colour ({what})")
         preprocess.force_gray = True
     if options.resize is not None:
         size = tuple(parse_ints(options.resize, "--resize", 2))
         ip = lp.image_data_param
         fixed = ("image_data_param new_height/new_width" if lp.type == "ImageData" and ip.new_height > 0
-                 and ip.new_width > 0 else "its mean file" if preprocess.mean_image is not None else None)
+                 and ip.new_width > 0 else f"its database '{lp.data_param.source}'" if held is not None
+                 else "its mean file" if preprocess.mean_image is not None else None)
         if fixed is not None and size != tuple(preprocess.resize):
-            raise CaffeinitError(f"--resize {size[0]},{size[1]}: layer '{lp.name}' ({lp.type}) takes "
+            raise CaffeinitError(f"--resize {size[0]},{size[1]}: {where} takes "
                                  f"{preprocess.resize[0]}x{preprocess.resize[1]} images ({fixed})")
         preprocess.resize = size
     return preprocess
+
+
+def database_item(lp) -> tuple[int, int, int] | None:
+    """(C, H, W) of the first record of a Data layer's database, where it is here and readable (its path is
+    relative to the folder Caffe runs in); else None."""
+    dp = lp.data_param
+    if lp.type != "Data" or not dp.source or not os.path.exists(dp.source):
+        return None
+    tp = lp.transform_param
+    db = DatumDBSource(dp.source, dp.backend, Preprocess(force_color=tp.force_color, force_gray=tp.force_gray))
+    try:
+        pixels, hwc, _ = db.pixels(db.first())
+    except CaffeinitError:
+        return None
+    return (pixels.shape[2] if pixels.ndim == 3 else 1, *pixels.shape[:2]) if hwc else tuple(pixels.shape)
 
 
 def image_feed_shapes(net_param, phase, options: ImageOptions, batch_size: int) -> dict[str, tuple[int, ...]]:
@@ -132,7 +161,25 @@ def image_feed_shapes(net_param, phase, options: ImageOptions, batch_size: int) 
     first = source.load_pixels(source.entries[0])
     channels = 1 if first.ndim == 2 else first.shape[2]
     item = preprocess.output_shape(channels, first.shape[0], first.shape[1])
+    if lp.type == "Data" and database_item(lp) is None:
+        _warn_open_item(lp, preprocess, item)
     shapes = {lp.top[0]: (batch_size,) + tuple(item)}
     if len(lp.top) > 1:
         shapes[lp.top[1]] = (batch_size,)
     return shapes
+
+
+def _warn_open_item(lp, preprocess: Preprocess, item: tuple[int, ...]) -> None:
+    """Warn where a replaced Data layer's images take their size or colour from the first image: the records of its
+    database (not here) carry their own, which the net's shapes in Caffe follow."""
+    flags = []
+    if preprocess.resize is None and not preprocess.crop_size:
+        flags.append("--resize H,W")
+    if not (preprocess.force_gray or preprocess.force_color) and preprocess.mean_image is None:
+        flags.append("--gray")
+    if flags:
+        what = " and ".join({"--resize H,W": "size", "--gray": "colour"}[f] for f in flags)
+        warnings.warn(f"layer '{lp.name}' (Data): its database '{lp.data_param.source}' is not here to say what "
+                      f"its images are, so the {what} of the first image set{'s' if len(flags) == 1 else ''} the "
+                      f"net's input: {'x'.join(map(str, item))}; if the database holds other images, say so with "
+                      f"{' and '.join(flags)}")

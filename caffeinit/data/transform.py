@@ -66,7 +66,11 @@ class Preprocess:
         if path:
             try:
                 mean_image = read_mean_file(path)
-            except CaffeinitError as e:  # the path is the prototxt's: say whose, and how Caffe resolves it
+            except CaffeinitError as e:
+                if mean_file:  # the caller's path (--mean-file in place of the one the layer names)
+                    raise CaffeinitError(f"--mean-file {e} (in place of the mean_file of "
+                                         f"{where or 'the transform_param'})") from None
+                # the path is the prototxt's: say whose, and how Caffe resolves it
                 raise CaffeinitError(f"{prefix} mean_file: {e} (Caffe reads a relative path from the folder it "
                                      "runs in)") from None
         return cls(phase=phase, resize=resize, crop_size=int(tp.crop_size), mirror=bool(tp.mirror),

@@ -20,12 +20,12 @@ import numpy as np
 from caffeinit.errors import CaffeinitError
 from caffeinit.onnx_export import (  # noqa: F401  (registration side effects)
     activation, conv, inner_product, normalization, pooling, recurrent, structure)
-from caffeinit.onnx_export.graph import DEFAULT_OPSET, ExportGraph, build_model
+from caffeinit.onnx_export.graph import DEFAULT_OPSET, ExportGraph, build_model, check_exportable
 from caffeinit.onnx_export.registry import exportable_types
 from caffeinit.onnx_export.verify import Verification, check_model, compare_with_torch, ort_session, random_inputs
 
-__all__ = ["DEFAULT_OPSET", "ExportGraph", "ExportResult", "Verification", "build_model", "export_onnx",
-           "exportable_types"]
+__all__ = ["DEFAULT_OPSET", "ExportGraph", "ExportResult", "Verification", "build_model", "check_exportable",
+           "export_onnx", "exportable_types"]
 
 MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit for one serialized message
 

@@ -79,13 +79,9 @@ def build_model(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, opset: i
     names; other values keep their SSA names. ``debug_outputs`` makes every layer top a graph output too.
     """
     check_opset(opset)
-    if net.phase != caffe_pb2.TEST:
-        raise CaffeinitError(f"net '{net.name}' was built for the TRAIN phase; ONNX export needs the TEST phase "
-                             "(load it with phase='test')")
+    check_exportable(net)
     consumers = net.consumers()
     input_values = [v for node in net.layers if node.layer.is_data for v in node.top_values if v in consumers]
-    if not input_values:
-        raise CaffeinitError(f"net '{net.name}' has no consumed input blob to export")
     batch = _batch_size(net, input_values)
     dynamic = not static_batch and batch is not None
 
@@ -127,6 +123,20 @@ def build_model(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, opset: i
     model = helper.make_model(graph, opset_imports=opset_ids, producer_name="caffeinit",
                               ir_version=helper.find_min_ir_version_for(opset_ids))
     return ExportGraph(model, names, graph_inputs, [names[v] for v in out_values])
+
+
+def check_exportable(net: Net) -> None:
+    """Raise what ``build_model`` would raise for ``net``'s phase and layer types, without building anything (so a
+    command can refuse before its work rather than after)."""
+    if net.phase != caffe_pb2.TEST:
+        raise CaffeinitError(f"net '{net.name}' was built for the TRAIN phase; ONNX export needs the TEST phase "
+                             "(load it with phase='test')")
+    consumers = net.consumers()
+    if not any(v in consumers for node in net.layers if node.layer.is_data for v in node.top_values):
+        raise CaffeinitError(f"net '{net.name}' has no consumed input blob to export")
+    for node in net.layers:
+        if not node.layer.is_data:
+            converter_for(node)
 
 
 def check_opset(opset: int) -> None:

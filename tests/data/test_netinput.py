@@ -1,4 +1,6 @@
 """What feeds a net: --images with deploy preprocessing, or replacing a train net's data layer."""
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -62,8 +64,14 @@ def test_a_colour_mismatch_names_the_flag(tmp_path, channels, gray, hint):
 
 def test_images_replace_a_train_nets_data_layer():
     param = read_net(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))
-    shapes = image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES)), 4)
+    with pytest.warns(UserWarning) as caught:
+        shapes = image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES)), 4)
     assert shapes == {"data": (4, 3, 256, 256), "label": (4,)}  # the JPEGs' own size: the layer does not resize
+    # its LMDB is not here to say that it holds 1x28x28 digits: the user is told what the net's input became
+    assert [str(w.message) for w in caught] == [
+        "layer 'mnist' (Data): its database 'examples/mnist/mnist_train_lmdb' is not here to say what its images "
+        "are, so the size and colour of the first image set the net's input: 3x256x256; if the database holds "
+        "other images, say so with --resize H,W and --gray"]
     model = load(param, phase="train", input_shapes=shapes)
     source = net_source(model.net, ImageOptions(images=str(IMAGES)))
     batch = next(batches(source, 4, 4, progress=False))
@@ -91,6 +99,62 @@ def test_gray_and_resize_say_what_a_data_layers_datums_would_hold():
     pixels = cv2.resize(cv2.imread(str(IMAGES.parent / first), cv2.IMREAD_GRAYSCALE), (28, 28),
                         interpolation=cv2.INTER_LINEAR).astype(np.float32)
     np.testing.assert_allclose(batch["data"][0, 0], pixels * 0.00390625, rtol=1e-6)
+
+
+def _write_digits_lmdb(path, channels=1, size=(28, 28)):
+    import lmdb
+    from caffeinit.proto import caffe_pb2
+    env = lmdb.open(str(path), map_size=1 << 22)
+    with env.begin(write=True) as txn:
+        pixels = np.zeros((channels,) + size, np.uint8)
+        datum = caffe_pb2.Datum(channels=channels, height=size[0], width=size[1], data=pixels.tobytes(), label=3)
+        txn.put(b"00000000", datum.SerializeToString())
+    env.close()
+
+
+def test_a_data_layers_database_here_says_what_the_images_are(tmp_path, monkeypatch):
+    """Where the replaced layer's LMDB is here (relative to the folder Caffe runs in), --images are decoded as its
+    records are: MNIST's 1x28x28, without --gray or --resize, and without a warning."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples" / "mnist").mkdir(parents=True)
+    _write_digits_lmdb(tmp_path / "examples" / "mnist" / "mnist_train_lmdb")
+    param = read_net(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shapes, batch = _replaced(param, ImageOptions(images=str(IMAGES)))
+    assert shapes["data"] == (2, 1, 28, 28)
+    first = IMAGES.read_text().split()[0]
+    pixels = cv2.resize(cv2.imread(str(IMAGES.parent / first), cv2.IMREAD_GRAYSCALE), (28, 28),
+                        interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    np.testing.assert_allclose(batch["data"][0, 0], pixels * 0.00390625, rtol=1e-6)
+    # flags that agree are accepted, flags that do not are refused with the database named
+    assert _replaced(param, ImageOptions(images=str(IMAGES), gray=True, resize="28,28"))[0] == shapes
+    with pytest.raises(CaffeinitError, match=r"^--resize 32,32: layer 'mnist' \(Data\) takes 28x28 images \(its "
+                                             r"database 'examples/mnist/mnist_train_lmdb'\)$"):
+        image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES), resize="32,32"), 2)
+
+
+def test_gray_is_refused_for_a_database_of_colour_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples" / "mnist").mkdir(parents=True)
+    _write_digits_lmdb(tmp_path / "examples" / "mnist" / "mnist_train_lmdb", channels=3, size=(32, 30))
+    param = read_net(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))
+    assert image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES)), 2)["data"] == (2, 3, 32, 30)
+    with pytest.raises(CaffeinitError, match=r"^--gray: layer 'mnist' \(Data\) reads colour images \(its database "
+                                             r"'examples/mnist/mnist_train_lmdb' holds 3x32x30 images\)$"):
+        image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES), gray=True), 2)
+
+
+def test_no_warning_where_the_layer_fixes_what_its_images_are(tmp_path):
+    """AlexNet's train_val crops 227 from Datums and names a 3-channel mean file: nothing is left open."""
+    from caffeinit.weights import write_binaryproto
+    write_binaryproto(tmp_path / "mean.binaryproto", np.full((3, 256, 256), 110, np.float32))
+    param = read_net(shared_path("corpus", "bvlc__models_bvlc_alexnet_train_val.prototxt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shapes = image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES),
+                                                                mean_file=str(tmp_path / "mean.binaryproto")), 2)
+    assert shapes["data"] == (2, 3, 227, 227)
 
 
 def test_transform_flags_do_not_apply_to_a_replaced_layer():
@@ -141,6 +205,18 @@ def test_a_missing_mean_file_names_the_layer_that_asks_for_it(tmp_path, monkeypa
                                              r"relative path from the folder it runs in\): run from that folder, or "
                                              r"say where it is with --mean-file$"):
         image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES)), 2)
+
+
+def test_an_unreadable_mean_file_flag_is_named_as_the_flag(tmp_path):
+    bad = tmp_path / "mean.binaryproto"
+    bad.write_bytes(b"not a blob")
+    param = read_net(shared_path("corpus", "bvlc__models_bvlc_alexnet_train_val.prototxt"))
+    with pytest.raises(CaffeinitError) as caught:
+        image_feed_shapes(param, "train", ImageOptions(images=str(IMAGES), mean_file=str(bad)), 2)
+    message = str(caught.value)
+    assert message == f"--mean-file {bad}: not a valid binaryproto (truncated or corrupt protobuf data) (in place " \
+                      "of the mean_file of layer 'data' (Data))"
+    assert "Caffe reads a relative path" not in message  # the hint is about the prototxt's own path
 
 
 def test_mean_file_says_where_the_replaced_layers_mean_file_is(tmp_path):

@@ -1,0 +1,51 @@
+"""The inference part of a train/val net, as a deploy net: what ONNX export (and any runtime) needs.
+
+A train_val prototxt's TEST phase still reads a database and ends in loss and accuracy layers, which need labels
+and mean nothing at inference. ``deploy_param`` keeps the TEST-phase layers but those, turns each data layer into an
+Input layer declaring the tops that a kept layer reads (so a label read only by a loss disappears), and leaves the
+rest as it is: the net's outputs become what the removed layers read (fc8 instead of loss and accuracy).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+from caffeinit.errors import CaffeinitError
+from caffeinit.layers import layer_class
+from caffeinit.netstate import filter_net
+from caffeinit.proto import caffe_pb2
+
+
+def needs_deploy(net) -> bool:
+    """Whether a built net (``caffeinit.net.Net``) is not already a deploy net: built for TRAIN or with a loss."""
+    return net.phase != caffe_pb2.TEST or any(node.layer.is_loss for node in net.layers)
+
+
+def deploy_param(net_param: caffe_pb2.NetParameter, input_shapes: Mapping[str, Sequence[int]],
+                 stages: Iterable[str] = (), level: int = 0) -> caffe_pb2.NetParameter:
+    """The TEST-phase layers of ``net_param`` without loss/accuracy layers, data layers replaced by Input layers.
+
+    ``input_shapes``: the shape of each data top a kept layer reads, by blob name (the shapes the net was run
+    with: a database that is not here cannot say them)."""
+    test = filter_net(net_param, caffe_pb2.TEST, level, stages)
+    kept = [lp for lp in test.layer if not layer_class(lp.type, lp.name).is_loss]
+    read = {b for lp in kept if not layer_class(lp.type, lp.name).is_data for b in lp.bottom}
+    deploy = caffe_pb2.NetParameter()
+    deploy.CopyFrom(test)
+    del deploy.layer[:]
+    del deploy.input[:], deploy.input_shape[:], deploy.input_dim[:]
+    for lp in kept:
+        if not layer_class(lp.type, lp.name).is_data:
+            deploy.layer.add().CopyFrom(lp)
+            continue
+        tops = [t for t in lp.top if t in read]
+        if not tops:
+            continue
+        missing = [t for t in tops if t not in input_shapes]
+        if missing:
+            raise CaffeinitError(f"layer '{lp.name}' ({lp.type}) of the TEST phase feeds '{missing[0]}', whose "
+                                 "shape is not known here (the net was run without it)")
+        layer = deploy.layer.add(name=lp.name, type="Input", top=tops)
+        layer.phase = caffe_pb2.TEST
+        for t in tops:
+            layer.input_param.shape.add(dim=[int(d) for d in input_shapes[t]])
+    return deploy

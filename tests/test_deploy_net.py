@@ -1,0 +1,54 @@
+"""The inference part of a train/val net (caffeinit.deploy_net), and its ONNX export against the original net."""
+import numpy as np
+import pytest
+
+from caffeinit.api import load
+from caffeinit.deploy_net import deploy_param, needs_deploy
+from caffeinit.errors import CaffeinitError
+from caffeinit.net import build_net
+from caffeinit.prototxt import read_net
+from tests.conftest import shared_path
+
+
+def test_alexnet_train_val_keeps_its_test_layers_without_loss_and_accuracy():
+    param = read_net(shared_path("corpus", "bvlc__models_bvlc_alexnet_train_val.prototxt"))
+    deploy = deploy_param(param, {"data": (10, 3, 227, 227), "label": (10,)})
+    types = [lp.type for lp in deploy.layer]
+    assert types[0] == "Input" and "Data" not in types
+    assert not {"SoftmaxWithLoss", "Accuracy"} & set(types)
+    data = deploy.layer[0]
+    assert list(data.top) == ["data"]  # the label was read by the loss and accuracy only
+    assert [list(s.dim) for s in data.input_param.shape] == [[10, 3, 227, 227]]
+    # the rest are the TEST-phase layers of the train_val, unchanged, in order
+    test = build_net(param, "test", input_shapes={"data": (10, 3, 227, 227), "label": (10,)})
+    kept = [node.param for node in test.layers if not node.layer.is_data and not node.layer.is_loss]
+    assert list(deploy.layer[1:]) == kept
+    net = build_net(deploy, "test")
+    assert net.outputs == ["fc8"] and not needs_deploy(net)
+    assert needs_deploy(test) and needs_deploy(build_net(deploy, "train"))
+
+
+def test_a_data_top_whose_shape_is_unknown_is_named():
+    param = read_net(shared_path("corpus", "bvlc__models_bvlc_alexnet_train_val.prototxt"))
+    with pytest.raises(CaffeinitError, match=r"^layer 'data' \(Data\) of the TEST phase feeds 'data', whose shape "
+                                             r"is not known here"):
+        deploy_param(param, {"label": (10,)})
+
+
+def test_onnx_of_a_train_val_net_computes_what_the_net_computes(tmp_path):
+    """LeNet's train_test, exported through its inference part: ONNX Runtime's ip2 equals the original TEST net's
+    ip2 (the net with its Data layer, loss and accuracy, fed a label)."""
+    import onnxruntime as ort
+    from caffeinit.onnx_export import export_onnx
+
+    param = read_net(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))
+    shapes = {"data": (4, 1, 28, 28), "label": (4,)}
+    original = load(param, phase="test", input_shapes=shapes, seed=3)
+    deploy = load(deploy_param(param, shapes), original.blobs(), phase="test")
+    export_onnx(deploy, tmp_path / "lenet.onnx")
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 28, 28)).astype(np.float32)
+    want = original.forward({"data": x, "label": np.zeros(4, np.float32)}, blobs=["ip2"])["ip2"]
+    session = ort.InferenceSession(str(tmp_path / "lenet.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["data"]
+    got = session.run(["ip2"], {"data": x})[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
