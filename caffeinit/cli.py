@@ -184,6 +184,9 @@ def cmd_run(args) -> int:
     from caffeinit.fileio import check_output_path
     from caffeinit.init import InitConfig, initialize
 
+    default_images = args.num_images is None
+    if default_images:
+        args.num_images = InitConfig.num_images
     config = InitConfig(method=args.method, between=args.between, between_iters=args.between_iters,
                         tolerance=args.tolerance, bias=args.bias, num_images=args.num_images,
                         batch_size=args.batch_size, reinit=args.reinit, seed=args.seed,
@@ -197,6 +200,13 @@ def cmd_run(args) -> int:
 
     model, source = _model_and_images(args, say)
     deploy = _onnx_net(model, args.stage, args.level) if args.onnx else None  # refused now, not after the work
+    if default_images and config.within:
+        from caffeinit.init.pipeline import images_that_fit
+        fitting = images_that_fit(model.net, model.device, args.batch_size, args.num_images)
+        if fitting < args.num_images:
+            say(f"note: {fitting} images instead of the default {args.num_images}: the within-layer step keeps every "
+                "image's values, and more would not fit in the memory available (--num-images sets the count)")
+            args.num_images = config.num_images = fitting
     distinct = _known_length(source)
     if distinct is not None and distinct < args.num_images:
         say(f"note: {distinct} images for --num-images {args.num_images}: cycled as Caffe's data layers do (batches "
@@ -369,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--between-draws", type=int, default=InitConfig.between_draws, metavar="D",
                    help=f"random gradient draws per batch (default {InitConfig.between_draws})")
     p.add_argument("--bias", type=float, default=0.1, metavar="BETA", help="target mean of every unit (default 0.1)")
-    p.add_argument("--num-images", type=int, default=160, help="images used (default 160)")
+    p.add_argument("--num-images", type=int, help="images used (default 160, or as many as the memory available "
+                   "holds)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--reinit", default="missing", metavar="all|missing|LAYER",
                    help="with --weights: draw all layers, only those missing from the weights (default), or LAYER "

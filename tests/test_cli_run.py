@@ -110,6 +110,26 @@ def test_run_refuses_an_unexportable_net_before_the_work(tmp_path, capsys, monke
     assert out.read_bytes() == b"precious" and not (tmp_path / "init.onnx").exists()
 
 
+def test_the_default_image_count_shrinks_to_what_fits_and_an_explicit_one_is_refused(tmp_path, capsys, monkeypatch):
+    from caffeinit.api import load
+    from caffeinit.init import pipeline
+    from caffeinit.init.within import memory_estimate
+    estimate = memory_estimate(load(CIFAR).net, 4)
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: (estimate.total(12) + 1) / 0.8)
+    out, report = tmp_path / "out.caffemodel", tmp_path / "report.json"
+    args = ["run", str(CIFAR), "--images", str(IMAGES), "-o", str(out), "--batch-size", "4", "--between-iters", "1",
+            "--device", "cpu", "--report", str(report)]
+    assert main(args) == 0
+    assert ("note: 12 images instead of the default 160: the within-layer step keeps every image's values, and more "
+            "would not fit in the memory available (--num-images sets the count)") in capsys.readouterr().err
+    assert json.loads(report.read_text())["num_images"] == 12
+    out.unlink()
+    assert main(args + ["--num-images", "160"]) == 1
+    fit = estimate.images_within((estimate.total(12) + 1) / 0.8)
+    assert f"(about {fit} images fit): use fewer images (--num-images)" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_warnings_are_one_line_each(tmp_path, capsys):
     code, out = run(tmp_path, "--method", "kmeans")
     err = capsys.readouterr().err.splitlines()

@@ -18,7 +18,7 @@ from caffeinit.init.config import InitConfig
 from caffeinit.init.report import InitReport, LayerRecord
 from caffeinit.init.roles import affine_of, frozen_at_zero, is_frozen, weight_lr_mult
 from caffeinit.init.stats import ChannelStats
-from caffeinit.init.within import run_within, stored_peak
+from caffeinit.init.within import memory_estimate, run_within
 
 BEFORE_IMAGES = 4
 TIGHT_MEMORY = 0.8  # stored values above this fraction of the memory available get a warning
@@ -41,7 +41,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     feeds = _collect_feeds(net, batches, device)
     num_images = sum(next(iter(f.values())).shape[0] for f in feeds)
     if config.within:
-        _check_memory(net, device, num_images)
+        _check_memory(net, device, num_images, max(next(iter(f.values())).shape[0] for f in feeds))
     report = InitReport(net=net.name, method=config.method, num_images=num_images)
     records = _records(net, module)
     report.layers = list(records.values())
@@ -77,27 +77,39 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     return report
 
 
-def _check_memory(net, device, num_images: int) -> None:
-    """Refuse, before any work, a within-layer step whose stored values alone exceed the memory available (a
-    segmentation net's 500 x 500 inputs: FCN-8s keeps ~125 MB per image after conv1_1); warn where they fill most
-    of it."""
-    per_image, where = stored_peak(net)
+def _check_memory(net, device, num_images: int, batch_size: int) -> None:
+    """Refuse, before any work, a within-layer step expected to need more memory than is available (a segmentation
+    net's 500 x 500 inputs: FCN-8s keeps ~125 MB per image after conv1_1, and needs ~176 MB); warn where it is
+    expected to fill most of it."""
+    estimate = memory_estimate(net, batch_size)
     available = available_memory(device)
-    if available is None or where is None:
+    if available is None or estimate.where is None:
         return
-    need = per_image * num_images
+    need = estimate.total(num_images)
     kind = "free GPU memory" if device.type == "cuda" else "memory available"
+    what = (f"the within-layer step keeps every image's values ({_size(estimate.stored)} per image after layer "
+            f"'{estimate.where.name}' ({estimate.where.type})): for {num_images} images it needs about {_size(need)}")
     if TIGHT_MEMORY * available < need <= available:
-        warnings.warn(f"the within-layer step keeps every image's values: {need / 2 ** 30:.1f} GiB after layer "
-                      f"'{where.name}', of the {available / 2 ** 30:.1f} GiB of {kind}; with the layers' own work "
-                      "it may run out (--num-images lowers it)")
+        warnings.warn(f"{what}, most of the {_size(available)} of {kind}: it may run out (--num-images lowers it)")
     if need <= available:
         return
-    raise CaffeinitError(
-        f"the within-layer step keeps every image's values: after layer '{where.name}' ({where.type}) that is "
-        f"{num_images} images x {per_image / 2 ** 20:.1f} MiB = {per_image * num_images / 2 ** 30:.1f} GiB, more than "
-        f"the {available / 2 ** 30:.1f} GiB of {kind} (at {int(available // per_image)} images they alone would "
-        "fill it): use fewer images (--num-images) or smaller inputs")
+    raise CaffeinitError(f"{what}, more than the {_size(available)} of {kind} (about "
+                         f"{estimate.images_within(available)} images fit): use fewer images (--num-images) or smaller "
+                         "inputs")
+
+
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 2 ** 30:.1f} GiB" if num_bytes >= 2 ** 30 else f"{num_bytes / 2 ** 20:.1f} MiB"
+
+
+def images_that_fit(net, device, batch_size: int, wanted: int) -> int:
+    """``wanted``, or fewer where the within-layer step for ``wanted`` images would not fit in the memory available
+    now (as many as fit with a margin, at least one batch): for a default image count, not a user's."""
+    available = available_memory(device)
+    estimate = memory_estimate(net, batch_size)
+    if available is None or estimate.where is None or estimate.total(wanted) <= TIGHT_MEMORY * available:
+        return wanted
+    return max(min(batch_size, wanted), min(wanted, estimate.images_within(TIGHT_MEMORY * available)))
 
 
 def _collect_feeds(net, batches, device) -> list[dict[str, torch.Tensor]]:

@@ -102,29 +102,57 @@ def test_the_within_steps_stored_values_are_counted_after_each_layer():
     assert per_image == 4 * (256 + 384) and where.name == "b"
 
 
+def test_the_within_steps_memory_estimate():
+    """BRANCHED, batches of 2: per image the stored 640 floats with their overhead and the 192-float input; fixed,
+    one batch's input and output of the largest top (cat: 512 floats) and the 1,595 parameters."""
+    from caffeinit.init.within import STORED_OVERHEAD, memory_estimate
+    estimate = memory_estimate(model(BRANCHED).net, batch_size=2)
+    assert estimate.stored == 4 * 640 and estimate.where.name == "b"
+    assert estimate.per_image == pytest.approx(STORED_OVERHEAD * 4 * 640 + 4 * 192)
+    assert estimate.fixed == 2 * 4 * 512 * 2 + 4 * (4 * 3 + 4 + 6 * 4 + 6 + 2 * 4 + 2 + 3 * 8 * 8 * 8 + 3)
+    assert estimate.images_within(estimate.total(10)) == 10 and estimate.images_within(estimate.total(10) - 1) == 9
+
+
 def test_a_within_step_that_cannot_fit_in_memory_is_refused_before_any_work(monkeypatch):
     from caffeinit.init import pipeline
+    from caffeinit.init.within import memory_estimate
     m = model(BRANCHED)
     before = {k: [a.copy() for a in v] for k, v in m.blobs().items()}
-    batches = images(5, batch=2, size=8)  # 10 images: 25,600 bytes at 'b'
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 25_599)
-    with pytest.raises(CaffeinitError, match=r"^the within-layer step keeps every image's values: after layer 'b' "
-                                             r"\(Convolution\) that is 10 images x 0.0 MiB = 0.0 GiB, more than the "
-                                             r"0.0 GiB of memory available \(at 9 images they alone would fill "
-                                             r"it\): use fewer images \(--num-images\) or smaller inputs$"):
+    batches = images(5, batch=2, size=8)  # 10 images
+    need = int(memory_estimate(m.net, 2).total(10))
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: need - 1)
+    with pytest.raises(CaffeinitError, match=r"^the within-layer step keeps every image's values \(0.0 MiB per image "
+                                             r"after layer 'b' \(Convolution\)\): for 10 images it needs about 0.1 "
+                                             r"MiB, more than the 0.1 MiB of memory available \(about 9 images fit\): "
+                                             r"use fewer images \(--num-images\) or smaller inputs$"):
         initialize(m, batches, InitConfig(), progress=False)
     assert all(np.array_equal(a, b) for k in before for a, b in zip(before[k], m.blobs()[k]))
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 25_600)
-    with pytest.warns(UserWarning, match=r"^the within-layer step keeps every image's values: 0.0 GiB after layer "
-                                         r"'b', of the 0.0 GiB of memory available; with the layers' own work it "
-                                         r"may run out \(--num-images lowers it\)$"):
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: need)
+    with pytest.warns(UserWarning, match=r"^the within-layer step keeps every image's values .*: for 10 images it "
+                                         r"needs about 0.1 MiB, most of the 0.1 MiB of memory available: it may run "
+                                         r"out \(--num-images lowers it\)$"):
         initialize(m, batches, InitConfig(between=False), progress=False)
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 32_001)  # 80%: fits, no warning
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: need / 0.8 + 1)  # fits, no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         initialize(m, batches, InitConfig(between=False), progress=False)
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 25_599)
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: need - 1)
     initialize(m, batches, InitConfig(within=False), progress=False)  # only the within step stores every image
+
+
+def test_a_default_image_count_shrinks_to_what_fits(monkeypatch):
+    from caffeinit.init import pipeline
+    from caffeinit.init.within import memory_estimate
+    net = model(BRANCHED).net
+    estimate = memory_estimate(net, 2)
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: estimate.total(160) / 0.8)
+    assert pipeline.images_that_fit(net, "cpu", 2, 160) == 160
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: estimate.total(100) / 0.8)
+    assert pipeline.images_that_fit(net, "cpu", 2, 160) == 100  # with the warning's margin
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 1)
+    assert pipeline.images_that_fit(net, "cpu", 2, 160) == 2  # one batch: initialize then says why it cannot run
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: None)
+    assert pipeline.images_that_fit(net, "cpu", 2, 160) == 160
 
 
 def test_report_table_json_and_plot(tmp_path):
