@@ -91,9 +91,9 @@ STORED_OVERHEAD = 1.45
 
 @dataclass
 class MemoryEstimate:
-    """What the within-layer step needs at its peak (bytes): ``per_image`` for each image (the stored lower bound at
-    layer ``where`` with its overhead, and the caller's input batches), plus ``fixed`` (one batch's input and output
-    of the largest layer, and the parameters)."""
+    """What the within-layer step needs at its peak (bytes) beyond the loaded model: ``per_image`` for each image
+    (the stored lower bound at layer ``where`` with its overhead, and the input batches), plus ``fixed`` (one
+    batch's input and output of the largest layer)."""
     per_image: float
     fixed: float
     stored: float  # the lower bound per image, at ``where`` (``stored_peak``)
@@ -114,8 +114,7 @@ def memory_estimate(net, batch_size: int) -> MemoryEstimate:
     feeds = sum(4.0 * math.prod(shape) for shape in net.feeds.values()) / declared
     largest = max((4.0 * math.prod(shape) / declared for node in net.layers if not node.layer.is_data
                    and not node.layer.is_loss for shape in node.top_shapes), default=0.0)
-    params = sum(4.0 * math.prod(shape) for node in net.layers for shape in node.layer.blob_shapes)
-    return MemoryEstimate(STORED_OVERHEAD * stored + feeds, 2 * largest * batch_size + params, stored, where)
+    return MemoryEstimate(STORED_OVERHEAD * stored + feeds, 2 * largest * batch_size, stored, where)
 
 
 def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: dict[int, str], config: InitConfig,
