@@ -53,10 +53,11 @@ def describe_device(device: torch.device) -> str:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes that new tensors on ``device`` can still take: free GPU memory, or the kernel's MemAvailable on Linux;
-    None where unknown."""
+    """Bytes that new tensors on ``device`` can still take: free GPU memory plus what torch's caching allocator
+    holds unused, or the kernel's MemAvailable on Linux; None where unknown."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + int(cached)
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -52,3 +52,12 @@ def test_unknown_precision_and_device_are_one_line_errors():
 def test_available_memory_on_the_cpu_is_the_kernels_figure():
     line = next(l for l in pathlib.Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemAvailable:"))
     assert abs(available_memory(torch.device("cpu")) - int(line.split()[1]) * 1024) < 2 ** 30  # moves as we run
+
+
+def test_available_gpu_memory_counts_what_torchs_cache_holds_unused(monkeypatch):
+    """Free device memory (cudaMemGetInfo) plus the blocks torch's caching allocator reserved but no tensor uses:
+    new tensors take those first (checked here without a GPU: the figures are torch's)."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (5 * 2 ** 30, 80 * 2 ** 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * 2 ** 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2 ** 30)
+    assert available_memory(torch.device("cuda", 0)) == 7 * 2 ** 30
