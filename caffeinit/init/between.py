@@ -71,8 +71,9 @@ class BetweenResult:
 
 
 def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: InitConfig,
-                records: dict[str, LayerRecord], progress: bool = False) -> BetweenResult:
-    """Rescale the net's learnable layers in place until their effective change rates are equal."""
+                records: dict[str, LayerRecord], progress: bool = False, chunk: int | None = None) -> BetweenResult:
+    """Rescale the net's learnable layers in place until their effective change rates are equal. ``chunk``: at
+    most this many images per gradient pass (see ``rates.square_grads``)."""
     model = build_scale_model(module)
     params, draws, seed = model.groups, config.between_draws, config.seed
     lr = np.array(model.lr_mults)
@@ -95,7 +96,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
             tap = ProbeTap(module, model, seed)
             channel_sums = {k: np.zeros(reader.channels) for k, reader in model.input_channels.items()}
             per_batch = [square_grads(module, model, feeds[b], b, draws, seed, params, tap if b == batches[0] else None,
-                                      channel_sums) for b in batches]
+                                      channel_sums, chunk=chunk) for b in batches]
             norms = weight_rms(params)
             with np.errstate(divide="ignore"):
                 log_rates = np.log(change_rates(sum(per_batch), len(batches) * draws, norms) * lr)

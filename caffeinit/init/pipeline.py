@@ -1,6 +1,7 @@
 """``initialize``: the two steps in order over a model and its batches, and the report (see the package docstring)."""
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Iterable, Mapping
@@ -12,7 +13,7 @@ from caffeinit.allocator import release_free_memory
 from caffeinit.device import available_memory
 from caffeinit.errors import CaffeinitError
 from caffeinit.init.between import run_between
-from caffeinit.init.rates import measure_rates
+from caffeinit.init.rates import measure_rates, pass_bytes_per_image
 from caffeinit.init.scale_model import build_scale_model
 from caffeinit.init.config import InitConfig
 from caffeinit.init.report import InitReport, LayerRecord
@@ -42,6 +43,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     num_images = sum(next(iter(f.values())).shape[0] for f in feeds)
     if config.within:
         _check_memory(net, device, num_images, max(next(iter(f.values())).shape[0] for f in feeds))
+    chunk = _gradient_chunk(module, feeds, config) if config.between or config.measure_before else None
     report = InitReport(net=net.name, method=config.method, num_images=num_images)
     records = _records(net, module)
     report.layers = list(records.values())
@@ -53,7 +55,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
         torch.manual_seed(config.seed)  # only layers that draw from torch's global generator (TRAIN Dropout) use it
         if config.measure_before:
             t0 = time.perf_counter()
-            report.before_images = _measure_before(module, feeds[0], config, records)
+            report.before_images = _measure_before(module, feeds[0], config, records, chunk)
             report.seconds["before"] = time.perf_counter() - t0
         if config.within:
             t0 = time.perf_counter()
@@ -62,7 +64,8 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
             report.seconds["within"] = time.perf_counter() - t0
         if config.between:
             t0 = time.perf_counter()
-            result = run_between(module, feeds[:config.between_batches], config, records, progress)
+            result = run_between(module, feeds[:config.between_batches], config, records, progress, chunk)
+            report.gradient_chunk = chunk
             report.between_iterations, report.between_converged = result.iterations, result.converged
             report.homogeneous = result.homogeneous
             report.rate_noise = result.rate_noise
@@ -96,6 +99,41 @@ def _check_memory(net, device, num_images: int, batch_size: int) -> None:
     raise CaffeinitError(f"{what}, more than the {_size(available)} of {kind} (about "
                          f"{estimate.images_within(available)} images fit): use fewer images (--num-images) or smaller "
                          "inputs")
+
+
+def _gradient_chunk(module, feeds, config: InitConfig) -> int | None:
+    """At most how many images one gradient pass may hold, where a whole batch's would not fit in the memory
+    available (FCN-8s at 500 x 500 keeps ~1.2 GB per image for backward); None: whole batches. Refuses where not
+    even one image fits."""
+    available = available_memory(module.device)
+    if available is None:
+        return None
+    batch = max(next(iter(f.values())).shape[0] for f in feeds)
+    gradients = config.between_draws * sum(4.0 * p.numel() for p in module.parameters())  # at most one per draw
+    budget = TIGHT_MEMORY * available - gradients
+    if _values_per_image(module.net) * batch <= budget:  # even keeping every value of the net fits
+        return None
+    model = build_scale_model(module)
+    per_image = pass_bytes_per_image(module, model, feeds[0], model.groups) if model.groups else None
+    if per_image is None or per_image * batch <= budget:
+        return None
+    chunk = int(budget // per_image) if budget > 0 else 0
+    kind = "free GPU memory" if module.device.type == "cuda" else "memory available"
+    if chunk < 1:
+        raise CaffeinitError(f"the between-layer step's gradient passes keep {_size(per_image)} per image for their "
+                             f"backward, besides {_size(gradients)} of gradients: more than the {_size(available)} of "
+                             f"{kind} allows (--no-between skips that step)")
+    warnings.warn(f"the between-layer step's gradient passes would keep about {_size(per_image * batch)} for a batch "
+                  f"of {batch} images, more than the {_size(available)} of {kind} allows: they run {chunk} images at "
+                  "a time (the same change rates up to float rounding)")
+    return chunk
+
+
+def _values_per_image(net) -> float:
+    """Bytes of every value the net computes, per image (an upper bound on what a gradient pass keeps)."""
+    declared = next((shape[0] for shape in net.feeds.values() if shape), 1) or 1
+    return sum(4.0 * math.prod(shape) for node in net.layers if not node.layer.is_data
+               for shape in node.top_shapes) / declared
 
 
 def _size(num_bytes: float) -> str:
@@ -195,7 +233,7 @@ def _warn_zero_frozen(net, module, records: dict[str, LayerRecord]) -> None:
             warnings.warn(f"layer '{node.name}': {note}")
 
 
-def _measure_before(module, feed, config, records) -> int:
+def _measure_before(module, feed, config, records, chunk: int | None = None) -> int:
     """Output statistics and change rates under the starting weights, for the report only: on the first
     ``BEFORE_IMAGES`` images of the first batch, so that it costs little. Returns how many images it used."""
     model = build_scale_model(module)
@@ -224,7 +262,7 @@ def _measure_before(module, feed, config, records) -> int:
             with torch.no_grad():
                 module(batch, keep=(), tap=tap)
             return None
-        return measure_rates(module, model, [batch], 1, config.seed, params=params, tap=tap)
+        return measure_rates(module, model, [batch], 1, config.seed, params=params, tap=tap, chunk=chunk)
 
     used = next(iter(feed.values())).shape[0]
     try:

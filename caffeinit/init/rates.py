@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from caffeinit.executor import TorchNet, fast_layout, tap_needs
+from caffeinit.errors import CaffeinitError
+from caffeinit.executor import TorchNet, fast_layout, storage_key, tap_needs
 from caffeinit.init.scale_model import ScaleModel
 from caffeinit.net import LayerNode
 
@@ -131,39 +132,121 @@ def _rms(t: torch.Tensor) -> float:
 
 def square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tensor], batch: int, draws: int,
                   seed: int, params: list[torch.nn.Parameter], tap=None,
-                  channel_sums: dict[int, np.ndarray] | None = None) -> np.ndarray:
+                  channel_sums: dict[int, np.ndarray] | None = None, chunk: int | None = None) -> np.ndarray:
     """Sum over ``draws`` N(0,1) gradient draws at the end values of mean(dL/dW^2), per param, on one batch. The
     draws depend only on ``seed``, ``batch`` and the draw. ``channel_sums[k]`` (split groups, ``params`` being the
     model's groups) gets the sums of dL/dW_k^2 per input channel added. InnerProduct weights never get their
-    gradient formed (see _GramTap)."""
+    gradient formed (see _GramTap). ``chunk``: at most this many images per forward and backward, their gradients
+    summed (the same draws, so the same result up to float rounding, in less memory); ``tap`` sees the first."""
     stop = max(node.index for node in model.active) + 1
     sums = np.zeros(len(params))
     feed = fast_layout(feed)
-    grams = _GramTap(module, model, params, feed, tap)
-    direct = [k for k in range(len(params)) if k not in grams.readers]
+    size = next(iter(feed.values())).shape[0]
+    chunks = [(lo, min(lo + chunk, size)) for lo in range(0, size, chunk)] if chunk and chunk < size else [(0, size)]
+    whole = len(chunks) == 1
+    # per draw: param index -> summed gradient (direct ones) or the output gradients' rows (Gram ones)
+    pending: list[dict[int, torch.Tensor | list[torch.Tensor]]] = [{} for _ in range(draws)]
+    gram_inputs: dict[int, list[torch.Tensor]] = {}
+    readers: dict[int, LayerNode] = {}
+    noise: list[dict[str, torch.Tensor]] = []  # chunked: each draw's noise over the whole batch, per end value
+
+    def finish(d: int) -> None:
+        for k, g in pending[d].items():
+            if isinstance(g, list):
+                squares = _gram_squares(readers[k], torch.cat(g), torch.cat(gram_inputs[k]),
+                                        per_channel=channel_sums is not None and k in channel_sums)
+                sums[k] += float(squares.sum()) / params[k].numel()
+                if channel_sums is not None and k in channel_sums:
+                    channel_sums[k] += squares
+            else:
+                sums[k] += _rms(g) ** 2
+                if channel_sums is not None and k in channel_sums:
+                    channel_sums[k] += model.input_channels[k].squares(g)
+        pending[d] = {}
+
     with torch.enable_grad():
-        out = module(feed, stop=stop, keep=model.ends, tap=grams)
-        gram_keys = [k for k in grams.readers if k in grams.outputs]
-        gen = torch.Generator(device=module.device)
-        for d in range(draws):
-            gen.manual_seed((int(seed) * 7_368_787 + 104_729 * batch + 1_299_709 * d + 1) % (2 ** 63))
-            loss = sum((torch.randn(out[v].shape, generator=gen, device=gen.device).to(out[v].device) * out[v]).sum()
-                       for v in model.ends)
-            wanted = [params[k] for k in direct] + [grams.outputs[k] for k in gram_keys]
-            grads = torch.autograd.grad(loss, wanted, retain_graph=d < draws - 1, allow_unused=True)
-            for k, g in zip(direct, grads):
-                if g is not None:
-                    sums[k] += _rms(g) ** 2
-                    if channel_sums is not None and k in channel_sums:
-                        channel_sums[k] += model.input_channels[k].squares(g)
-            for k, g in zip(gram_keys, grads[len(direct):]):
-                if g is not None:
-                    split = channel_sums is not None and k in channel_sums
-                    squares = grams.squares(k, g, per_channel=split)
-                    sums[k] += float(squares.sum()) / params[k].numel()
-                    if split:
-                        channel_sums[k] += squares
+        for c, (lo, hi) in enumerate(chunks):
+            part = feed if whole else {v: t[lo:hi] for v, t in feed.items()}
+            grams = _GramTap(module, model, params, part, tap if c == 0 else None)
+            readers = grams.readers
+            direct = [k for k in range(len(params)) if k not in readers]
+            out = module(part, stop=stop, keep=model.ends, tap=grams)
+            gram_keys = [k for k in readers if k in grams.outputs]
+            for k in gram_keys:
+                gram_inputs.setdefault(k, []).append(grams.inputs[k])
+            for d in range(draws):
+                gen = torch.Generator(device=module.device)
+                gen.manual_seed((int(seed) * 7_368_787 + 104_729 * batch + 1_299_709 * d + 1) % (2 ** 63))
+                if whole:
+                    loss = sum((torch.randn(out[v].shape, generator=gen, device=gen.device).to(out[v].device)
+                                * out[v]).sum() for v in model.ends)
+                else:
+                    if c == 0:  # the draw over the whole batch, as unchunked
+                        noise.append({v: torch.randn((size,) + tuple(out[v].shape[1:]), generator=gen,
+                                                     device=gen.device).to(out[v].device) for v in model.ends})
+                    for v in model.ends:
+                        if out[v].dim() == 0 or out[v].shape[0] != hi - lo:
+                            raise CaffeinitError(f"value '{v}' does not keep the images along its first axis: the "
+                                                 "gradient passes cannot be split into smaller batches")
+                    loss = sum((noise[d][v][lo:hi] * out[v]).sum() for v in model.ends)
+                wanted = [params[k] for k in direct] + [grams.outputs[k] for k in gram_keys]
+                grads = torch.autograd.grad(loss, wanted, retain_graph=d < draws - 1, allow_unused=True)
+                for k, g in zip(direct, grads):
+                    if g is not None:
+                        pending[d][k] = g if k not in pending[d] else pending[d][k] + g
+                for k, g in zip(gram_keys, grads[len(direct):]):
+                    if g is not None:
+                        pending[d].setdefault(k, []).append(g.detach())
+                if whole:
+                    finish(d)
+            del out, grams
+        if not whole:
+            for d in range(draws):
+                finish(d)
     return sums
+
+
+def pass_bytes_per_image(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tensor],
+                         params: list[torch.nn.Parameter], images: int = 2) -> float | None:
+    """What a gradient pass keeps per image until its backward (the tensors autograd saves, the end values, the
+    Gram tap's inputs; not the parameters), measured on a forward of the first ``images`` images of ``feed`` (two by
+    default: a single image's tensors may take other layouts, a channels-last one flattening without a copy); None
+    where the net cannot run that many (a layer that needs the declared batch size)."""
+    images = min(images, next(iter(feed.values())).shape[0])
+    one = fast_layout({v: t[:images].clone() for v, t in feed.items()})
+    stop = max(node.index for node in model.active) + 1
+    shared = {storage_key(p) for p in module.parameters()}
+    kept: dict[int, int] = {}
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        key = storage_key(t)
+        if key not in shared:
+            kept[key] = t.untyped_storage().nbytes()
+        return t
+
+    try:
+        with GradsOnly(module, params), torch.enable_grad(), \
+                torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            grams = _GramTap(module, model, params, one)
+            out = module(one, stop=stop, keep=model.ends, tap=grams)
+            for t in list(out.values()) + list(grams.inputs.values()):
+                count(t)
+    except CaffeinitError:
+        return None
+    return float(sum(kept.values())) / images
+
+
+def _gram_squares(node: LayerNode, grad: torch.Tensor, inputs: torch.Tensor, per_channel: bool) -> np.ndarray:
+    """An InnerProduct weight gradient's sum of squares (or its sums per input channel: axis 1 of the input, as
+    InputChannels counts them) from the output gradient and the input, over the rows, never forming it."""
+    dy = grad.detach().double().reshape(-1, node.layer.num_output)
+    rows = dy.shape[0]
+    gram_dy = dy @ dy.t()
+    x = inputs.double().reshape(rows, -1)
+    if not per_channel:
+        return (x @ x.t() * gram_dy).sum().clamp_min(0).reshape(1).cpu().numpy()
+    x = x.reshape(rows, int(node.bottom_shapes[0][1]), -1).transpose(0, 1)  # (channels, rows, inner)
+    return (torch.bmm(x, x.transpose(1, 2)) * gram_dy).sum(dim=(1, 2)).clamp_min(0).cpu().numpy()
 
 
 class _GramTap(_Tap):
@@ -207,19 +290,6 @@ class _GramTap(_Tap):
             if v in self.wanted:
                 self.values[v] = t
 
-    def squares(self, k: int, grad: torch.Tensor, per_channel: bool) -> np.ndarray:
-        """The sum of the squared weight gradient, or its sums per input channel (axis 1 of the input, as
-        InputChannels counts them)."""
-        node = self.readers[k]
-        dy = grad.detach().double().reshape(-1, node.layer.num_output)
-        rows = dy.shape[0]
-        gram_dy = dy @ dy.t()
-        x = self.inputs[k].double().reshape(rows, -1)
-        if not per_channel:
-            return (x @ x.t() * gram_dy).sum().clamp_min(0).reshape(1).cpu().numpy()
-        x = x.reshape(rows, int(node.bottom_shapes[0][1]), -1).transpose(0, 1)  # (channels, rows, inner)
-        return (torch.bmm(x, x.transpose(1, 2)) * gram_dy).sum(dim=(1, 2)).clamp_min(0).cpu().numpy()
-
 
 class GradsOnly:
     """Within the block only ``params`` require gradients."""
@@ -247,14 +317,15 @@ def change_rates(square_sums: np.ndarray, count: int, weight_rms: np.ndarray) ->
 
 
 def measure_rates(module: TorchNet, model: ScaleModel, feeds: list[dict[str, torch.Tensor]], draws: int, seed: int,
-                  params: list[torch.nn.Parameter] | None = None, tap=None) -> np.ndarray:
+                  params: list[torch.nn.Parameter] | None = None, tap=None, chunk: int | None = None) -> np.ndarray:
     """RMS(dL/dW) / RMS(W) for each of ``params`` (default: the model's groups), over ``feeds`` and ``draws`` N(0,1)
-    gradient draws per batch at the end values. ``tap`` sees the forward of the first batch."""
+    gradient draws per batch at the end values. ``tap`` sees the forward of the first batch (its first ``chunk``
+    images, where passes are split)."""
     params = model.groups if params is None else params
     if not params:
         return np.zeros(0)
     sums = np.zeros(len(params))
     with GradsOnly(module, params):
         for b, feed in enumerate(feeds):
-            sums += square_grads(module, model, feed, b, draws, seed, params, tap if b == 0 else None)
+            sums += square_grads(module, model, feed, b, draws, seed, params, tap if b == 0 else None, chunk=chunk)
     return change_rates(sums, len(feeds) * draws, weight_rms(params))

@@ -52,6 +52,7 @@ class InitReport:
     spread_between_start: float | None = None  # max/min rate when the between-layer step began (its first measure)
     rate_noise: float | None = None  # median relative standard error of the measured rates (between-batch spread)
     between_note: str | None = None  # why the rates still differ after the step converged, where they do
+    gradient_chunk: int | None = None  # images per gradient pass where a whole batch's did not fit in memory
     seconds: dict[str, float] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerRecord:

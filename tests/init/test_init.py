@@ -155,6 +155,43 @@ def test_a_default_image_count_shrinks_to_what_fits(monkeypatch):
     assert pipeline.images_that_fit(net, "cpu", 2, 160) == 160
 
 
+def test_gradient_passes_that_do_not_fit_run_in_chunks_and_give_the_same_weights(monkeypatch):
+    """Where a whole batch's gradient pass would not fit, the passes run a few images at a time (said once, kept in
+    the report): the weights are those of whole passes up to float rounding. Where one image does not fit, the
+    run is refused before any work."""
+    from caffeinit.init import pipeline
+    from caffeinit.init.rates import pass_bytes_per_image
+    from caffeinit.init.scale_model import build_scale_model
+    batches = images(3, batch=8, seed=6)
+    whole = model(PLAIN)
+    report = initialize(whole, batches, InitConfig(), progress=False)
+    assert report.gradient_chunk is None
+
+    m = model(PLAIN)
+    per_image = pass_bytes_per_image(m.module, build_scale_model(m.module), {"data": torch.from_numpy(
+        batches[0]["data"])}, build_scale_model(m.module).groups)
+    gradients = sum(4.0 * p.numel() for p in m.module.parameters())
+    monkeypatch.setattr(pipeline, "_check_memory", lambda *a: None)  # the within step's own check: tested above
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: (gradients + 3.5 * per_image) / 0.8)
+    with pytest.warns(UserWarning, match=r"^the between-layer step's gradient passes would keep about .* for a batch "
+                                         r"of 8 images, more than the .* of memory available allows: they run 3 "
+                                         r"images at a time \(the same change rates up to float rounding\)$"):
+        report = initialize(m, batches, InitConfig(), progress=False)
+    assert report.gradient_chunk == 3 and report.to_dict()["gradient_chunk"] == 3
+    for name, arrays in whole.blobs().items():
+        for a, b in zip(arrays, m.blobs()[name]):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * np.abs(a).max())
+
+    fresh = model(PLAIN)
+    before = {k: [a.copy() for a in v] for k, v in fresh.blobs().items()}
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: (gradients + 0.5 * per_image) / 0.8)
+    with pytest.raises(CaffeinitError, match=r"^the between-layer step's gradient passes keep .* per image for their "
+                                             r"backward, besides .* of gradients: more than the .* of memory "
+                                             r"available allows \(--no-between skips that step\)$"):
+        initialize(fresh, batches, InitConfig(), progress=False)
+    assert all(np.array_equal(a, b) for k in before for a, b in zip(before[k], fresh.blobs()[k]))
+
+
 def test_report_table_json_and_plot(tmp_path):
     m = model(PLAIN)
     report = initialize(m, images(2), InitConfig(), progress=False)

@@ -181,3 +181,49 @@ def test_inner_product_gradient_norms_from_gram_matrices_equal_the_formed_gradie
     np.testing.assert_allclose(gram, formed, rtol=1e-5)
     for k in formed_sums:
         np.testing.assert_allclose(gram_sums[k], formed_sums[k], rtol=1e-5)
+
+
+@pytest.mark.parametrize("text", [GRAM_NET, RESIDUAL_BN], ids=["gram", "residual_bn"])
+def test_gradient_passes_split_into_chunks_give_the_same_sums(text):
+    """Chunks of 3 images (the last one shorter) with each draw's noise over the whole batch: the summed gradients,
+    and so every squared norm and per-input-channel sum (Gram ones included), are those of one pass."""
+    from caffeinit.init import rates
+    from caffeinit.init.scale_model import InputChannels
+
+    m = model(text)
+    sm = build_scale_model(m.module)
+    sm.input_channels = {k: InputChannels(node, tuple(sm.groups[k].shape))
+                         for k, node in sm.linearize().split_groups().items()}
+    feed = {"data": torch.from_numpy(images(1, batch=8, seed=5)[0]["data"])}
+
+    def measure(chunk):
+        sums = {k: np.zeros(r.channels) for k, r in sm.input_channels.items()}
+        with rates.GradsOnly(m.module, sm.groups):
+            total = rates.square_grads(m.module, sm, feed, 1, 2, 7, sm.groups, channel_sums=sums, chunk=chunk)
+        return total, sums
+
+    whole, whole_sums = measure(None)
+    split, split_sums = measure(3)
+    assert np.isfinite(whole).all() and (whole > 0).all()
+    np.testing.assert_allclose(split, whole, rtol=1e-5)
+    assert whole_sums.keys() == split_sums.keys() and bool(whole_sums) == (text == GRAM_NET)  # fc1's split input
+    for k in whole_sums:
+        np.testing.assert_allclose(split_sums[k], whole_sums[k], rtol=1e-5)
+    other_draws = rates.square_grads(m.module, sm, feed, 2, 2, 7, sm.groups, chunk=3)  # another batch's draws
+    assert not np.allclose(other_draws, whole, rtol=1e-3)
+
+
+@pytest.mark.parametrize("text", [GRAM_NET, RESIDUAL_BN, POOLED_LRN_NET], ids=["gram", "residual_bn", "lrn"])
+def test_what_a_gradient_pass_keeps_grows_with_its_images(text):
+    """Measured on two images, it is what a pass over 6 keeps per image (autograd's saved tensors, the end values,
+    the Gram inputs), the parameters left out; and at most every value the net computes plus the input."""
+    from caffeinit.init import rates
+    from caffeinit.init.pipeline import _values_per_image
+    m = model(text)
+    sm = build_scale_model(m.module)
+    feed = {"data": torch.from_numpy(images(1, batch=8, seed=5)[0]["data"])}
+    one = rates.pass_bytes_per_image(m.module, sm, feed, sm.groups)  # two images
+    six = rates.pass_bytes_per_image(m.module, sm, feed, sm.groups, images=6)
+    assert 0 < one and six == pytest.approx(one, rel=1e-2)  # BatchNorm's few per-pass scalars aside
+    assert one <= _values_per_image(m.net) + 4 * feed["data"][0].numel()
+    assert one < sum(4 * p.numel() for p in m.module.parameters()) or text == POOLED_LRN_NET
