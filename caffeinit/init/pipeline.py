@@ -23,6 +23,10 @@ from caffeinit.init.within import memory_estimate, run_within
 
 BEFORE_IMAGES = 4
 TIGHT_MEMORY = 0.8  # stored values above this fraction of the memory available get a warning
+# A gradient pass's measured peak over what it keeps for backward plus a gradient in and out of its largest layer:
+# FCN-8s (500 x 500, bilinear upsampling, CPU) keeps 711 MiB per image and its largest value is 119 MiB, and a pass
+# over 16 images took 21.9 GiB (backward buffers, allocator fragmentation)
+PASS_OVERHEAD = 1.45
 
 
 def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], config: InitConfig | None = None,
@@ -103,19 +107,23 @@ def _check_memory(net, device, num_images: int, batch_size: int) -> None:
 
 def _gradient_chunk(module, feeds, config: InitConfig) -> int | None:
     """At most how many images one gradient pass may hold, where a whole batch's would not fit in the memory
-    available (FCN-8s at 500 x 500 keeps ~1.2 GB per image for backward); None: whole batches. Refuses where not
-    even one image fits."""
+    available; None: whole batches. Refuses where not even one image fits."""
     available = available_memory(module.device)
     if available is None:
         return None
     batch = max(next(iter(f.values())).shape[0] for f in feeds)
     gradients = config.between_draws * sum(4.0 * p.numel() for p in module.parameters())  # at most one per draw
     budget = TIGHT_MEMORY * available - gradients
-    if _values_per_image(module.net) * batch <= budget:  # even keeping every value of the net fits
+    values, largest = _values_per_image(module.net)
+    if PASS_OVERHEAD * (values + 2 * largest) * batch <= budget:  # even keeping every value of the net fits
         return None
     model = build_scale_model(module)
-    per_image = pass_bytes_per_image(module, model, feeds[0], model.groups) if model.groups else None
-    if per_image is None or per_image * batch <= budget:
+    kept = pass_bytes_per_image(module, model, feeds[0], model.groups) if model.groups else None
+    if kept is None:
+        return None
+    # and the backward's own: a gradient in and out of the largest layer
+    per_image = PASS_OVERHEAD * (kept + 2 * largest)
+    if per_image * batch <= budget:
         return None
     chunk = int(budget // per_image) if budget > 0 else 0
     kind = "free GPU memory" if module.device.type == "cuda" else "memory available"
@@ -129,11 +137,13 @@ def _gradient_chunk(module, feeds, config: InitConfig) -> int | None:
     return chunk
 
 
-def _values_per_image(net) -> float:
-    """Bytes of every value the net computes, per image (an upper bound on what a gradient pass keeps)."""
+def _values_per_image(net) -> tuple[float, float]:
+    """Bytes of every value the net computes (an upper bound on what a gradient pass keeps), and of the largest
+    one, per image."""
     declared = next((shape[0] for shape in net.feeds.values() if shape), 1) or 1
-    return sum(4.0 * math.prod(shape) for node in net.layers if not node.layer.is_data
-               for shape in node.top_shapes) / declared
+    sizes = [4.0 * math.prod(shape) / declared for node in net.layers if not node.layer.is_data
+             for shape in node.top_shapes]
+    return sum(sizes), max(sizes, default=0.0)
 
 
 def _size(num_bytes: float) -> str:
