@@ -112,6 +112,8 @@ def _gradient_chunk(module, feeds, config: InitConfig) -> int | None:
     if available is None:
         return None
     batch = max(next(iter(f.values())).shape[0] for f in feeds)
+    if not config.between:  # only the report's "before" pass, on a few images
+        batch = min(batch, BEFORE_IMAGES)
     gradients = config.between_draws * sum(4.0 * p.numel() for p in module.parameters())  # at most one per draw
     budget = TIGHT_MEMORY * available - gradients
     values, largest = _values_per_image(module.net)
@@ -162,7 +164,8 @@ def images_that_fit(net, device, batch_size: int, wanted: int) -> int:
 
 def _collect_feeds(net, batches, device) -> list[dict[str, torch.Tensor]]:
     """The batches as {value name: float32 tensor on the device}, checked against the net's data-layer tops."""
-    value_of_feed = {blob: v for node in net.layers if node.layer.is_data for blob, v in zip(node.tops, node.top_values)}
+    value_of_feed = {blob: v for node in net.layers if node.layer.is_data
+                     for blob, v in zip(node.tops, node.top_values)}
     feeds = []
     for i, batch in enumerate(batches):
         missing = [b for b in net.feeds if b not in batch]

@@ -131,8 +131,8 @@ def _rms(t: torch.Tensor) -> float:
 
 
 def square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tensor], batch: int, draws: int,
-                  seed: int, params: list[torch.nn.Parameter], tap=None,
-                  channel_sums: dict[int, np.ndarray] | None = None, chunk: int | None = None) -> np.ndarray:
+                 seed: int, params: list[torch.nn.Parameter], tap=None,
+                 channel_sums: dict[int, np.ndarray] | None = None, chunk: int | None = None) -> np.ndarray:
     """Sum over ``draws`` N(0,1) gradient draws at the end values of mean(dL/dW^2), per param, on one batch. The
     draws depend only on ``seed``, ``batch`` and the draw. ``channel_sums[k]`` (split groups, ``params`` being the
     model's groups) gets the sums of dL/dW_k^2 per input channel added. InnerProduct weights never get their

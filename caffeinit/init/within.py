@@ -428,4 +428,3 @@ def _set_batchnorm_stats(blobs: list[torch.Tensor], inputs: list[torch.Tensor],
     blobs[0].data.copy_(given[0].to(blobs[0].dtype))
     blobs[1].data.copy_(given[1].to(blobs[1].dtype))
     blobs[2].data.fill_(1.0)
-
