@@ -1,6 +1,6 @@
 """What a user of a CUDA GPU relies on (marked gpu, skipped without CUDA; tools/gpu_checks.sh runs them on a lent
 GPU): Caffe's goldens on CUDA, IEEE fp32 by default, `caffeinit run --device cuda` end to end, CUDA gradients equal
-to CPU ones, ONNX export of a CUDA model."""
+to CPU ones, gradient passes split for memory, ONNX export of a CUDA model."""
 import json
 import subprocess
 import sys
@@ -151,6 +151,48 @@ def test_cuda_gradients_equal_cpu_gradients_in_float32(name):
         rms_a, rms_b = np.sqrt(np.mean(a ** 2)), np.sqrt(np.mean(b ** 2))
         assert abs(rms_b / rms_a - 1) <= 5e-3, (name, k, rms_a, rms_b)
         assert np.linalg.norm(a - b) <= 5e-2 * np.linalg.norm(a), (name, k)
+
+
+# -- gradient passes split for memory ------------------------------------------------------------------------------
+
+def _pass_setup(name, batch):
+    from caffeinit.init.scale_model import build_scale_model
+    path, weights = _weights(name)
+    model = load(path, weights=weights, device=DEVICE, input_shapes={b: (batch,) + tuple(s[1:]) for b, s in
+                                                                      load(path).net.feeds.items()})
+    rng = np.random.default_rng(2)
+    feed = {model.net.feed_values[b]: torch.from_numpy(rng.standard_normal((batch,) + tuple(s[1:])).astype(
+        np.float32)).to(DEVICE) for b, s in model.net.feeds.items()}
+    return model, build_scale_model(model.module), feed
+
+
+def test_cuda_gradient_passes_split_into_chunks_give_the_same_sums():
+    from caffeinit.init import rates
+    model, sm, feed = _pass_setup("htshinichi__resnet50_stem", 12)
+    with rates.GradsOnly(model.module, sm.groups):
+        whole = rates.square_grads(model.module, sm, feed, 0, 1, 3, sm.groups)
+        split = rates.square_grads(model.module, sm, feed, 0, 1, 3, sm.groups, chunk=5)
+    assert np.isfinite(whole).all() and (whole > 0).all()
+    np.testing.assert_allclose(split, whole, rtol=1e-4)
+
+
+def test_the_gradient_pass_estimate_covers_the_measured_cuda_peak():
+    """What initialize budgets for a gradient pass (caffeinit.init.pipeline._gradient_chunk) is at least the pass's
+    measured peak on the device, and not wildly more (VGG-16, 16 images)."""
+    from caffeinit.init import pipeline, rates
+    model, sm, feed = _pass_setup("soeaver__deploy_vgg16-pytorch", 16)
+    kept = rates.pass_bytes_per_image(model.module, sm, feed, sm.groups)
+    budget = pipeline.PASS_OVERHEAD * (kept + 2 * pipeline._values_per_image(model.net)[1]) * 16
+    budget += sum(4.0 * p.numel() for p in model.module.parameters())
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with rates.GradsOnly(model.module, sm.groups):
+        rates.square_grads(model.module, sm, feed, 0, 1, 3, sm.groups)
+    torch.cuda.synchronize()
+    used = torch.cuda.max_memory_allocated() - base
+    print(f"VGG-16 gradient pass, 16 images: {used / 2 ** 30:.2f} GiB, budgeted {budget / 2 ** 30:.2f} GiB")
+    assert used <= budget <= 3 * used
 
 
 # -- `caffeinit run --device cuda` end to end ------------------------------------------------------------------
