@@ -261,11 +261,13 @@ def _onnx_net(model, stages, level):
         check_exportable(model.net)
         return None
     param = deploy_param(model.net_param, model.net.feeds, stages, level)
-    if all(lp.type == "Input" for lp in param.layer):
-        raise CaffeinitError(f"net '{model.net.name}' has nothing to export to ONNX: its TEST phase holds only data "
-                             "and loss/accuracy layers")
     check_exportable(build_net(param, "test"))
     return param
+
+
+def _say_inference_net(say, net) -> None:
+    say(f"ONNX of the inference net: the TEST-phase layers without loss/accuracy layers (inputs: "
+        f"{', '.join(net.feeds)}; outputs: {', '.join(net.outputs)})")
 
 
 def _export_onnx(model, path, inputs, say, opset=None, static_batch=False, check=True, device="cpu",
@@ -275,19 +277,34 @@ def _export_onnx(model, path, inputs, say, opset=None, static_batch=False, check
     if deploy is not None:
         from caffeinit.api import load
         model = load(deploy, model.module.blobs_numpy(copy=False), phase="test", device=model.device)
-        say(f"ONNX of the inference net: the TEST-phase layers without loss/accuracy layers (inputs: "
-            f"{', '.join(model.net.feeds)}; outputs: {', '.join(model.net.outputs)})")
+        _say_inference_net(say, model.net)
     result = export_onnx(model, path, opset=opset or DEFAULT_OPSET, static_batch=static_batch, check=check,
                          device=device, inputs=inputs, tolerance=tolerance)
     say(result.summary())
 
 
 def cmd_convert(args) -> int:
-    from caffeinit.api import load
+    from caffeinit.api import load, read_net_param
+    from caffeinit.data import peek_top_shapes
+    from caffeinit.deploy_net import deploy_param, test_phase_has_losses
 
     say = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
-    model = load(args.net, args.weights, phase="test", stages=args.stage, level=args.level, device="cpu",
-                 input_shapes=_input_shapes(args))
+    net = read_net_param(args.net)
+    shapes = _input_shapes(args)
+    inference_part = test_phase_has_losses(net, args.stage, args.level)
+    if inference_part:  # a train/val net: only the shapes of the tops its inference part reads are needed
+        def peek(lp):
+            try:
+                return peek_top_shapes(lp)
+            except CaffeinitError as e:
+                raise CaffeinitError(f"{e} (--input-shape {lp.top[0]}=N,C,H,W gives the shape of layer "
+                                     f"'{lp.name}''s top)") from None
+        net = deploy_param(net, shapes or {}, args.stage, args.level, peek=peek)
+        shapes = None
+    model = load(net, args.weights, phase="test", stages=args.stage, level=args.level, device="cpu",
+                 input_shapes=shapes)
+    if inference_part:
+        _say_inference_net(say, model.net)
     if args.weights is None:
         say("note: no --weights: the ONNX file holds the prototxt's filler values")
     elif model.module.missing:

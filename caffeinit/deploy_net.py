@@ -20,12 +20,19 @@ def needs_deploy(net) -> bool:
     return net.phase != caffe_pb2.TEST or any(node.layer.is_loss for node in net.layers)
 
 
+def test_phase_has_losses(net_param: caffe_pb2.NetParameter, stages: Iterable[str] = (), level: int = 0) -> bool:
+    """Whether the TEST phase of a (not yet built) net ends in loss or accuracy layers: not a deploy net."""
+    test = filter_net(net_param, caffe_pb2.TEST, level, stages)
+    return any(layer_class(lp.type, lp.name).is_loss for lp in test.layer)
+
+
 def deploy_param(net_param: caffe_pb2.NetParameter, input_shapes: Mapping[str, Sequence[int]],
-                 stages: Iterable[str] = (), level: int = 0) -> caffe_pb2.NetParameter:
+                 stages: Iterable[str] = (), level: int = 0, peek=None) -> caffe_pb2.NetParameter:
     """The TEST-phase layers of ``net_param`` without loss/accuracy layers, data layers replaced by Input layers.
 
     ``input_shapes``: the shape of each data top a kept layer reads, by blob name (the shapes the net was run
-    with: a database that is not here cannot say them)."""
+    with: a database that is not here cannot say them). ``peek(layer)``, where given, supplies the shapes of a data
+    layer's tops that ``input_shapes`` lacks (e.g. ``data.peek_top_shapes`` from its source)."""
     test = filter_net(net_param, caffe_pb2.TEST, level, stages)
     kept = [lp for lp in test.layer if not layer_class(lp.type, lp.name).is_loss]
     read = {b for lp in kept if not layer_class(lp.type, lp.name).is_data for b in lp.bottom}
@@ -41,6 +48,9 @@ def deploy_param(net_param: caffe_pb2.NetParameter, input_shapes: Mapping[str, S
         if not tops:
             continue
         missing = [t for t in tops if t not in input_shapes]
+        if missing and peek is not None:
+            input_shapes = {**dict(zip(lp.top, peek(lp))), **input_shapes}
+            missing = []
         if missing:
             raise CaffeinitError(f"layer '{lp.name}' ({lp.type}) of the TEST phase feeds '{missing[0]}', whose "
                                  "shape is not known here (the net was run without it)")
@@ -48,4 +58,7 @@ def deploy_param(net_param: caffe_pb2.NetParameter, input_shapes: Mapping[str, S
         layer.phase = caffe_pb2.TEST
         for t in tops:
             layer.input_param.shape.add(dim=[int(d) for d in input_shapes[t]])
+    if all(lp.type == "Input" for lp in deploy.layer):
+        raise CaffeinitError(f"net '{net_param.name}' has no inference part: its TEST phase holds only data and "
+                             "loss/accuracy layers")
     return deploy

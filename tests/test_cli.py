@@ -160,8 +160,8 @@ def test_convert_unsupported_layer_fails_cleanly(tmp_path):
     out.write_bytes(b"keep")
     code, _, err = run_cli("convert", net, "--onnx", out)
     errors = [line for line in err.splitlines() if line.startswith("caffeinit: error:")]
-    assert code == 1 and errors == ["caffeinit: error: net '' has nothing to export to ONNX: its TEST phase holds "
-                                    "only data and loss/accuracy layers"]
+    assert code == 1 and errors == ["caffeinit: error: net '' has no inference part: its TEST phase holds only data "
+                                    "and loss/accuracy layers"]
     assert "Traceback" not in err and out.read_bytes() == b"keep"
 
 
@@ -169,11 +169,13 @@ def test_convert_a_train_val_net_exports_its_inference_part(tmp_path, capsys):
     import onnx
     net = shared_path("corpus", "bvlc__models_bvlc_alexnet_train_val.prototxt")
     out = tmp_path / "alexnet.onnx"
-    assert main(["convert", str(net), "--input-shape", "data=2,3,227,227", "--input-shape", "label=2",
-                 "--onnx", str(out)]) == 0
+    assert main(["convert", str(net), "--input-shape", "data=2,3,227,227", "--onnx", str(out)]) == 0  # no label
     assert "(inputs: data; outputs: fc8)" in capsys.readouterr().err
     graph = onnx.load(str(out)).graph
     assert [i.name for i in graph.input] == ["data"] and [o.name for o in graph.output] == ["fc8"]
+    # without --input-shape, its database (not here) would say it
+    code, _, err = run_cli("convert", net, "--onnx", tmp_path / "b.onnx")
+    assert code == 1 and err.strip().endswith("(--input-shape data=N,C,H,W gives the shape of layer 'data''s top)")
 
 
 def test_inspect_train_net_with_input_shapes(capsys):
