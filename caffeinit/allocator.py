@@ -19,9 +19,14 @@ import ctypes.util
 import os
 import sys
 
+_retained = False  # retain_freed_memory has acted in this process
+
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2 ** 31 - 1  # mallopt takes an int: free heap top beyond 2 GiB still goes back to the kernel
+DEFAULT_MMAP_MAX = 65536  # glibc's
+MMAP_THRESHOLD = 32 * 2 ** 20  # the largest threshold glibc's own adjustment reaches
 
 
 def retain_freed_memory() -> bool:
@@ -33,7 +38,27 @@ def retain_freed_memory() -> bool:
         return False  # musl and others have no mallopt
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    global _retained
+    _retained = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _retained
+
+
+def return_freed_memory() -> bool:
+    """Undo ``retain_freed_memory`` where memory is short: blocks above 32 MB (what glibc's own adjustment reaches)
+    get their own pages again and go back to the kernel when freed, smaller ones keep being reused from the heap.
+    Slower for large tensors, but a heap that keeps them fragments: a gradient pass of FCN-8s over 8 images peaked
+    at 15.5 GiB of RSS that way against 9.4 GiB with glibc's behaviour. Also trims the heap now. Only undoes:
+    False (nothing changed) where ``retain_freed_memory`` has not acted in this process."""
+    global _retained
+    libc = _glibc()
+    if not _retained or libc is None:
+        return False
+    _retained = False
+    mallopt = libc.mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    done = bool(mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) \
+        and bool(mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
+    return release_free_memory() and done
 
 
 def release_free_memory() -> bool:

@@ -10,8 +10,10 @@ from tests.conftest import ROOT
 PROGRAM = """
 import resource, sys
 import torch
-from caffeinit.allocator import retain_freed_memory
-retained = retain_freed_memory() if sys.argv[1] == "retain" else None
+from caffeinit.allocator import retain_freed_memory, return_freed_memory
+retained = retain_freed_memory() if sys.argv[1] in ("retain", "return") else None
+if sys.argv[1] == "return":
+    retained = return_freed_memory() and retained
 def faults_of_a_tensor(mib):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     block = torch.ones(mib * 2 ** 20 // 4)  # written: every page touched
@@ -73,3 +75,18 @@ def test_release_free_memory_hands_retained_memory_back():
     if released == "False":
         pytest.skip("not glibc")
     assert float(dropped) > 150  # MiB of the freed 200 no longer resident
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_returning_freed_memory_gives_large_blocks_their_own_pages_again():
+    """Where memory is short the initialization undoes the retention: a 60 MB tensor after a freed 64 MB one faults
+    its pages in again (glibc maps it afresh and unmaps it on free: no fragmented heap)."""
+    pages = 60 * 2 ** 20 // 4096
+    returned, faults = _second_block_faults("return")
+    if returned == "False":
+        pytest.skip("not glibc: nothing retained")
+    assert faults > pages * 0.9
+    # it only ever undoes: in a process that did not retain, it changes nothing
+    out = subprocess.run([sys.executable, "-c", "from caffeinit.allocator import return_freed_memory as r; print(r())"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -9,7 +9,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from caffeinit.allocator import release_free_memory
+from caffeinit.allocator import release_free_memory, return_freed_memory
 from caffeinit.device import available_memory
 from caffeinit.errors import CaffeinitError
 from caffeinit.init.between import run_between
@@ -45,9 +45,11 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     started = time.perf_counter()
     feeds = _collect_feeds(net, batches, device)
     num_images = sum(next(iter(f.values())).shape[0] for f in feeds)
-    if config.within:
-        _check_memory(net, device, num_images, max(next(iter(f.values())).shape[0] for f in feeds))
+    short = config.within and _check_memory(net, device, num_images, max(next(iter(f.values())).shape[0]
+                                                                          for f in feeds))
     chunk = _gradient_chunk(module, feeds, config) if config.between or config.measure_before else None
+    if (short or chunk is not None) and device.type == "cpu":
+        return_freed_memory()  # less fragmentation, for some speed on large tensors
     report = InitReport(net=net.name, method=config.method, num_images=num_images)
     records = _records(net, module)
     report.layers = list(records.values())
@@ -84,14 +86,14 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     return report
 
 
-def _check_memory(net, device, num_images: int, batch_size: int) -> None:
+def _check_memory(net, device, num_images: int, batch_size: int) -> bool:
     """Refuse, before any work, a within-layer step expected to need more memory than is available (a segmentation
     net's 500 x 500 inputs: FCN-8s keeps ~125 MB per image after conv1_1, and needs ~176 MB); warn where it is
-    expected to fill most of it."""
+    expected to fill most of it. Returns whether it is expected to take more than half of it."""
     estimate = memory_estimate(net, batch_size)
     available = available_memory(device)
     if available is None or estimate.where is None:
-        return
+        return False
     need = estimate.total(num_images)
     kind = "free GPU memory" if device.type == "cuda" else "memory available"
     what = (f"the within-layer step keeps every image's values ({_size(estimate.stored)} per image after layer "
@@ -99,7 +101,7 @@ def _check_memory(net, device, num_images: int, batch_size: int) -> None:
     if TIGHT_MEMORY * available < need <= available:
         warnings.warn(f"{what}, most of the {_size(available)} of {kind}: it may run out (--num-images lowers it)")
     if need <= available:
-        return
+        return need > available / 2
     raise CaffeinitError(f"{what}, more than the {_size(available)} of {kind} (about "
                          f"{estimate.images_within(available)} images fit): use fewer images (--num-images) or smaller "
                          "inputs")
@@ -127,8 +129,10 @@ def _gradient_chunk(module, feeds, config: InitConfig) -> int | None:
     per_image = PASS_OVERHEAD * (kept + 2 * largest)
     if per_image * batch <= budget:
         return None
-    chunk = int(budget // per_image) if budget > 0 else 0
+    fits = int(budget // per_image) if budget > 0 else 0
     kind = "free GPU memory" if module.device.type == "cuda" else "memory available"
+    # as few equal chunks as fit: the size changes only when the memory available crosses a whole step
+    chunk = math.ceil(batch / math.ceil(batch / fits)) if fits else 0
     if chunk < 1:
         raise CaffeinitError(f"the between-layer step's gradient passes keep {_size(per_image)} per image for their "
                              f"backward, besides {_size(gradients)} of gradients: more than the {_size(available)} of "
