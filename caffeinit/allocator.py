@@ -10,7 +10,8 @@ memory in the heap makes `caffeinit run` 5-13% faster on nets whose batches hold
 tensors stay below the threshold, and its time does not change (benchmarks/RESULTS.md). A malloc setting in
 GLIBC_TUNABLES is the user's choice and is left alone. ``release_free_memory`` hands the free part back at the end
 of a phase (the initialization calls it after the within-layer step, whose stored outputs are then gone), so the
-next phase's peak does not add to what fragmentation left of the last one's.
+next phase's peak does not add to what fragmentation left of the last one's; ``return_freed_memory`` undoes the
+retention where memory is short (the initialization calls it then).
 """
 from __future__ import annotations
 
