@@ -253,11 +253,12 @@ def cmd_stats(args) -> int:
 def _onnx_net(model, stages, level):
     """What ONNX export will write for ``model``, checked before any work: None for the model's own net, or where
     that was built for TRAIN or ends in losses, its inference part (``caffeinit.deploy_net``) as a NetParameter."""
-    from caffeinit.deploy_net import deploy_param, needs_deploy
+    from caffeinit.deploy_net import deploy_param, losses_in_test_phase
     from caffeinit.net import build_net
     from caffeinit.onnx_export import check_exportable
+    from caffeinit.proto import caffe_pb2
 
-    if not needs_deploy(model.net):
+    if model.phase == caffe_pb2.TEST and not losses_in_test_phase(model.net_param, stages, level):
         check_exportable(model.net)
         return None
     param = deploy_param(model.net_param, model.net.feeds, stages, level)
@@ -286,12 +287,12 @@ def _export_onnx(model, path, inputs, say, opset=None, static_batch=False, check
 def cmd_convert(args) -> int:
     from caffeinit.api import load, read_net_param
     from caffeinit.data import peek_top_shapes
-    from caffeinit.deploy_net import deploy_param, test_phase_has_losses
+    from caffeinit.deploy_net import deploy_param, losses_in_test_phase
 
     say = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
     net = read_net_param(args.net)
     shapes = _input_shapes(args)
-    inference_part = test_phase_has_losses(net, args.stage, args.level)
+    inference_part = losses_in_test_phase(net, args.stage, args.level)
     if inference_part:  # a train/val net: only the shapes of the tops its inference part reads are needed
         def peek(lp):
             try:

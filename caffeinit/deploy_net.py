@@ -15,12 +15,7 @@ from caffeinit.netstate import filter_net
 from caffeinit.proto import caffe_pb2
 
 
-def needs_deploy(net) -> bool:
-    """Whether a built net (``caffeinit.net.Net``) is not already a deploy net: built for TRAIN or with a loss."""
-    return net.phase != caffe_pb2.TEST or any(node.layer.is_loss for node in net.layers)
-
-
-def test_phase_has_losses(net_param: caffe_pb2.NetParameter, stages: Iterable[str] = (), level: int = 0) -> bool:
+def losses_in_test_phase(net_param: caffe_pb2.NetParameter, stages: Iterable[str] = (), level: int = 0) -> bool:
     """Whether the TEST phase of a (not yet built) net ends in loss or accuracy layers: not a deploy net."""
     test = filter_net(net_param, caffe_pb2.TEST, level, stages)
     return any(layer_class(lp.type, lp.name).is_loss for lp in test.layer)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from caffeinit.api import load
-from caffeinit.deploy_net import deploy_param, needs_deploy
+from caffeinit.deploy_net import deploy_param, losses_in_test_phase
 from caffeinit.errors import CaffeinitError
 from caffeinit.net import build_net
 from caffeinit.prototxt import read_net
@@ -23,9 +23,8 @@ def test_alexnet_train_val_keeps_its_test_layers_without_loss_and_accuracy():
     test = build_net(param, "test", input_shapes={"data": (10, 3, 227, 227), "label": (10,)})
     kept = [node.param for node in test.layers if not node.layer.is_data and not node.layer.is_loss]
     assert list(deploy.layer[1:]) == kept
-    net = build_net(deploy, "test")
-    assert net.outputs == ["fc8"] and not needs_deploy(net)
-    assert needs_deploy(test) and needs_deploy(build_net(deploy, "train"))
+    assert build_net(deploy, "test").outputs == ["fc8"]
+    assert losses_in_test_phase(param) and not losses_in_test_phase(deploy)
 
 
 def test_a_data_top_whose_shape_is_unknown_is_named():

@@ -6,7 +6,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
-from caffeinit.data.sources import DatumDBSource, ImageSource, Source, find_images, layer_source
+from caffeinit.data.sources import ImageSource, Source, find_images, first_datum_shape, layer_source
 from caffeinit.data.transform import Preprocess, parse_ints
 from caffeinit.errors import CaffeinitError
 from caffeinit.net import Net
@@ -130,16 +130,12 @@ def replaced_layer_preprocess(lp, phase: int, options: ImageOptions, top_shape=N
 def database_item(lp) -> tuple[int, int, int] | None:
     """(C, H, W) of the first record of a Data layer's database, where it is here and readable (its path is
     relative to the folder Caffe runs in); else None."""
-    dp = lp.data_param
-    if lp.type != "Data" or not dp.source or not os.path.exists(dp.source):
+    if lp.type != "Data" or not lp.data_param.source or not os.path.exists(lp.data_param.source):
         return None
-    tp = lp.transform_param
-    db = DatumDBSource(dp.source, dp.backend, Preprocess(force_color=tp.force_color, force_gray=tp.force_gray))
     try:
-        pixels, hwc, _ = db.pixels(db.first())
+        return first_datum_shape(lp)
     except CaffeinitError:
         return None
-    return (pixels.shape[2] if pixels.ndim == 3 else 1, *pixels.shape[:2]) if hwc else tuple(pixels.shape)
 
 
 def image_feed_shapes(net_param, phase, options: ImageOptions, batch_size: int) -> dict[str, tuple[int, ...]]:

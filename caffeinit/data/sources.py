@@ -483,6 +483,16 @@ def _image_data_resize(layer_param) -> tuple[int, int] | None:
     return (ip.new_height, ip.new_width) if ip.new_height > 0 else None
 
 
+def first_datum_shape(layer_param: caffe_pb2.LayerParameter) -> tuple[int, int, int]:
+    """(C, H, W) of the first record of a Data layer's database, decoded as its transform_param says."""
+    dp, tp = layer_param.data_param, layer_param.transform_param
+    db = DatumDBSource(dp.source, dp.backend, Preprocess(force_color=tp.force_color, force_gray=tp.force_gray))
+    pixels, hwc, _ = db.pixels(db.first())
+    if not hwc:
+        return tuple(int(d) for d in pixels.shape)
+    return (pixels.shape[2] if pixels.ndim == 3 else 1, int(pixels.shape[0]), int(pixels.shape[1]))
+
+
 def peek_top_shapes(layer_param: caffe_pb2.LayerParameter, phase: int = caffe_pb2.TEST) -> list[Shape]:
     """The shapes of a data layer's tops, reading only the first record or image (as Caffe's set-up does)."""
     kind, name, n_tops = layer_param.type, layer_param.name, len(layer_param.top)
@@ -504,11 +514,7 @@ def peek_top_shapes(layer_param: caffe_pb2.LayerParameter, phase: int = caffe_pb
         dp = layer_param.data_param
         if not dp.source:
             raise CaffeinitError(f"{where}: data_param.source is not set")
-        tp = layer_param.transform_param
-        probe = Preprocess(force_color=tp.force_color, force_gray=tp.force_gray)
-        db = DatumDBSource(dp.source, dp.backend, probe)
-        pixels, hwc, _ = db.pixels(db.first())
-        c, h, w = (pixels.shape[2], pixels.shape[0], pixels.shape[1]) if hwc else pixels.shape
+        c, h, w = first_datum_shape(layer_param)
         return with_label(dp.batch_size, (c, crop, crop) if crop else (c, h, w))
     if kind == "ImageData":
         ip = layer_param.image_data_param
