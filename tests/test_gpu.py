@@ -177,7 +177,7 @@ def test_cuda_gradient_passes_split_into_chunks_give_the_same_sums():
 
 
 def test_the_gradient_pass_estimate_covers_the_measured_cuda_peak():
-    """What initialize budgets for a gradient pass (caffeinit.init.pipeline._gradient_chunk) is at least the pass's
+    """What initialize budgets for a gradient pass (caffeinit.init.pipeline.gradient_chunk) is at least the pass's
     measured peak on the device, and not wildly more (VGG-16, 16 images)."""
     from caffeinit.init import pipeline, rates
     model, sm, feed = _pass_setup("soeaver__deploy_vgg16-pytorch", 16)

@@ -36,10 +36,14 @@ class LayerMeasure:
 def measure(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], *, draws: int = 1,
             seed: int = 0) -> list[LayerMeasure]:
     """Measure ``model`` (a CaffeModel) on ``batches`` of feed dicts {data-layer top: array}; weights unchanged."""
-    from caffeinit.init.pipeline import _collect_feeds
+    from caffeinit.allocator import return_freed_memory
+    from caffeinit.init.pipeline import _collect_feeds, gradient_chunk
 
     module, net = model.module, model.net
     feeds = _collect_feeds(net, batches, module.device)
+    chunk = gradient_chunk(module, feeds, draws)  # before any work: refused where not one image fits
+    if chunk is not None and module.device.type == "cpu":
+        return_freed_memory()
     nodes = [node for node in net.layers if affine_of(node) is not None]
     stats = {node.index: ChannelStats() for node in nodes}
 
@@ -57,7 +61,7 @@ def measure(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], *
         if id(weight) not in seen and weight.requires_grad:
             seen.add(id(weight))
             params.append(weight)
-    rates = measure_rates(module, scale_model, feeds, draws, seed, params=params) if params else []
+    rates = measure_rates(module, scale_model, feeds, draws, seed, params=params, chunk=chunk) if params else []
     rate_of = {id(p): float(r) for p, r in zip(params, rates)}
 
     out = []

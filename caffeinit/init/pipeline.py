@@ -47,7 +47,9 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     num_images = sum(next(iter(f.values())).shape[0] for f in feeds)
     short = config.within and _check_memory(net, device, num_images, max(next(iter(f.values())).shape[0]
                                                                           for f in feeds))
-    chunk = _gradient_chunk(module, feeds, config) if config.between or config.measure_before else None
+    chunk = None
+    if config.between or config.measure_before:  # without the between step only the before pass's few images
+        chunk = gradient_chunk(module, feeds, config.between_draws, None if config.between else BEFORE_IMAGES)
     if (short or chunk is not None) and device.type == "cpu":
         return_freed_memory()  # less fragmentation, for some speed on large tensors
     report = InitReport(net=net.name, method=config.method, num_images=num_images)
@@ -107,16 +109,16 @@ def _check_memory(net, device, num_images: int, batch_size: int) -> bool:
                          "inputs")
 
 
-def _gradient_chunk(module, feeds, config: InitConfig) -> int | None:
-    """At most how many images one gradient pass may hold, where a whole batch's would not fit in the memory
-    available; None: whole batches. Refuses where not even one image fits."""
+def gradient_chunk(module, feeds, draws: int, images: int | None = None) -> int | None:
+    """At most how many images one gradient pass over ``feeds`` (at most ``images`` of each) may hold, where a
+    whole batch's would not fit in the memory available; None: whole batches. Refuses where not even one image
+    fits."""
     available = available_memory(module.device)
     if available is None:
         return None
     batch = max(next(iter(f.values())).shape[0] for f in feeds)
-    if not config.between:  # only the report's "before" pass, on a few images
-        batch = min(batch, BEFORE_IMAGES)
-    gradients = config.between_draws * sum(4.0 * p.numel() for p in module.parameters())  # at most one per draw
+    batch = min(batch, images or batch)
+    gradients = draws * sum(4.0 * p.numel() for p in module.parameters())  # at most one per draw
     budget = TIGHT_MEMORY * available - gradients
     values, largest = _values_per_image(module.net)
     if PASS_OVERHEAD * (values + 2 * largest) * batch <= budget:  # even keeping every value of the net fits
