@@ -23,6 +23,7 @@ from caffeinit.init.within import memory_estimate, run_within
 
 BEFORE_IMAGES = 4
 TIGHT_MEMORY = 0.8  # stored values above this fraction of the memory available get a warning
+DEFAULT_FILL = 0.7  # a default image count is cut to fill at most this much of it: well clear of the warning
 # A gradient pass's measured peak over what it keeps for backward plus a gradient in and out of its largest layer:
 # FCN-8s (500 x 500, bilinear upsampling, CPU) keeps 711 MiB per image and its largest value is 119 MiB, and a pass
 # over 16 images took 21.9 GiB (backward buffers, allocator fragmentation)
@@ -45,8 +46,8 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     started = time.perf_counter()
     feeds = _collect_feeds(net, batches, device)
     num_images = sum(next(iter(f.values())).shape[0] for f in feeds)
-    short = config.within and _check_memory(net, device, num_images, max(next(iter(f.values())).shape[0]
-                                                                          for f in feeds))
+    batch_size = max(next(iter(f.values())).shape[0] for f in feeds)
+    short = config.within and _check_memory(net, device, num_images, batch_size)
     chunk = None
     if config.between or config.measure_before:  # without the between step only the before pass's few images
         chunk = gradient_chunk(module, feeds, config.between_draws, None if config.between else BEFORE_IMAGES)
@@ -160,12 +161,12 @@ def _size(num_bytes: float) -> str:
 
 def images_that_fit(net, device, batch_size: int, wanted: int) -> int:
     """``wanted``, or fewer where the within-layer step for ``wanted`` images would not fit in the memory available
-    now (as many as fit with a margin, at least one batch): for a default image count, not a user's."""
+    now (as many as fill at most DEFAULT_FILL of it, at least one batch): for a default image count, not a user's."""
     available = available_memory(device)
     estimate = memory_estimate(net, batch_size)
-    if available is None or estimate.where is None or estimate.total(wanted) <= TIGHT_MEMORY * available:
+    if available is None or estimate.where is None or estimate.total(wanted) <= DEFAULT_FILL * available:
         return wanted
-    return max(min(batch_size, wanted), min(wanted, estimate.images_within(TIGHT_MEMORY * available)))
+    return max(min(batch_size, wanted), min(wanted, estimate.images_within(DEFAULT_FILL * available)))
 
 
 def _collect_feeds(net, batches, device) -> list[dict[str, torch.Tensor]]:

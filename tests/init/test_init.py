@@ -145,10 +145,10 @@ def test_a_default_image_count_shrinks_to_what_fits(monkeypatch):
     from caffeinit.init.within import memory_estimate
     net = model(BRANCHED).net
     estimate = memory_estimate(net, 2)
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: estimate.total(160) / 0.8)
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: estimate.total(160) / 0.7)
     assert pipeline.images_that_fit(net, "cpu", 2, 160) == 160
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: estimate.total(100) / 0.8)
-    assert pipeline.images_that_fit(net, "cpu", 2, 160) == 100  # with the warning's margin
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: (estimate.total(100) + 1) / 0.7)
+    assert pipeline.images_that_fit(net, "cpu", 2, 160) == 100  # filling 70%: clear of the warning at 80%
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 1)
     assert pipeline.images_that_fit(net, "cpu", 2, 160) == 2  # one batch: initialize then says why it cannot run
     monkeypatch.setattr(pipeline, "available_memory", lambda device: None)
