@@ -37,8 +37,7 @@ def retain_freed_memory() -> bool:
     libc = _glibc()
     if libc is None or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or not hasattr(libc, "mallopt"):
         return False  # musl and others have no mallopt
-    mallopt = libc.mallopt
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt = _mallopt(libc)
     global _retained
     _retained = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _retained
@@ -55,8 +54,7 @@ def return_freed_memory() -> bool:
     if not _retained or libc is None:
         return False
     _retained = False
-    mallopt = libc.mallopt
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt = _mallopt(libc)
     done = bool(mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) \
         and bool(mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
     return release_free_memory() and done
@@ -71,6 +69,12 @@ def release_free_memory() -> bool:
     libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     libc.malloc_trim(0)
     return True
+
+
+def _mallopt(libc):
+    mallopt = libc.mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
 
 
 def _glibc():

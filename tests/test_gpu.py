@@ -158,8 +158,8 @@ def test_cuda_gradients_equal_cpu_gradients_in_float32(name):
 def _pass_setup(name, batch):
     from caffeinit.init.scale_model import build_scale_model
     path, weights = _weights(name)
-    model = load(path, weights=weights, device=DEVICE, input_shapes={b: (batch,) + tuple(s[1:]) for b, s in
-                                                                      load(path).net.feeds.items()})
+    shapes = {b: (batch,) + tuple(s[1:]) for b, s in load(path).net.feeds.items()}
+    model = load(path, weights=weights, device=DEVICE, input_shapes=shapes)
     rng = np.random.default_rng(2)
     feed = {model.net.feed_values[b]: torch.from_numpy(rng.standard_normal((batch,) + tuple(s[1:])).astype(
         np.float32)).to(DEVICE) for b, s in model.net.feeds.items()}
@@ -180,9 +180,10 @@ def test_the_gradient_pass_estimate_covers_the_measured_cuda_peak():
     """What initialize budgets for a gradient pass (caffeinit.init.pipeline.gradient_chunk) is at least the pass's
     measured peak on the device, and not wildly more (VGG-16, 16 images)."""
     from caffeinit.init import pipeline, rates
+    from caffeinit.init.within import values_per_image
     model, sm, feed = _pass_setup("soeaver__deploy_vgg16-pytorch", 16)
     kept = rates.pass_bytes_per_image(model.module, sm, feed, sm.groups)
-    budget = pipeline.PASS_OVERHEAD * (kept + 2 * pipeline._values_per_image(model.net)[1]) * 16
+    budget = pipeline.PASS_OVERHEAD * (kept + 2 * values_per_image(model.net)[1]) * 16
     budget += sum(4.0 * p.numel() for p in model.module.parameters())
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()

@@ -19,7 +19,7 @@ from caffeinit.init.config import InitConfig
 from caffeinit.init.report import InitReport, LayerRecord
 from caffeinit.init.roles import affine_of, frozen_at_zero, is_frozen, weight_lr_mult
 from caffeinit.init.stats import ChannelStats
-from caffeinit.init.within import memory_estimate, run_within
+from caffeinit.init.within import memory_estimate, run_within, values_per_image
 
 BEFORE_IMAGES = 4
 TIGHT_MEMORY = 0.8  # stored values above this fraction of the memory available get a warning
@@ -121,7 +121,7 @@ def gradient_chunk(module, feeds, draws: int, images: int | None = None) -> int 
     batch = min(batch, images or batch)
     gradients = draws * sum(4.0 * p.numel() for p in module.parameters())  # at most one per draw
     budget = TIGHT_MEMORY * available - gradients
-    values, largest = _values_per_image(module.net)
+    values, largest = values_per_image(module.net)
     if PASS_OVERHEAD * (values + 2 * largest) * batch <= budget:  # even keeping every value of the net fits
         return None
     model = build_scale_model(module)
@@ -144,15 +144,6 @@ def gradient_chunk(module, feeds, draws: int, images: int | None = None) -> int 
                   f"of {batch} images, more than the {_size(available)} of {kind} allows: they run {chunk} images at "
                   "a time (the same change rates up to float rounding)")
     return chunk
-
-
-def _values_per_image(net) -> tuple[float, float]:
-    """Bytes of every value the net computes (an upper bound on what a gradient pass keeps), and of the largest
-    one, per image."""
-    declared = next((shape[0] for shape in net.feeds.values() if shape), 1) or 1
-    sizes = [4.0 * math.prod(shape) / declared for node in net.layers if not node.layer.is_data
-             for shape in node.top_shapes]
-    return sum(sizes), max(sizes, default=0.0)
 
 
 def _size(num_bytes: float) -> str:

@@ -148,7 +148,7 @@ def square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tens
     pending: list[dict[int, torch.Tensor | list[torch.Tensor]]] = [{} for _ in range(draws)]
     gram_inputs: dict[int, list[torch.Tensor]] = {}
     readers: dict[int, LayerNode] = {}
-    noise: list[dict[str, torch.Tensor]] = []  # chunked: each draw's noise over the whole batch, per end value
+    noise: list[dict[str, torch.Tensor]] = []  # each draw's noise over the whole batch, per end value
 
     def finish(d: int) -> None:
         for k, g in pending[d].items():
@@ -162,7 +162,7 @@ def square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tens
                 sums[k] += _rms(g) ** 2
                 if channel_sums is not None and k in channel_sums:
                     channel_sums[k] += model.input_channels[k].squares(g)
-        pending[d] = {}
+        pending[d], noise[d] = {}, {}
 
     with torch.enable_grad():
         for c, (lo, hi) in enumerate(chunks):
@@ -175,15 +175,14 @@ def square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tens
             for k in gram_keys:
                 gram_inputs.setdefault(k, []).append(grams.inputs[k])
             for d in range(draws):
-                gen = torch.Generator(device=module.device)
-                gen.manual_seed((int(seed) * 7_368_787 + 104_729 * batch + 1_299_709 * d + 1) % (2 ** 63))
+                if c == 0:  # the draw over the whole batch (sliced per chunk)
+                    gen = torch.Generator(device=module.device)
+                    gen.manual_seed((int(seed) * 7_368_787 + 104_729 * batch + 1_299_709 * d + 1) % (2 ** 63))
+                    noise.append({v: torch.randn((size,) + tuple(out[v].shape[1:]), generator=gen,
+                                                 device=gen.device).to(out[v].device) for v in model.ends})
                 if whole:
-                    loss = sum((torch.randn(out[v].shape, generator=gen, device=gen.device).to(out[v].device)
-                                * out[v]).sum() for v in model.ends)
+                    loss = sum((noise[d][v] * out[v]).sum() for v in model.ends)
                 else:
-                    if c == 0:  # the draw over the whole batch, as unchunked
-                        noise.append({v: torch.randn((size,) + tuple(out[v].shape[1:]), generator=gen,
-                                                     device=gen.device).to(out[v].device) for v in model.ends})
                     for v in model.ends:
                         if out[v].dim() == 0 or out[v].shape[0] != hi - lo:
                             raise CaffeinitError(f"value '{v}' does not keep the images along its first axis: the "

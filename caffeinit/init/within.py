@@ -60,12 +60,26 @@ def _last_uses(net) -> dict[str, int]:
     return {v: node.index for node in net.layers if not node.layer.is_loss for v in node.bottom_values}
 
 
+def _declared_batch(net) -> int:
+    """The batch size the net's shapes were inferred for: per-image sizes divide by it."""
+    return next((shape[0] for shape in net.feeds.values() if shape), 1) or 1
+
+
+def values_per_image(net) -> tuple[float, float]:
+    """Bytes of every value the net computes before its losses (an upper bound on what a gradient pass keeps), and
+    of the largest one, per image."""
+    declared = _declared_batch(net)
+    sizes = [4.0 * math.prod(shape) / declared for node in net.layers if not node.layer.is_data
+             and not node.layer.is_loss for shape in node.top_shapes]
+    return sum(sizes), max(sizes, default=0.0)
+
+
 def stored_peak(net) -> tuple[float, LayerNode | None]:
     """The most the within-layer step must hold at once, in bytes per image, and after which layer: every value a
     later layer reads, for every image, as float32, once each layer's dying inputs are gone (a lower bound: a layer
     also holds its inputs while it makes its outputs, and those that die there are released a batch at a time)."""
     last_use = _last_uses(net)
-    declared = next((shape[0] for shape in net.feeds.values() if shape), 1) or 1
+    declared = _declared_batch(net)
     live: dict[str, float] = {}
     peak, where = 0.0, None
     for node in net.layers:
@@ -110,10 +124,8 @@ class MemoryEstimate:
 def memory_estimate(net, batch_size: int) -> MemoryEstimate:
     """The within-layer step's expected peak memory for ``net``, with batches of ``batch_size`` images."""
     stored, where = stored_peak(net)
-    declared = next((shape[0] for shape in net.feeds.values() if shape), 1) or 1
-    feeds = sum(4.0 * math.prod(shape) for shape in net.feeds.values()) / declared
-    largest = max((4.0 * math.prod(shape) / declared for node in net.layers if not node.layer.is_data
-                   and not node.layer.is_loss for shape in node.top_shapes), default=0.0)
+    feeds = sum(4.0 * math.prod(shape) for shape in net.feeds.values()) / _declared_batch(net)
+    largest = values_per_image(net)[1]
     return MemoryEstimate(STORED_OVERHEAD * stored + feeds, 2 * largest * batch_size, stored, where)
 
 

@@ -162,6 +162,7 @@ def test_gradient_passes_that_do_not_fit_run_in_chunks_and_give_the_same_weights
     from caffeinit.init import pipeline
     from caffeinit.init.rates import pass_bytes_per_image
     from caffeinit.init.scale_model import build_scale_model
+    from caffeinit.init.within import values_per_image
     batches = images(3, batch=8, seed=6)
     whole = model(PLAIN)
     report = initialize(whole, batches, InitConfig(), progress=False)
@@ -169,7 +170,7 @@ def test_gradient_passes_that_do_not_fit_run_in_chunks_and_give_the_same_weights
 
     m = model(PLAIN)
     per_image = pass_bytes_per_image(m.module, build_scale_model(m.module), {"data": torch.from_numpy(
-        batches[0]["data"])}, build_scale_model(m.module).groups) + 2 * pipeline._values_per_image(m.net)[1]
+        batches[0]["data"])}, build_scale_model(m.module).groups) + 2 * values_per_image(m.net)[1]
     per_image *= pipeline.PASS_OVERHEAD
     gradients = sum(4.0 * p.numel() for p in m.module.parameters())
     monkeypatch.setattr(pipeline, "_check_memory", lambda *a: None)  # the within step's own check: tested above

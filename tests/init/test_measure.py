@@ -41,12 +41,13 @@ def test_rates_measured_in_chunks_where_a_whole_pass_does_not_fit(monkeypatch):
     from caffeinit.init import pipeline
     from caffeinit.init.rates import pass_bytes_per_image
     from caffeinit.init.scale_model import build_scale_model
+    from caffeinit.init.within import values_per_image
     batches = images(2, batch=8, seed=4)
     m = model(PLAIN)
     whole = measure(m, batches)
     sm = build_scale_model(m.module)
     per_image = pipeline.PASS_OVERHEAD * (pass_bytes_per_image(m.module, sm, {"data": torch.from_numpy(
-        batches[0]["data"])}, sm.groups) + 2 * pipeline._values_per_image(m.net)[1])
+        batches[0]["data"])}, sm.groups) + 2 * values_per_image(m.net)[1])
     gradients = sum(4.0 * p.numel() for p in m.module.parameters())
     monkeypatch.setattr(pipeline, "available_memory", lambda device: (gradients + 4.5 * per_image) / 0.8)
     with pytest.warns(UserWarning, match="they run 4 images at a time"):

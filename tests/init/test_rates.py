@@ -218,12 +218,12 @@ def test_what_a_gradient_pass_keeps_grows_with_its_images(text):
     """Measured on two images, it is what a pass over 6 keeps per image (autograd's saved tensors, the end values,
     the Gram inputs), the parameters left out; and at most every value the net computes plus the input."""
     from caffeinit.init import rates
-    from caffeinit.init.pipeline import _values_per_image
+    from caffeinit.init.within import values_per_image
     m = model(text)
     sm = build_scale_model(m.module)
     feed = {"data": torch.from_numpy(images(1, batch=8, seed=5)[0]["data"])}
     one = rates.pass_bytes_per_image(m.module, sm, feed, sm.groups)  # two images
     six = rates.pass_bytes_per_image(m.module, sm, feed, sm.groups, images=6)
     assert 0 < one and six == pytest.approx(one, rel=1e-2)  # BatchNorm's few per-pass scalars aside
-    assert one <= _values_per_image(m.net)[0] + 4 * feed["data"][0].numel()
+    assert one <= values_per_image(m.net)[0] + 4 * feed["data"][0].numel()
     assert one < sum(4 * p.numel() for p in m.module.parameters()) or text == POOLED_LRN_NET
