@@ -190,7 +190,8 @@ def cmd_run(args) -> int:
     config = InitConfig(method=args.method, between=args.between, between_iters=args.between_iters,
                         tolerance=args.tolerance, bias=args.bias, num_images=args.num_images,
                         batch_size=args.batch_size, reinit=args.reinit, seed=args.seed,
-                        between_batches=args.between_batches, between_draws=args.between_draws)
+                        between_batches=args.between_batches, between_draws=args.between_draws,
+                        measure_before=args.before)
     config.check()
     inputs = [p for p in (args.net, args.weights, args.images) if p]
     for path in (args.output, args.report, args.plot, args.onnx):
@@ -396,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"batches the change rates are averaged over (default {InitConfig.between_batches})")
     p.add_argument("--between-draws", type=int, default=InitConfig.between_draws, metavar="D",
                    help=f"random gradient draws per batch (default {InitConfig.between_draws})")
+    p.add_argument("--before", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure the table's 'before' columns under the starting weights: one forward+backward over "
+                   "4 images, for the report only (default on; --no-before saves that pass on very large nets)")
     p.add_argument("--bias", type=float, default=0.1, metavar="BETA", help="target mean of every unit (default 0.1)")
     p.add_argument("--num-images", type=int, help="images used (default 160, or as many as the memory available "
                    "holds)")

@@ -41,6 +41,19 @@ def test_seed_gives_bitwise_identical_output(tmp_path):
     assert hashlib.sha256(out.read_bytes()).hexdigest() != digests[0]
 
 
+def test_no_before_skips_the_report_only_pass_and_writes_the_same_weights(tmp_path, capsys):
+    code, with_before = run(tmp_path, "--seed", "3", "--report", tmp_path / "a.json", name="a.caffemodel")
+    assert code == 0
+    code, without = run(tmp_path, "--seed", "3", "--no-before", "--report", tmp_path / "b.json", name="b.caffemodel")
+    assert code == 0
+    assert with_before.read_bytes() == without.read_bytes()
+    measured = json.loads((tmp_path / "a.json").read_text())["layers"]
+    skipped = json.loads((tmp_path / "b.json").read_text())["layers"]
+    assert all(layer["rate_before"] > 0 and layer["std_before"] > 0 for layer in measured)
+    assert all(layer[key] is None for layer in skipped for key in ("mean_before", "std_before", "rate_before"))
+    assert [layer["rate_after"] for layer in skipped] == [layer["rate_after"] for layer in measured]
+
+
 def test_output_in_missing_folder_is_a_clear_error(tmp_path, capsys):
     code = main(["run", str(CIFAR), "--images", str(IMAGES), "-o", str(tmp_path / "nope" / "o.caffemodel"), *FAST])
     err = capsys.readouterr().err

@@ -256,11 +256,13 @@ def _measure_before(module, feed, config, records, chunk: int | None = None) -> 
             seen.add(id(weight))
             params.append(weight)
 
-    def tap(node, tops):
+    seen_stats: dict[str, ChannelStats] = {}
+
+    def tap(node, tops):  # called once per chunk where the gradient pass is split: the statistics add up
         record = records.get(node.name)
         affine = affine_of(node)
         if record is not None and affine is not None:
-            stats = ChannelStats()
+            stats = seen_stats.setdefault(node.name, ChannelStats())
             for t in tops:
                 stats.update(t, affine.channel_axis)
             record.mean_before, record.std_before = float(stats.mean.mean()), float(stats.std.mean())

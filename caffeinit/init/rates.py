@@ -111,19 +111,31 @@ class ProbeTap(_Tap):
         self.acts_on = {node.index for node in model.active if model.rules[node.index] == "approx"}
         self.wanted = {node.bottom_values[0] for node in model.active if node.index in self.acts_on}
         self.values: dict[str, torch.Tensor] = {}
+        self.grown: set[str] = set()
         self.probes: dict[int, ScaleProbe] = {}
 
     def __call__(self, node: LayerNode, tops) -> None:
         if self.inner is not None:
             self.inner(node, tops)
-        if node.index in self.acts_on and node.bottom_values[0] in self.values:
+        if node.index in self.acts_on and node.bottom_values[0] in self.grown:
             gen = torch.Generator(device=self.module.device)
             gen.manual_seed((int(self.seed) * 15_485_863 + 31 * node.index + 7) % (2 ** 63))
             self.probes[node.index] = ScaleProbe(node.layer, self.values[node.bottom_values[0]],
                                                  self.module.layer_blobs[node.index], gen)
         for v, t in zip(node.top_values, tops):
-            if v in self.wanted:  # RMS ratios: a few images are plenty
-                self.values[v] = t.detach()[:PROBE_IMAGES] if t.dim() else t.detach()
+            if v in self.wanted:
+                self._keep(v, t.detach())
+
+    def _keep(self, value: str, t: torch.Tensor) -> None:
+        """Keep the first PROBE_IMAGES images of ``value`` (RMS ratios: a few are plenty), gathered over the chunks
+        of a split pass; ``grown`` names the values that took images in this call."""
+        have = self.values.get(value)
+        if have is None or (t.dim() and have.shape[0] < PROBE_IMAGES):
+            part = t[:PROBE_IMAGES - (0 if have is None else have.shape[0])] if t.dim() else t
+            self.values[value] = part if have is None else torch.cat([have, part])
+            self.grown.add(value)
+        else:
+            self.grown.discard(value)
 
 
 def _rms(t: torch.Tensor) -> float:
@@ -137,7 +149,7 @@ def square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tens
     draws depend only on ``seed``, ``batch`` and the draw. ``channel_sums[k]`` (split groups, ``params`` being the
     model's groups) gets the sums of dL/dW_k^2 per input channel added. InnerProduct weights never get their
     gradient formed (see _GramTap). ``chunk``: at most this many images per forward and backward, their gradients
-    summed (the same draws, so the same result up to float rounding, in less memory); ``tap`` sees the first."""
+    summed (the same draws, so the same result up to float rounding, in less memory); ``tap`` sees each of them."""
     stop = max(node.index for node in model.active) + 1
     sums = np.zeros(len(params))
     feed = fast_layout(feed)
@@ -167,7 +179,7 @@ def square_grads(module: TorchNet, model: ScaleModel, feed: dict[str, torch.Tens
     with torch.enable_grad():
         for c, (lo, hi) in enumerate(chunks):
             part = feed if whole else {v: t[lo:hi] for v, t in feed.items()}
-            grams = _GramTap(module, model, params, part, tap if c == 0 else None)
+            grams = _GramTap(module, model, params, part, tap)
             readers = grams.readers
             direct = [k for k in range(len(params)) if k not in readers]
             out = module(part, stop=stop, keep=model.ends, tap=grams)
@@ -318,8 +330,8 @@ def change_rates(square_sums: np.ndarray, count: int, weight_rms: np.ndarray) ->
 def measure_rates(module: TorchNet, model: ScaleModel, feeds: list[dict[str, torch.Tensor]], draws: int, seed: int,
                   params: list[torch.nn.Parameter] | None = None, tap=None, chunk: int | None = None) -> np.ndarray:
     """RMS(dL/dW) / RMS(W) for each of ``params`` (default: the model's groups), over ``feeds`` and ``draws`` N(0,1)
-    gradient draws per batch at the end values. ``tap`` sees the forward of the first batch (its first ``chunk``
-    images, where passes are split)."""
+    gradient draws per batch at the end values. ``tap`` sees the forward of the first batch (chunk by chunk, where
+    passes are split)."""
     params = model.groups if params is None else params
     if not params:
         return np.zeros(0)

@@ -144,19 +144,24 @@ class InitReport:
         xs = range(len(names))
         fig, (rate_ax, std_ax) = plt.subplots(2, 1, figsize=(min(max(6.0, 0.45 * len(names) + 2), MAX_PLOT_WIDTH), 7),
                                               sharex=True)
-        rate_ax.bar([x - 0.2 for x in xs], [_plottable(r.rate_before) for r in records], 0.4, label="before")
+        # without 'before' figures (--no-before) the 'after' bars stand alone
+        with_before = any(r.rate_before is not None or r.std_before is not None for r in records)
+        at, width = ([x + 0.2 for x in xs], 0.4) if with_before else (list(xs), 0.6)
+        if with_before:
+            rate_ax.bar([x - 0.2 for x in xs], [_plottable(r.rate_before) for r in records], 0.4, label="before")
         after = [_plottable(r.rate_after) for r in records]
         noise = [r.rate_noise or 0.0 for r in records]  # +- one standard error, symmetric in log scale
         spread = [[a - a / (1 + n) for a, n in zip(after, noise)], [a * n for a, n in zip(after, noise)]]
-        rate_ax.bar([x + 0.2 for x in xs], after, 0.4, label="after (+- standard error)", yerr=spread, capsize=2)
+        rate_ax.bar(at, after, width, label="after (+- standard error)", yerr=spread, capsize=2, color="C1")
         rate_ax.set_yscale("log")
         rate_ax.set_ylabel("lr_mult x RMS(dL/dW) / RMS(W)")
         after_spread = self.spread("after")
         rate_ax.set_title(f"{self.net} ({self.method}): change rate per layer"
-                          + (f", spread {after_spread:.2f}x after" if after_spread else ""))
+                          + (f", spread {after_spread:.2f}x after" if after_spread else ""), fontsize=10)
         rate_ax.legend(loc="best", fontsize=8, framealpha=0.8)
-        std_ax.bar([x - 0.2 for x in xs], [_plottable(r.std_before) for r in records], 0.4, label="before")
-        std_ax.bar([x + 0.2 for x in xs], [_plottable(r.std_after) for r in records], 0.4, label="after")
+        if with_before:
+            std_ax.bar([x - 0.2 for x in xs], [_plottable(r.std_before) for r in records], 0.4, label="before")
+        std_ax.bar(at, [_plottable(r.std_after) for r in records], width, label="after", color="C1")
         std_ax.set_yscale("log")
         std_ax.set_ylabel("output std (channel mean)")
         std_ax.set_title("output std per layer (after: unit std, then the between-layer rescaling)", fontsize=10)

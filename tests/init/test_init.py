@@ -180,6 +180,10 @@ def test_gradient_passes_that_do_not_fit_run_in_chunks_and_give_the_same_weights
                                          r"images at a time \(the same change rates up to float rounding\)$"):
         report = initialize(m, batches, InitConfig(), progress=False)
     assert report.gradient_chunk == 3 and report.to_dict()["gradient_chunk"] == 3
+    whole_report = initialize(model(PLAIN), batches, InitConfig(between=False), progress=False)
+    for split, one in zip(report.layers, whole_report.layers):  # 'before' on 4 images: chunks of 3 and 1
+        for key in ("mean_before", "std_before", "rate_before"):
+            assert getattr(split, key) == pytest.approx(getattr(one, key), rel=1e-4), (split.name, key)
     for name, arrays in whole.blobs().items():
         for a, b in zip(arrays, m.blobs()[name]):
             np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * np.abs(a).max())

@@ -213,6 +213,27 @@ def test_gradient_passes_split_into_chunks_give_the_same_sums(text):
     assert not np.allclose(other_draws, whole, rtol=1e-3)
 
 
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_probes_of_a_split_pass_see_the_images_of_a_whole_one(chunk):
+    """The LRN probe gets its PROBE_IMAGES images gathered over the chunks of a split pass: its input and its
+    exponents are those of the whole pass."""
+    from caffeinit.init import rates
+    m, feeds, sm = _initialized(POOLED_LRN_NET, seed=4)
+
+    def probed(chunk):
+        tap = rates.ProbeTap(m.module, sm, 7)
+        with rates.GradsOnly(m.module, sm.groups):
+            rates.square_grads(m.module, sm, feeds[0], 0, 1, 7, sm.groups, tap=tap, chunk=chunk)
+        (probe,) = tap.probes.values()
+        return probe
+
+    whole, split = probed(None), probed(chunk)
+    assert whole.x.shape[0] == rates.PROBE_IMAGES < feeds[0]["data"].shape[0]
+    torch.testing.assert_close(split.x, whole.x, rtol=1e-5, atol=1e-6)
+    for level in (0.0, 0.7):
+        np.testing.assert_allclose(split.exponents(level), whole.exponents(level), rtol=1e-4)
+
+
 @pytest.mark.parametrize("text", [GRAM_NET, RESIDUAL_BN, POOLED_LRN_NET], ids=["gram", "residual_bn", "lrn"])
 def test_what_a_gradient_pass_keeps_grows_with_its_images(text):
     """Measured on two images, it is what a pass over 6 keeps per image (autograd's saved tensors, the end values,

@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from caffeinit.init.report import MAX_PLOT_LABELS, MAX_PLOT_WIDTH, InitReport, LayerRecord
 
 
@@ -31,3 +33,21 @@ def test_the_summary_names_each_spread_and_leaves_out_an_unmeasured_one():
     for record in report.layers:
         record.rate_before = None  # all-zero starting weights: no rate before
     assert "change-rate spread (max/min) 4.20e+04x after the within-layer step, 1x after" in report.table()
+
+
+def test_the_plot_leaves_out_before_bars_that_were_not_measured():
+    """--no-before: only the 'after' bars, centred on their layers; with 'before' figures both, side by side."""
+    import matplotlib.pyplot as plt
+    report = _report(3)
+    for with_before in (True, False):
+        if not with_before:
+            for record in report.layers:
+                record.rate_before = record.std_before = None
+        figure = report.figure()
+        for axes in figure.axes:
+            labels = [text.get_text() for text in axes.get_legend().get_texts()]
+            assert ("before" in labels) == with_before and len(labels) == 1 + with_before
+            after = axes.containers[-1]
+            centres = [bar.get_x() + bar.get_width() / 2 for bar in after]
+            assert centres == pytest.approx([0.2, 1.2, 2.2] if with_before else [0.0, 1.0, 2.0])
+        plt.close(figure)
