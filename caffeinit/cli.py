@@ -191,7 +191,7 @@ def cmd_run(args) -> int:
                         tolerance=args.tolerance, bias=args.bias, num_images=args.num_images,
                         batch_size=args.batch_size, reinit=args.reinit, seed=args.seed,
                         between_batches=args.between_batches, between_draws=args.between_draws,
-                        measure_before=args.before)
+                        measure_before=args.before, pass_images=args.pass_images)
     config.check()
     inputs = [p for p in (args.net, args.weights, args.images) if p]
     for path in (args.output, args.report, args.plot, args.onnx):
@@ -243,7 +243,7 @@ def cmd_stats(args) -> int:
         check_output_path(args.json, inputs)
     model, source = _model_and_images(args, lambda *a: print(*a, file=sys.stderr))
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
-    measures = measure(model, data, draws=args.draws, seed=args.seed)
+    measures = measure(model, data, draws=args.draws, seed=args.seed, pass_images=args.pass_images)
     print(measure_table(measures))
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(measures_to_dict(measures), indent=1) + "\n").encode(),
@@ -318,6 +318,13 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _add_pass_images_option(p) -> None:
+    p.add_argument("--pass-images", type=int, metavar="N",
+                   help="at most N images per gradient pass (default: the whole batch, or as few equal parts of it "
+                   "as the memory available holds); pins how passes are split, so that --seed gives the same bits "
+                   "on machines with other memory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from caffeinit.init.config import InitConfig
 
@@ -374,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=64, help="images used (default 64)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--draws", type=int, default=1, help="random gradient draws per batch (default 1)")
+    _add_pass_images_option(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     p.add_argument("--precision", default="ieee", choices=("ieee", "tf32"), help="fp32 mode on GPUs (default ieee)")
     p.add_argument("--json", metavar="STATS.json", help="also write the figures as JSON")
@@ -404,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, help="images used (default 160, or as many as the memory available "
                    "holds)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    _add_pass_images_option(p)
     p.add_argument("--reinit", default="missing", metavar="all|missing|LAYER",
                    help="with --weights: draw all layers, only those missing from the weights (default), or LAYER "
                    "and every later one")

@@ -54,6 +54,14 @@ def test_no_before_skips_the_report_only_pass_and_writes_the_same_weights(tmp_pa
     assert [layer["rate_after"] for layer in skipped] == [layer["rate_after"] for layer in measured]
 
 
+def test_pass_images_splits_the_gradient_passes(tmp_path, capsys):
+    code, _ = run(tmp_path, "--pass-images", "3", "--report", tmp_path / "r.json")
+    assert code == 0 and json.loads((tmp_path / "r.json").read_text())["gradient_chunk"] == 3
+    code, out = run(tmp_path, "--pass-images", "0", name="bad.caffemodel")
+    assert code != 0 and not out.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "caffeinit: error: pass-images must be at least 1, got 0"
+
+
 def test_output_in_missing_folder_is_a_clear_error(tmp_path, capsys):
     code = main(["run", str(CIFAR), "--images", str(IMAGES), "-o", str(tmp_path / "nope" / "o.caffemodel"), *FAST])
     err = capsys.readouterr().err

@@ -38,3 +38,12 @@ def test_change_rates_equal_on_held_out_images_after_run(tmp_path, capsys):
     top = after["layers"][-1]  # no nonlinearity after ip2: its units have mean ~beta, std ~1 on new images
     assert abs(top["mean"] - 0.1) < 0.5 and 0.5 < top["std"] < 2
     assert "change-rate spread" in capsys.readouterr().out
+
+
+def test_bad_counts_are_one_line_errors(tmp_path, capsys):
+    for flag, value in (("--draws", 0), ("--pass-images", 0)):
+        code = main(["stats", str(CIFAR), "--images", str(LIST), "--num-images", "4", "--batch-size", "4", "--quiet",
+                     "--device", "cpu", flag, str(value)])
+        assert code != 0
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err == f"caffeinit: error: {flag[2:]} must be at least 1, got 0"

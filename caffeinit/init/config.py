@@ -30,6 +30,9 @@ class InitConfig:
     kmeans_iters: Lloyd iterations of the spherical k-means.
     measure_before: measure each layer's output statistics and change rate under the starting weights on the
         first 4 images, for the report (costs one forward+backward over 4 images).
+    pass_images: at most this many images per gradient pass (None: whole batches, or as few equal parts of them as
+        fit in the memory available, which then decides the float rounding). Pins how passes are split, for the
+        same bits on machines with other memory; more than fits is refused.
     """
     method: str = "gaussian"
     within: bool = True
@@ -46,6 +49,7 @@ class InitConfig:
     max_samples: int = 20000
     kmeans_iters: int = 20
     measure_before: bool = True
+    pass_images: int | None = None
 
     def check(self) -> None:
         """Raise a CaffeinitError naming the first bad option."""
@@ -55,6 +59,8 @@ class InitConfig:
                      "max_samples", "kmeans_iters"):
             if getattr(self, name) < 1:
                 raise CaffeinitError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.pass_images is not None and self.pass_images < 1:
+            raise CaffeinitError(f"pass-images must be at least 1, got {self.pass_images}")
         if not self.tolerance > 0:
             raise CaffeinitError(f"tolerance must be positive, got {self.tolerance}")
         if not math.isfinite(self.bias):

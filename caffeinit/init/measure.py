@@ -10,6 +10,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
+from caffeinit.errors import CaffeinitError
 from caffeinit.init.rates import measure_rates
 from caffeinit.init.scale_model import build_scale_model
 from caffeinit.init.roles import affine_of, weight_lr_mult
@@ -34,14 +35,18 @@ class LayerMeasure:
 
 
 def measure(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], *, draws: int = 1,
-            seed: int = 0) -> list[LayerMeasure]:
-    """Measure ``model`` (a CaffeModel) on ``batches`` of feed dicts {data-layer top: array}; weights unchanged."""
+            seed: int = 0, pass_images: int | None = None) -> list[LayerMeasure]:
+    """Measure ``model`` (a CaffeModel) on ``batches`` of feed dicts {data-layer top: array}; weights unchanged.
+    ``pass_images``: at most this many images per gradient pass (as ``InitConfig.pass_images``)."""
     from caffeinit.allocator import return_freed_memory
     from caffeinit.init.pipeline import _collect_feeds, gradient_chunk
 
+    for name, value in (("draws", draws), ("pass-images", pass_images)):
+        if value is not None and value < 1:
+            raise CaffeinitError(f"{name} must be at least 1, got {value}")
     module, net = model.module, model.net
     feeds = _collect_feeds(net, batches, module.device)
-    chunk = gradient_chunk(module, feeds, draws)  # before any work: refused where not one image fits
+    chunk = gradient_chunk(module, feeds, draws, pinned=pass_images)  # before any work: refused where none fits
     if chunk is not None and module.device.type == "cpu":
         return_freed_memory()
     nodes = [node for node in net.layers if affine_of(node) is not None]

@@ -50,7 +50,8 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     short = config.within and _check_memory(net, device, num_images, batch_size)
     chunk = None
     if config.between or config.measure_before:  # without the between step only the before pass's few images
-        chunk = gradient_chunk(module, feeds, config.between_draws, None if config.between else BEFORE_IMAGES)
+        chunk = gradient_chunk(module, feeds, config.between_draws, None if config.between else BEFORE_IMAGES,
+                               pinned=config.pass_images)
     if (short or chunk is not None) and device.type == "cpu":
         return_freed_memory()  # less fragmentation, for some speed on large tensors
     report = InitReport(net=net.name, method=config.method, num_images=num_images)
@@ -110,30 +111,37 @@ def _check_memory(net, device, num_images: int, batch_size: int) -> bool:
                          "inputs")
 
 
-def gradient_chunk(module, feeds, draws: int, images: int | None = None) -> int | None:
+def gradient_chunk(module, feeds, draws: int, images: int | None = None, pinned: int | None = None) -> int | None:
     """At most how many images one gradient pass over ``feeds`` (at most ``images`` of each) may hold, where a
     whole batch's would not fit in the memory available; None: whole batches. Refuses where not even one image
-    fits."""
-    available = available_memory(module.device)
-    if available is None:
-        return None
+    fits. ``pinned`` (the user's): that many, refused where it does not fit."""
     batch = max(next(iter(f.values())).shape[0] for f in feeds)
     batch = min(batch, images or batch)
+    wanted = None if pinned is None or pinned >= batch else pinned
+    if pinned is not None:
+        batch = min(batch, pinned)
+    available = available_memory(module.device)
+    if available is None:
+        return wanted
     gradients = draws * sum(4.0 * p.numel() for p in module.parameters())  # at most one per draw
     budget = TIGHT_MEMORY * available - gradients
     values, largest = values_per_image(module.net)
     if PASS_OVERHEAD * (values + 2 * largest) * batch <= budget:  # even keeping every value of the net fits
-        return None
+        return wanted
     model = build_scale_model(module)
     kept = pass_bytes_per_image(module, model, feeds[0], model.groups) if model.groups else None
     if kept is None:
-        return None
+        return wanted
     # and the backward's own: a gradient in and out of the largest layer
     per_image = PASS_OVERHEAD * (kept + 2 * largest)
     if per_image * batch <= budget:
-        return None
+        return wanted
     fits = int(budget // per_image) if budget > 0 else 0
     kind = "free GPU memory" if module.device.type == "cuda" else "memory available"
+    if pinned is not None and fits >= 1:
+        raise CaffeinitError(f"pass-images {pinned}: a gradient pass of {batch} images would keep about "
+                             f"{_size(per_image * batch)}, more than the {_size(available)} of {kind} allows: at "
+                             f"most {fits} fit")
     # as few equal chunks as fit: the size changes only when the memory available crosses a whole step
     chunk = math.ceil(batch / math.ceil(batch / fits)) if fits else 0
     if chunk < 1:

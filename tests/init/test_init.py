@@ -198,6 +198,43 @@ def test_gradient_passes_that_do_not_fit_run_in_chunks_and_give_the_same_weights
     assert all(np.array_equal(a, b) for k in before for a, b in zip(before[k], fresh.blobs()[k]))
 
 
+def test_pinned_pass_images_split_the_passes_the_same_on_any_memory(monkeypatch):
+    """``pass_images`` splits the gradient passes as given whatever the memory: with plenty it gives the bits that
+    an automatic split to that size gives where memory is short (so --seed's bits do not depend on the machine's
+    memory); a pinned size that does not fit is refused before any work, with how many fit."""
+    from caffeinit.init import pipeline
+    from caffeinit.init.rates import pass_bytes_per_image
+    from caffeinit.init.scale_model import build_scale_model
+    from caffeinit.init.within import values_per_image
+    batches = images(3, batch=8, seed=6)
+    pinned = model(PLAIN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for: no warning
+        report = initialize(pinned, batches, InitConfig(pass_images=3), progress=False)
+    assert report.gradient_chunk == 3
+
+    m = model(PLAIN)
+    sm = build_scale_model(m.module)
+    per_image = pipeline.PASS_OVERHEAD * (pass_bytes_per_image(m.module, sm, {"data": torch.from_numpy(
+        batches[0]["data"])}, sm.groups) + 2 * values_per_image(m.net)[1])
+    gradients = sum(4.0 * p.numel() for p in m.module.parameters())
+    monkeypatch.setattr(pipeline, "_check_memory", lambda *a: None)
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: (gradients + 3.5 * per_image) / 0.8)
+    with pytest.warns(UserWarning, match="they run 3 images at a time"):
+        assert initialize(m, batches, InitConfig(), progress=False).gradient_chunk == 3
+    for name, arrays in pinned.blobs().items():
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, m.blobs()[name])), name
+
+    fresh = model(PLAIN)
+    before = {k: [a.copy() for a in v] for k, v in fresh.blobs().items()}
+    with pytest.raises(CaffeinitError, match=r"^pass-images 5: a gradient pass of 5 images would keep about .*, more "
+                                             r"than the .* of memory available allows: at most 3 fit$"):
+        initialize(fresh, batches, InitConfig(pass_images=5), progress=False)
+    assert all(np.array_equal(a, b) for k in before for a, b in zip(before[k], fresh.blobs()[k]))
+    with pytest.raises(CaffeinitError, match="^pass-images must be at least 1, got 0$"):
+        InitConfig(pass_images=0).check()
+
+
 def test_report_table_json_and_plot(tmp_path):
     m = model(PLAIN)
     report = initialize(m, images(2), InitConfig(), progress=False)
