@@ -88,6 +88,11 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
     start_rms = weight_rms(params)
     from tqdm.auto import tqdm
     bar = tqdm(total=config.between_iters, desc="between-layer", unit="it", disable=not progress, leave=False)
+    shown = [""]  # the spread so far; the gradient pass under way is added while rates are measured
+
+    def show(passes: str = "") -> None:
+        bar.set_postfix_str(", ".join(t for t in (shown[0], passes) if t), refresh=True)
+
     with GradsOnly(module, params):
 
         def measure(batches: range):
@@ -95,8 +100,12 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
             first and the split groups' gradient squares per input channel."""
             tap = ProbeTap(module, model, seed)
             channel_sums = {k: np.zeros(reader.channels) for k, reader in model.input_channels.items()}
-            per_batch = [square_grads(module, model, feeds[b], b, draws, seed, params, tap if b == batches[0] else None,
-                                      channel_sums, chunk=chunk) for b in batches]
+            per_batch = []
+            for i, b in enumerate(batches):
+                if len(batches) > 1:  # on large nets a pass takes a while: say which
+                    show(f"gradient pass {i + 1}/{len(batches)}")
+                per_batch.append(square_grads(module, model, feeds[b], b, draws, seed, params,
+                                              tap if b == batches[0] else None, channel_sums, chunk=chunk))
             norms = weight_rms(params)
             with np.errstate(divide="ignore"):
                 log_rates = np.log(change_rates(sum(per_batch), len(batches) * draws, norms) * lr)
@@ -130,7 +139,8 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 else:
                     stalled = prev_spread - spread < limit / 2  # the constraints allow no better
                 undo, prev_spread = None, spread
-                bar.set_postfix_str(f"spread {math.exp(spread):.3g}x", refresh=True)
+                shown[0] = f"spread {math.exp(spread):.3g}x"
+                show()
                 x, linear, move = _model_step(model, probes, np.where(valid, log_rates, 0.0), valid, correction,
                                               _shares(model, sums))
                 # a rate is done when its move is within the tolerance or the sampling noise of its estimate

@@ -300,3 +300,14 @@ def test_every_weight_group_of_a_net_without_zero_layers_is_reached_by_the_gradi
         reached = dict(zip((nodes[0].name for nodes in sm.group_nodes), _reached_by_gradient(m.module, sm)))
         assert not reached["conv1"]
         assert all(reached[name] for name in reached if name != "conv1")
+
+
+def test_the_progress_bar_says_which_gradient_pass_runs(capsys):
+    """On large nets one gradient pass takes minutes: the bar names each pass of a measurement over several batches,
+    then shows the spread."""
+    m = model(PLAIN)
+    initialize(m, images(3, batch=4, seed=2), InitConfig(between_batches=3, measure_before=False), progress=True)
+    shown = [line.strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "between" in line]
+    passes = [i for i, line in enumerate(shown) if "gradient pass" in line]
+    assert [shown[i].split("gradient pass ")[1].rstrip("]") for i in passes] == ["1/3", "2/3", "3/3"]
+    assert "spread" in shown[-1] and passes[-1] < len(shown) - 1
