@@ -114,7 +114,8 @@ def _check_memory(net, device, num_images: int, batch_size: int) -> bool:
 def gradient_chunk(module, feeds, draws: int, images: int | None = None, pinned: int | None = None) -> int | None:
     """At most how many images one gradient pass over ``feeds`` (at most ``images`` of each) may hold, where a
     whole batch's would not fit in the memory available; None: whole batches. Refuses where not even one image
-    fits. ``pinned`` (the user's): that many, refused where it does not fit."""
+    fits. ``pinned`` (``InitConfig.pass_images``): at most that many whatever the memory, refused where that many
+    would not fit."""
     batch = max(next(iter(f.values())).shape[0] for f in feeds)
     batch = min(batch, images or batch)
     wanted = None if pinned is None or pinned >= batch else pinned
