@@ -221,7 +221,8 @@ def cmd_run(args) -> int:
     say(f"wrote {args.output}")
     if args.report:
         from caffeinit.fileio import atomic_write_bytes
-        atomic_write_bytes(args.report, (json.dumps(report.to_dict(), indent=1) + "\n").encode(), inputs=inputs)
+        data = {"command": ["caffeinit", *args.argv], **report.to_dict()}  # how to make it again
+        atomic_write_bytes(args.report, (json.dumps(data, indent=1) + "\n").encode(), inputs=inputs)
         say(f"wrote {args.report}")
     if args.plot:
         report.plot(args.plot)
@@ -437,6 +438,7 @@ def main(argv=None) -> int:
     retain_freed_memory()  # 5-13% faster on large nets (see caffeinit/allocator.py)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():
         if not args.debug:
             warnings.showwarning = _show_warning

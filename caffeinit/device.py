@@ -46,6 +46,14 @@ def set_precision(precision: str = "ieee") -> None:
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
+def current_precision() -> str:
+    """The process's fp32 mode for matmuls (``ieee`` or ``tf32``), as ``set_precision`` left it."""
+    mode = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if mode in PRECISIONS:
+        return mode
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"

@@ -30,6 +30,22 @@ def test_run_writes_a_caffemodel_with_every_learnable_blob(tmp_path):
     assert [layer["name"] for layer in report["layers"]][:2] == ["conv1", "conv2"]
 
 
+def test_the_report_says_how_it_was_made(tmp_path):
+    """--report records the command line, every setting (defaults included) and the software and device."""
+    import torch
+    import caffeinit
+    code, out = run(tmp_path, "--seed", "5", "--method", "pca", "--report", tmp_path / "r.json")
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["command"][:3] == ["caffeinit", "run", str(CIFAR)] and report["command"][-4:] == [
+        "--method", "pca", "--report", str(tmp_path / "r.json")]
+    config = report["config"]
+    assert (config["seed"], config["method"], config["num_images"], config["batch_size"]) == (5, "pca", 8, 4)
+    assert (config["bias"], config["between_batches"], config["pass_images"]) == (0.1, 4, None)
+    assert report["environment"] == {"caffeinit": caffeinit.__version__, "torch": torch.__version__, "device": "cpu",
+                                     "precision": "ieee"}
+
+
 def test_seed_gives_bitwise_identical_output(tmp_path):
     digests = []
     for name in ("a.caffemodel", "b.caffemodel"):

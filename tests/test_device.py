@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from caffeinit.api import load
-from caffeinit.device import available_memory, select_device, set_precision
+from caffeinit.device import available_memory, current_precision, select_device, set_precision
 from caffeinit.errors import CaffeinitError
 
 LENET = pathlib.Path(__file__).parents[1] / "models" / "lenet" / "deploy.prototxt"
@@ -36,9 +36,9 @@ def test_loading_sets_ieee_precision_for_a_name_and_a_torch_device(device):
 
 def test_tf32_is_an_explicit_choice():
     load(LENET, device=torch.device("cpu"), precision="tf32")
-    assert _conv_precision() == "tf32"
+    assert _conv_precision() == "tf32" == current_precision()
     select_device("cpu")
-    assert _conv_precision() == "ieee"
+    assert _conv_precision() == "ieee" == current_precision()
 
 
 def test_unknown_precision_and_device_are_one_line_errors():

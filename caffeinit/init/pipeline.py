@@ -4,13 +4,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import asdict
 from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 
 from caffeinit.allocator import release_free_memory, return_freed_memory
-from caffeinit.device import available_memory
+from caffeinit.device import available_memory, current_precision, describe_device
 from caffeinit.errors import CaffeinitError
 from caffeinit.init.between import run_between
 from caffeinit.init.rates import measure_rates, pass_bytes_per_image
@@ -54,7 +55,8 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
                                pinned=config.pass_images)
     if (short or chunk is not None) and device.type == "cpu":
         return_freed_memory()  # less fragmentation, for some speed on large tensors
-    report = InitReport(net=net.name, method=config.method, num_images=num_images)
+    report = InitReport(net=net.name, method=config.method, num_images=num_images, config=asdict(config),
+                        environment=_environment(device))
     records = _records(net, module)
     report.layers = list(records.values())
     plan = _draw_plan(net, module, config.reinit, records)
@@ -109,6 +111,12 @@ def _check_memory(net, device, num_images: int, batch_size: int) -> bool:
     raise CaffeinitError(f"{what}, more than the {_size(available)} of {kind} (about "
                          f"{estimate.images_within(available)} images fit): use fewer images (--num-images) or smaller "
                          "inputs")
+
+
+def _environment(device) -> dict[str, str]:
+    from caffeinit import __version__
+    return {"caffeinit": __version__, "torch": torch.__version__, "device": describe_device(device),
+            "precision": current_precision()}
 
 
 def gradient_chunk(module, feeds, draws: int, images: int | None = None, pinned: int | None = None) -> int | None:

@@ -54,6 +54,8 @@ class InitReport:
     between_note: str | None = None  # why the rates still differ after the step converged, where they do
     gradient_chunk: int | None = None  # images per gradient pass where a whole batch's did not fit in memory
     seconds: dict[str, float] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # the InitConfig it ran with
+    environment: dict[str, str] = field(default_factory=dict)  # caffeinit and torch versions, device, fp32 mode
 
     def layer(self, name: str) -> LayerRecord:
         for record in self.layers:
