@@ -247,8 +247,8 @@ def cmd_stats(args) -> int:
     measures = measure(model, data, draws=args.draws, seed=args.seed, pass_images=args.pass_images)
     print(measure_table(measures))
     if args.json:
-        atomic_write_bytes(args.json, (json.dumps(measures_to_dict(measures), indent=1) + "\n").encode(),
-                           inputs=inputs)
+        data = {"command": ["caffeinit", *args.argv], **measures_to_dict(measures)}
+        atomic_write_bytes(args.json, (json.dumps(data, indent=1) + "\n").encode(), inputs=inputs)
     return 0
 
 

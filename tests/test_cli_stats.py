@@ -27,6 +27,7 @@ def stats(tmp_path, images, *extra):
 def test_change_rates_equal_on_held_out_images_after_run(tmp_path, capsys):
     init, held_out = split_list(tmp_path)
     before = stats(tmp_path, held_out)
+    assert before["command"][:5] == ["caffeinit", "stats", str(CIFAR), "--images", str(held_out)]
     assert [layer["name"] for layer in before["layers"]] == ["conv1", "conv2", "conv3", "ip1", "ip2"]
     assert before["spread"] > 10  # the prototxt's gaussian fillers: layers learn at wildly different rates
     weights = tmp_path / "init.caffemodel"
