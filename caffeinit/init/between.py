@@ -233,6 +233,8 @@ def _structural_spread_note(model: ScaleModel, log_rates: np.ndarray, valid: np.
     reasons = []
     if any(n.type == "Eltwise" and model.rules.get(n.index) == "channelwise" for n in model.active):
         reasons.append("the inputs of each Eltwise sum share one scale per channel (residual streams)")
+    if any(n.type == "Bias" and len(n.bottom_values) == 2 for n in model.active):
+        reasons.append("the two inputs of each two-bottom Bias layer (a sum) share one scale")
     if any(len(nodes) > 1 for nodes in model.group_nodes):
         reasons.append("layers that share parameters share one scale")
     frozen = [n.name for n in model.active if model.rules.get(n.index) == "fixed" and affine_of(n) is not None]

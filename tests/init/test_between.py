@@ -311,3 +311,48 @@ def test_the_progress_bar_says_which_gradient_pass_runs(capsys):
     passes = [i for i, line in enumerate(shown) if "gradient pass" in line]
     assert [shown[i].split("gradient pass ")[1].rstrip("]") for i in passes] == ["1/3", "2/3", "3/3"]
     assert "spread" in shown[-1] and passes[-1] < len(shown) - 1
+
+
+# values routed and combined: Slice, Eltwise PROD, Crop, a two-bottom Scale (a product), a mean-only MVN, Flatten
+ROUTING = (HEAD.format(name="routing") + conv("conv1", "data", 8) + relu("relu1", "conv1")
+           + 'layer { name: "slice1" type: "Slice" bottom: "conv1" top: "s1a" top: "s1b" '
+           'slice_param { axis: 1 slice_point: 4 } }\n'
+           + conv("conv2a", "s1a", 6) + relu("relu2a", "conv2a") + conv("conv2b", "s1b", 6)
+           + layer("prod", "Eltwise", ["conv2a", "conv2b"], extra="eltwise_param { operation: PROD } ")
+           + layer("pool1", "Pooling", "prod", extra="pooling_param { pool: MAX kernel_size: 2 stride: 2 } ")
+           + conv("conv3", "prod", 6, k=1)
+           + layer("mvn", "MVN", "conv3", extra="mvn_param { normalize_variance: false } ")
+           + layer("crop", "Crop", ["mvn", "pool1"], extra="crop_param { axis: 2 offset: 2 } ")
+           + layer("gate", "Scale", ["crop", "pool1"], extra="scale_param { axis: 0 } ")
+           + layer("flat", "Flatten", "gate") + ip("fc", "flat", 5))
+
+# an MVN that normalizes the variance (its input's scale does not matter) and a two-bottom Bias (a sum)
+RESETS = (HEAD.format(name="resets") + conv("conv1", "data", 8) + relu("relu1", "conv1") + layer("mvn", "MVN", "conv1")
+          + conv("conv2", "mvn", 6) + conv("conv2b", "mvn", 6)
+          + layer("bias", "Bias", ["conv2", "conv2b"], extra="bias_param { axis: 0 } ")
+          + relu("relu2", "bias") + ip("fc", "bias", 5))
+
+
+@pytest.mark.parametrize("text", [ROUTING, RESETS], ids=["routing", "resets"])
+def test_routing_and_resetting_layers_are_modelled_exactly(text):
+    """The scale model's rules for layers that route, multiply, crop or renormalize values are exact: one update
+    keeps the function (output scale 1) and gives the rates the model predicted, which independent autograd draws
+    confirm; where a two-bottom Bias ties its inputs to one scale, the report says why the rates stay apart."""
+    m = model(text)
+    init = images(8, seed=5)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    end = end_values(m.net)[0]
+    before, spread_before = _outputs(m, init, end), _spread(_rates(m, init))
+    report = initialize(m, init, InitConfig(within=False, between_batches=8, measure_before=False), progress=False)
+    assert report.homogeneous and report.between_converged and report.between_iterations == 1
+    np.testing.assert_allclose(_outputs(m, init, end), before, rtol=1e-4, atol=1e-5 * np.abs(before).max())
+    after = _rates(m, init, draws=8)
+    assert _spread(after) < 1.25 < spread_before
+    for name, rate in after.items():  # the model's prediction, measured by other draws
+        assert rate == pytest.approx(report.layer(name).rate_after, rel=0.25), name
+    if text is ROUTING:
+        assert report.spread("after") < 1.001 and report.between_note is None
+    else:
+        assert report.spread("after") > 1.05
+        assert "the two inputs of each two-bottom Bias layer (a sum) share one scale; highest conv2b, lowest conv2" \
+            in report.between_note
