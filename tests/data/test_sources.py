@@ -10,6 +10,7 @@ from caffeinit.data import (ImageSource, Preprocess, batches, find_images, layer
                             peek_top_shapes)
 from caffeinit.errors import CaffeinitError
 from caffeinit.proto import caffe_pb2
+from tests.conftest import ROOT
 from tests.data.caffe_oracle import caffe_transform
 
 TEST, TRAIN = caffe_pb2.TEST, caffe_pb2.TRAIN
@@ -280,6 +281,49 @@ def test_shapes_of_input_memory_dummy_window():
     window.window_data_param.batch_size = 8
     window.transform_param.crop_size = 227
     assert peek_top_shapes(window) == [(8, 3, 227, 227), (8,)]
+
+
+IMAGE_LIST = ROOT / "models" / "images" / "list.txt"
+MALFORMED_DATA_LAYERS = [
+    ('type: "Data" top: "data"', "layer 'bad' (Data): data_param.source is not set"),
+    ('type: "ImageData" top: "data"', "layer 'bad' (ImageData): image_data_param.source is not set"),
+    ('type: "HDF5Data" top: "data"', "layer 'bad' (HDF5Data): hdf5_data_param.source is not set"),
+    (f'type: "ImageData" top: "data" image_data_param {{ source: "{IMAGE_LIST}" new_height: 8 }}',
+     "layer 'bad' (ImageData): new_height and new_width must be set together"),
+    ('type: "MemoryData" top: "data" memory_data_param { batch_size: 4 channels: 3 height: 5 }',
+     "layer 'bad' (MemoryData): batch_size, channels, height and width must be set and positive"),
+    ('type: "WindowData" top: "data" window_data_param { batch_size: 4 }',
+     "layer 'bad' (WindowData): transform_param.crop_size must be set"),
+    ('type: "Input" top: "a" top: "b" top: "c" input_param { shape { dim: 1 } shape { dim: 2 } }',
+     "layer 'bad' (Input): 2 shapes for 3 tops (give 1 or one per top)"),
+    ('type: "DummyData" top: "a" dummy_data_param { data_filler { } data_filler { } shape { dim: 1 } }',
+     "layer 'bad' (DummyData): 2 data_fillers for 1 tops"),
+    ('type: "DummyData" top: "a" dummy_data_param { num: 1 channels: 1 height: 2 width: 2 shape { dim: 1 } }',
+     "layer 'bad' (DummyData): give either shape or num/channels/height/width, not both"),
+    ('type: "DummyData" top: "a" top: "b" top: "c" dummy_data_param { num: 1 num: 2 channels: 1 height: 2 width: 2 }',
+     "layer 'bad' (DummyData): num/channels/height/width need 1 or 3 values each"),
+    ('type: "DummyData" top: "a" top: "b" top: "c" dummy_data_param { shape { dim: 1 } shape { dim: 2 } }',
+     "layer 'bad' (DummyData): 2 shapes for 3 tops (give 1 or one per top)"),
+    ('type: "Convolution" top: "data"', "layer 'bad' (Convolution) is not a data layer"),
+]
+
+
+@pytest.mark.parametrize("text, message", MALFORMED_DATA_LAYERS,
+                         ids=[m.split(": ", 1)[-1][:40] for _, m in MALFORMED_DATA_LAYERS])
+def test_malformed_data_layers_are_one_line_errors_naming_the_layer(text, message):
+    from google.protobuf import text_format
+    lp = text_format.Parse(f'name: "bad" {text}', caffe_pb2.LayerParameter())
+    with pytest.raises(CaffeinitError) as caught:
+        (layer_source if lp.type == "HDF5Data" else peek_top_shapes)(lp)
+    assert str(caught.value) == message
+
+
+def test_data_layers_fed_by_the_program_point_to_images():
+    for kind, said in (("MemoryData", "gets its data from the calling program"),
+                       ("WindowData", "reading this layer's data is not supported")):
+        lp = caffe_pb2.LayerParameter(name="feed", type=kind, top=["data"])
+        with pytest.raises(CaffeinitError, match=f"^layer 'feed' \\({kind}\\)[ :].*{said}.*pass images with --images$"):
+            layer_source(lp)
 
 
 def test_input_shapes_match_conformance_goldens(shared):
