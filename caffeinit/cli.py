@@ -197,6 +197,9 @@ def cmd_run(args) -> int:
     for path in (args.output, args.report, args.plot, args.onnx):
         if path:
             check_output_path(path, inputs)  # fail before the work, not after
+    if args.plot:
+        from caffeinit.init.report import plot_format
+        plot_format(args.plot)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
 
     model, source = _model_and_images(args, say)
@@ -225,7 +228,7 @@ def cmd_run(args) -> int:
         atomic_write_bytes(args.report, (json.dumps(data, indent=1) + "\n").encode(), inputs=inputs)
         say(f"wrote {args.report}")
     if args.plot:
-        report.plot(args.plot)
+        report.plot(args.plot, inputs=inputs)
         say(f"wrote {args.plot}")
     if args.onnx:
         # A TF32 torch run is itself ~1e-3 off IEEE fp32: compare with a matching tolerance.
@@ -420,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     p.add_argument("--precision", default="ieee", choices=("ieee", "tf32"), help="fp32 mode on GPUs (default ieee)")
     p.add_argument("--report", metavar="REPORT.json", help="per-layer statistics and change rates as JSON")
-    p.add_argument("--plot", metavar="REPORT.png", help="plot of the per-layer statistics and change rates")
+    p.add_argument("--plot", metavar="REPORT.png", help="plot of the per-layer statistics and change rates (PNG, or "
+                   "as the suffix says: .pdf, .svg, ...)")
     p.add_argument("--onnx", metavar="OUT.onnx", help="also write the initialized net as ONNX")
     p.add_argument("--quiet", action="store_true", help="no progress bars or table")
     _add_image_options(p)

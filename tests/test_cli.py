@@ -63,6 +63,30 @@ def test_debug_shows_traceback(tmp_path):
     assert code == 1 and "Traceback" in err
 
 
+def test_an_unexpected_failure_is_one_line_without_a_traceback_unless_debug(monkeypatch, capsys):
+    """A bug (any exception that is not a CaffeinitError) still gives one line and exit 1; --debug re-raises it;
+    Ctrl-C gives one line and exit 130."""
+    import pytest
+    from caffeinit import cli
+
+    def broken(args):
+        raise RuntimeError("the unexpected")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_inspect", broken)
+    assert main(["inspect", str(LENET)]) == 1
+    err = capsys.readouterr().err
+    assert err == ("caffeinit: error: internal error (RuntimeError: the unexpected); rerun with --debug for the "
+                   "traceback\n")
+    with pytest.raises(RuntimeError, match="the unexpected"):
+        main(["--debug", "inspect", str(LENET)])
+    monkeypatch.setattr(cli, "cmd_inspect", interrupted)
+    assert main(["inspect", str(LENET)]) == 130
+    assert capsys.readouterr().err == "caffeinit: interrupted\n"
+
+
 def _lenet_input(tmp_path, shape=(2, 1, 28, 28)):
     path = tmp_path / "x.npy"
     np.save(path, np.random.default_rng(0).standard_normal(shape).astype(np.float32))

@@ -78,6 +78,21 @@ def test_pass_images_splits_the_gradient_passes(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == "caffeinit: error: pass-images must be at least 1, got 0"
 
 
+def test_plot_is_written_atomically_in_the_format_its_name_says(tmp_path, capsys):
+    code, _ = run(tmp_path, "--plot", tmp_path / "r.png", "--num-images", "4")
+    assert code == 0 and (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _ = run(tmp_path, "--plot", tmp_path / "r.svg", "--num-images", "4")
+    assert code == 0 and b"<svg" in (tmp_path / "r.svg").read_bytes()[:1000]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.caffemodel", "r.png", "r.svg"]  # no temporaries
+
+    (tmp_path / "old.xyz").write_bytes(b"old")
+    code, out = run(tmp_path, "--plot", tmp_path / "old.xyz", name="other.caffemodel")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and not out.exists() and (tmp_path / "old.xyz").read_bytes() == b"old"  # refused before the work
+    assert err[-1].startswith(f"caffeinit: error: {tmp_path / 'old.xyz'}: cannot write a plot as '.xyz' (use one of: ")
+    assert ".png" in err[-1] and ".pgf" not in err[-1]
+
+
 def test_output_in_missing_folder_is_a_clear_error(tmp_path, capsys):
     code = main(["run", str(CIFAR), "--images", str(IMAGES), "-o", str(tmp_path / "nope" / "o.caffemodel"), *FAST])
     err = capsys.readouterr().err

@@ -5,6 +5,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
+from caffeinit.errors import CaffeinitError
 from caffeinit.tables import format_table
 
 
@@ -126,12 +127,18 @@ class InitReport:
         lines.append(summary)
         return "\n".join(lines)
 
-    def plot(self, path: str | os.PathLike) -> None:
-        """``figure()`` written to ``path`` (PNG)."""
+    def plot(self, path: str | os.PathLike, inputs=()) -> None:
+        """``figure()`` written to ``path`` atomically, in the format its suffix names (PNG without one); never
+        over one of ``inputs``."""
         import matplotlib.pyplot as plt
+        from caffeinit.fileio import atomic_output
+        image_format = plot_format(path)
         fig = self.figure()
-        fig.savefig(os.fspath(path))
-        plt.close(fig)
+        try:
+            with atomic_output(path, inputs) as temp:
+                fig.savefig(temp, format=image_format)
+        finally:
+            plt.close(fig)
 
     def figure(self):
         """A matplotlib figure with two panels per layer: the effective change rates before/after (after with +-
@@ -172,6 +179,25 @@ class InitReport:
         std_ax.set_xticks(list(xs)[::step], names[::step], rotation=60, ha="right", fontsize=8)
         fig.tight_layout()
         return fig
+
+
+def plot_format(path: str | os.PathLike) -> str:
+    """The image format a plot at ``path`` is written in: its suffix (png, pdf, svg, ...), PNG without one; a
+    suffix matplotlib cannot write is refused, naming the ones it can."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if not suffix:
+        return "png"
+    known = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    known.pop("pgf", None)  # needs a LaTeX installation
+    if suffix not in known:
+        raise CaffeinitError(f"{os.fspath(path)}: cannot write a plot as '.{suffix}' (use one of: "
+                             f"{', '.join('.' + k for k in sorted(known))})")
+    return suffix
 
 
 def _plottable(value: float | None) -> float:
