@@ -45,6 +45,34 @@ def test_input_net_without_images_is_an_error():
         net_source(model.net, ImageOptions())
 
 
+def _net(text):
+    from caffeinit.prototxt import parse_net_text
+    return load(parse_net_text('name: "n"\n' + text)).net
+
+
+DUMMY = ('layer {{ name: "{0}" type: "DummyData" top: "{0}" dummy_data_param {{ shape {{ dim: 2 dim: {1} }} }} }}\n')
+INPUT = 'layer {{ name: "{0}" type: "Input" top: "{0}" input_param {{ shape {{ dim: {1} }} }} }}\n'
+
+
+@pytest.mark.parametrize("text, options, message", [
+    ('layer { name: "c" type: "DummyData" top: "c" dummy_data_param { shape { dim: 1 } } }\n'
+     'layer { name: "r" type: "ReLU" bottom: "c" top: "c" }\n', ImageOptions(gray=True),
+     "--resize/--crop/--mean-value/--mean-file/--scale/--gray apply to --images only"),
+    (DUMMY.format("a", "3") + DUMMY.format("b", "3"), ImageOptions(),
+     "net 'n' has several data layers (a, b): caffeinit feeds one"),
+    (INPUT.format("x", "2 dim: 5"), ImageOptions(images=str(IMAGES)),
+     "--images needs exactly one 4-D (N x C x H x W) input in net 'n', found none"),
+    (INPUT.format("x", "2 dim: 3 dim: 8 dim: 8") + INPUT.format("y", "2 dim: 3 dim: 8 dim: 8"),
+     ImageOptions(images=str(IMAGES)), "--images needs exactly one 4-D (N x C x H x W) input in net 'n', found x, y"),
+    (INPUT.format("x", "2 dim: 3 dim: 8 dim: 8") + INPUT.format("extra", "2 dim: 7"), ImageOptions(images=str(IMAGES)),
+     "--images feeds 'x', but the net also needs input 'extra'"),
+], ids=["flags-without-images", "two-data-layers", "no-4d-input", "two-4d-inputs", "other-input"])
+def test_what_images_cannot_feed_is_one_line_naming_it(text, options, message):
+    with pytest.raises(CaffeinitError) as caught:
+        net_source(_net(text), options)
+    assert str(caught.value) == message
+
+
 def test_preprocessing_that_does_not_fit_the_input_is_an_error():
     model = load(CAFFENET)
     with pytest.raises(CaffeinitError, match="gives 3x200x200 images but the net's input 'data' is 3x227x227"):
