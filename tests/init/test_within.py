@@ -297,3 +297,46 @@ def test_a_large_gaussian_draw_is_the_same_for_any_thread_count(monkeypatch):
     assert not np.array_equal(chunks[0][:100], chunks[1][:100])
     other = _standard_normal_(torch.empty(n), torch.Generator().manual_seed(6)).numpy()
     assert not np.array_equal(other[:100], draws[0][:100])
+
+
+# InnerProducts over the last axis of a (N, T, D) blob (a sequence model's per-step projection): their channels are
+# axis 2, the map to apply to a later layer's input is not along axis 1
+SEQUENCE = ('name: "sequence"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 8 dim: 6 '
+            'dim: 10 } } }\n'
+            + ip("ip1", "data", 7).replace("inner_product_param {", "inner_product_param { axis: 2")
+            + relu("relu1", "ip1")
+            + ip("ip2", "ip1", 5).replace("inner_product_param {", "inner_product_param { axis: 2"))
+
+
+def test_inner_products_over_a_later_axis_normalize_that_axis():
+    m = model(SEQUENCE)
+    rng = np.random.default_rng(4)
+    init = [{"data": (rng.standard_normal((8, 6, 10)) + rng.standard_normal(10)).astype(np.float32)}
+            for _ in range(4)]
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    stats = _channel_stats(m, init, ["ip1", "ip2"], {"ip1": 2, "ip2": 2})
+    assert [len(mean) for mean, _ in stats.values()] == [7, 5]
+    for name, (mean, std) in stats.items():  # ip2 was normalized on ip1's mapped outputs without a second forward
+        np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
+
+
+def test_a_train_phase_batchnorm_gets_the_statistics_of_all_images():
+    """Initializing the TRAIN-phase net (`--phase train`: BatchNorm normalizes by each batch's statistics): the
+    global statistics are set from all the images, so the TEST-phase net with these weights computes what the
+    TRAIN-phase net computes on them as one batch, and every later layer is normalized as the TRAIN net runs it."""
+    init = images(4, seed=3)
+    m = model(MIXED, phase="train")
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    blobs = m.blobs()
+    mean, std = _channel_stats(m, init, ["conv1"], {})["conv1"]
+    np.testing.assert_allclose(blobs["bn1"][0], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(blobs["bn1"][1], std ** 2, rtol=1e-5)
+    assert blobs["bn1"][2][0] == 1.0
+    everything = {"data": np.concatenate([b["data"] for b in init])}
+    test = model(MIXED, blobs)
+    np.testing.assert_allclose(test.forward(everything, ["fc"])["fc"], m.forward(everything, ["fc"])["fc"],
+                               rtol=1e-4, atol=1e-4)
+    for name, (mean, std) in _channel_stats(m, init, ["conv2", "fc"], {}).items():
+        np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
