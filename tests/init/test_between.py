@@ -356,3 +356,37 @@ def test_routing_and_resetting_layers_are_modelled_exactly(text):
         assert report.spread("after") > 1.05
         assert "the two inputs of each two-bottom Bias layer (a sum) share one scale; highest conv2b, lowest conv2" \
             in report.between_note
+
+
+def test_an_update_that_makes_the_spread_worse_is_taken_back_and_halved(monkeypatch):
+    """On a saturated LRN net the first update is mispredicted, so later ones are measured on every batch; the
+    second is sabotaged (twice the model's step, the wrong way): the spread it leaves is worse, so the step takes it
+    back exactly (every weight as before it) and goes on with half the model's steps to convergence."""
+    from caffeinit.init import between
+    m = model(LRN_NET)
+    init = images(4, seed=11)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    m.module.layer_blobs[m.net.layer("conv1").index][0].data.mul_(30.0)
+    steps, applied, snapshots = [], [], []
+    model_step, apply = between._model_step, between._apply
+
+    def sabotaged(*args, **kwargs):
+        x, linear, move = model_step(*args, **kwargs)
+        steps.append(x)
+        return (-2 * x, linear, -2 * move) if len(steps) == 2 else (x, linear, move)
+
+    def recorded(module, sm, linear, x, records):
+        snapshots.append([p.detach().clone() for p in module.parameters()])
+        applied.append(x.copy())
+        apply(module, sm, linear, x, records)
+
+    monkeypatch.setattr(between, "_model_step", sabotaged)
+    monkeypatch.setattr(between, "_apply", recorded)
+    report = initialize(m, init, InitConfig(within=False, measure_before=False), progress=False)
+    assert len(applied) >= 4
+    np.testing.assert_allclose(applied[1], -2 * steps[1])
+    np.testing.assert_allclose(applied[2], -applied[1])  # taken back ...
+    for before, now in zip(snapshots[1], snapshots[3]):  # ... to the weights before it
+        torch.testing.assert_close(now, before, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(applied[3], 0.5 * steps[2])  # then half the model's step
+    assert report.between_converged and report.spread("after") < 1.25 < report.spread_between_start
