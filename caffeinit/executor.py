@@ -213,6 +213,11 @@ class TorchNet(torch.nn.Module):
             current = reader
         return chain if chain and not tap_needs(tap, node) else []
 
+    def check_batch(self, feeds: Mapping[str, torch.Tensor]) -> None:
+        """Raise a CaffeinitError, naming the layer, where the net cannot run the batch size of ``feeds`` (a fixed
+        first dim before a layer with parameters), before any work."""
+        self._net_for_batch(feeds)
+
     def _net_for_batch(self, feeds: Mapping[str, torch.Tensor]) -> Net:
         """The net set up for the batch size of ``feeds`` (Caffe reshapes every layer on each forward): layers
         whose shape bookkeeping depends on the batch (losses, ArgMax, ...) then see the right one. Nets for other
@@ -228,8 +233,22 @@ class TorchNet(torch.nn.Module):
         if net is None:
             from caffeinit.net import build_net
             shapes = {b: (batch,) + tuple(s[1:]) for b, s in self.net.feeds.items() if s}
-            net = cached[1][batch] = build_net(self.net.param, self.net.phase, input_shapes=shapes)
+            net = build_net(self.net.param, self.net.phase, input_shapes=shapes)
+            for node, declared_node in zip(net.layers, self.net.layers):
+                if list(node.layer.blob_shapes) != list(declared_node.layer.blob_shapes):
+                    # e.g. a Reshape that fixes the first axis: Caffe stops here too (its CHECK on the shapes)
+                    raise CaffeinitError(
+                        f"layer '{node.name}' ({node.type}): with batches of {batch} its parameters would have to be "
+                        f"{_shapes_text(node.layer.blob_shapes)}, not {_shapes_text(declared_node.layer.blob_shapes)}"
+                        f": a layer before it does not follow the batch size (a fixed first dim), so the net runs "
+                        f"only with batches of exactly {declared} images (--batch-size {declared} and a --num-images "
+                        "that is a multiple of it)")
+            cached[1][batch] = net
         return net
+
+
+def _shapes_text(shapes) -> str:
+    return ", ".join("x".join(map(str, s)) for s in shapes)
 
 
 def tap_needs(tap: Tap | None, node: LayerNode) -> bool:

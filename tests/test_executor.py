@@ -87,6 +87,30 @@ def test_batch_size_may_differ_from_the_prototxt():
     np.testing.assert_allclose(out["prob"].sum(1), 1, rtol=1e-5)
 
 
+FIXED_BATCH = SMALL.replace('layer { name: "fc" type: "InnerProduct" bottom: "conv2"',
+                            'layer { name: "rows" type: "Reshape" bottom: "conv2" top: "rows" '
+                            'reshape_param { shape { dim: 2 dim: -1 } } }\n'
+                            'layer { name: "fc" type: "InnerProduct" bottom: "rows"')
+
+
+def test_a_net_whose_shapes_do_not_follow_the_batch_size_is_refused_naming_the_layer():
+    """A Reshape with a fixed first dim before an InnerProduct: at another batch size its weight would need another
+    shape (Caffe's CHECK fails there too); a clear error instead of a torch one, before any work."""
+    from caffeinit.errors import CaffeinitError
+    net = build_net(parse_net_text(FIXED_BATCH))
+    module = TorchNet(net, seed=1)
+    assert module({"data": x()}, keep={"fc"})["fc"].shape == (2, 5)
+    three = {"data": torch.zeros(3, 3, 12, 12)}
+    with pytest.raises(CaffeinitError, match=r"^layer 'fc' \(InnerProduct\): with batches of 3 its parameters would "
+                                             r"have to be 5x54, 5, not 5x36, 5: a layer before it does not follow the "
+                                             r"batch size \(a fixed first dim\), so the net runs only with batches of "
+                                             r"exactly 2 images \(--batch-size 2 and a --num-images that is a "
+                                             r"multiple of it\)$"):
+        module.check_batch(three)
+    with pytest.raises(CaffeinitError, match="^layer 'fc'"):
+        module(three)
+
+
 def test_real_caffe_model_gives_finite_outputs():
     model = load(shared_path("corpus", "htshinichi__resnet50_stem.prototxt"),
                  weights=shared_path("corpus", "htshinichi__resnet50_stem.caffemodel"))

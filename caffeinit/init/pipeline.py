@@ -46,6 +46,8 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     device = module.device
     started = time.perf_counter()
     feeds = _collect_feeds(net, batches, device)
+    for feed in {next(iter(f.values())).shape[0]: f for f in feeds}.values():
+        module.check_batch(feed)  # every batch size the steps will run, before any work
     num_images = sum(next(iter(f.values())).shape[0] for f in feeds)
     batch_size = max(next(iter(f.values())).shape[0] for f in feeds)
     short = config.within and _check_memory(net, device, num_images, batch_size)

@@ -147,11 +147,21 @@ class Reshape(Layer):
 
     def setup(self, bottom_shapes):
         _no_in_place(self)
+        self.set_up_rows = bottom_shapes[0][0] if len(bottom_shapes[0]) else None
         return [self.top_shape(tuple(bottom_shapes[0]))]
 
     def forward(self, bottoms, blobs):
         # From the runtime shape: a batch other than the prototxt's passes through dims 0 and -1, as in Caffe.
-        return [bottoms[0].reshape(self.top_shape(tuple(bottoms[0].shape)))]
+        x = bottoms[0]
+        p = self.param.reshape_param
+        if p.axis == 0 and p.num_axes != 0 and len(p.shape.dim) and p.shape.dim[0] > 0 and x.dim() and \
+                x.shape[0] != self.set_up_rows:
+            # a fixed first dim does not follow the batch: the images would no longer lie along the first axis
+            raise self.error(f"reshape_param.shape fixes the first axis at {p.shape.dim[0]}, so the net runs only "
+                             f"with batches of exactly {self.set_up_rows} images, not {x.shape[0]} (--batch-size "
+                             f"{self.set_up_rows} and a --num-images that is a multiple of it; or make that dim 0, "
+                             "which copies the batch)")
+        return [x.reshape(self.top_shape(tuple(x.shape)))]
 
     def top_shape(self, shape):
         p = self.param.reshape_param

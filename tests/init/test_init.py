@@ -235,6 +235,27 @@ def test_pinned_pass_images_split_the_passes_the_same_on_any_memory(monkeypatch)
         InitConfig(pass_images=0).check()
 
 
+FIXED_BATCH = PLAIN.replace('bottom: "pool2" top: "fc1"', 'bottom: "rows" top: "fc1"').replace(
+    'layer { name: "fc1"', 'layer { name: "rows" type: "Reshape" bottom: "pool2" top: "rows" '
+    'reshape_param { shape { dim: 8 dim: -1 } } }\nlayer { name: "fc1"')
+
+
+def test_a_net_that_runs_only_at_its_declared_batch_size():
+    """A Reshape that fixes the first dim at the declared batch (8): initialized with batches of 8, the 'before'
+    pass takes a whole batch instead of its 4 images; a batch of another size is refused before any work."""
+    m = model(FIXED_BATCH)
+    report = initialize(m, images(3, batch=8, seed=2), InitConfig(), progress=False)
+    assert report.before_images == 8 and report.between_converged
+    assert all(np.isfinite(a).all() for arrays in m.blobs().values() for a in arrays)
+
+    fresh = model(FIXED_BATCH)
+    before = {k: [a.copy() for a in v] for k, v in fresh.blobs().items()}
+    with pytest.raises(CaffeinitError, match=r"^layer 'fc1' \(InnerProduct\): with batches of 4 its parameters .* "
+                                             r"runs only with batches of exactly 8 images"):
+        initialize(fresh, images(2, batch=8, seed=2) + images(1, batch=4, seed=3), InitConfig(), progress=False)
+    assert all(np.array_equal(a, b) for k in before for a, b in zip(before[k], fresh.blobs()[k]))
+
+
 def test_report_table_json_and_plot(tmp_path):
     m = model(PLAIN)
     report = initialize(m, images(2), InitConfig(), progress=False)

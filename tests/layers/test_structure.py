@@ -107,6 +107,23 @@ def test_reshape_special_values(dims, axis, num_axes, want):
     np.testing.assert_array_equal(top, x.reshape(want))
 
 
+def test_a_reshape_that_fixes_the_first_axis_refuses_another_batch_size():
+    """Caffe's Reshape keeps a fixed first dim at any batch size, so the images would no longer lie along the first
+    axis: refused with the remedy; dim 0 (copy) and -1 (infer) follow the batch."""
+    fixed = make("Reshape", "reshape_param { shape { dim: 2 dim: -1 } }")
+    fixed.setup([(2, 3, 4, 5)])
+    np.testing.assert_array_equal(run(fixed, rand(2, 3, 4, 5))[0].shape, (2, 60))
+    with pytest.raises(CaffeinitError, match=r"^layer '.*' \(Reshape\): reshape_param.shape fixes the first axis at "
+                                             r"2, so the net runs only with batches of exactly 2 images, not 3 "
+                                             r"\(--batch-size 2 and a --num-images that is a multiple of it; or make "
+                                             r"that dim 0, which copies the batch\)$"):
+        fixed.forward([torch.zeros(3, 3, 4, 5)], [])
+    for dims in ("dim: 0 dim: -1", "dim: -1 dim: 60"):
+        follows = make("Reshape", f"reshape_param {{ shape {{ {dims} }} }}")
+        follows.setup([(2, 3, 4, 5)])
+        assert tuple(follows.forward([torch.zeros(3, 3, 4, 5)], [])[0].shape) == (3, 60)
+
+
 @pytest.mark.parametrize("text, message", [
     ("reshape_param { shape { dim: -1 dim: -1 } }", "more than one -1"),
     ("reshape_param { shape { dim: 7 dim: -1 } }", "not divisible"),
