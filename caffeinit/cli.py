@@ -84,15 +84,22 @@ def cmd_upgrade(args) -> int:
     from caffeinit.fileio import atomic_write_bytes
     from caffeinit.prototxt import format_net, read_net
 
+    from caffeinit.fileio import check_output_path
+    from caffeinit.weights import read_caffemodel, write_caffemodel
+
+    if bool(args.weights) != bool(args.weights_out):
+        raise CaffeinitError("--weights needs --weights-out for the upgraded caffemodel" if args.weights else
+                             "--weights-out needs --weights (the caffemodel to upgrade)")
     inputs = [args.net] + ([args.weights] if args.weights else [])
+    for path in (args.output, args.weights_out):
+        if path:
+            check_output_path(path, inputs)
     net = read_net(args.net)
+    weights = read_caffemodel(args.weights) if args.weights else None  # read before anything is written
     atomic_write_bytes(args.output, format_net(net).encode(), inputs=inputs)
     print(f"wrote {args.output}")
-    if args.weights:
-        if not args.weights_out:
-            raise CaffeinitError("--weights needs --weights-out for the upgraded caffemodel")
-        from caffeinit.weights import read_caffemodel, write_caffemodel
-        write_caffemodel(args.weights_out, read_caffemodel(args.weights), inputs=inputs)
+    if weights is not None:
+        write_caffemodel(args.weights_out, weights, inputs=inputs)
         print(f"wrote {args.weights_out}")
     return 0
 

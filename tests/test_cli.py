@@ -121,6 +121,42 @@ def test_forward_writes_requested_blobs(tmp_path):
     assert sorted(z.files) == ["conv1", "prob"] and z["conv1"].shape == (2, 20, 24, 24)
 
 
+def test_malformed_arguments_are_one_line_naming_the_flag(tmp_path, capsys):
+    missing = tmp_path / "missing.npy"
+    cases = [
+        (["inspect", LENET, "--input-shape", "data=1,x"], "--input-shape 'data=1,x': expected BLOB=N,C,H,W with "
+                                                          "positive integers"),
+        (["inspect", LENET, "--input-shape", "data=1,0,2,2"], "--input-shape 'data=1,0,2,2': expected BLOB=N,C,H,W "
+                                                              "with positive integers"),
+        (["forward", LENET, "--input", "data", "--out", tmp_path / "o.npz"], "--input 'data': expected NAME=FILE.npy"),
+        (["forward", LENET, "--input", f"data={missing}", "--out", tmp_path / "o.npz"],
+         f"--input data: cannot read '{missing}': "),
+        (["forward", LENET, "--input", f"data={missing}", "--images", "x.txt", "--out", tmp_path / "o.npz"],
+         "use either --images or --input"),
+        (["upgrade", LENET, "-o", tmp_path / "u.prototxt", "--weights", tmp_path / "w.caffemodel"],
+         "--weights needs --weights-out for the upgraded caffemodel"),
+        (["upgrade", LENET, "-o", tmp_path / "u.prototxt", "--weights-out", tmp_path / "w.caffemodel"],
+         "--weights-out needs --weights (the caffemodel to upgrade)"),
+        (["upgrade", LENET, "-o", tmp_path / "u.prototxt", "--weights", missing, "--weights-out", tmp_path / "w"],
+         f"{missing}: "),
+    ]
+    for argv, message in cases:
+        assert main([str(a) for a in argv]) == 1, argv
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"caffeinit: error: {message}"), (argv, last)
+    assert sorted(os.listdir(tmp_path)) == []  # nothing written by a command that failed
+
+
+def test_inspect_with_weights_names_the_layers_they_lack(tmp_path, capsys):
+    from caffeinit.weights import write_caffemodel
+    from caffeinit.api import load
+    weights = tmp_path / "w.caffemodel"
+    blobs = load(LENET).blobs()
+    write_caffemodel(weights, load(LENET).net_param, {k: v for k, v in blobs.items() if k != "ip2"})
+    assert main(["inspect", str(LENET), "--weights", str(weights)]) == 0
+    assert f"note: 1 layers not in {weights}: ip2" in capsys.readouterr().err
+
+
 def test_upgrade_v0_net_to_current_format(tmp_path):
     src = shared_path("corpus", "v0__lenet.prototxt")
     out = tmp_path / "lenet_v2.prototxt"
