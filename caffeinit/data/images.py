@@ -35,6 +35,23 @@ def read_image(path: str, color: bool = True, size: tuple[int, int] | None = Non
     return _finish(image, size)
 
 
+def is_truncated_jpeg(path: str) -> bool:
+    """Whether ``path`` is a JPEG whose data end before its end-of-image marker (a cut-off download or copy).
+    OpenCV then decodes what is there and fills the rest grey, as Caffe's cv::imread does, with only libjpeg's
+    nameless "Premature end of JPEG file" on stderr. Scan data never hold the FF D9 marker, so a file without one
+    after its first start-of-scan is cut off (an embedded thumbnail's own scan can only hide a cut, never invent one).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    scan = data.find(b"\xff\xda")
+    return scan >= 0 and data.find(b"\xff\xd9", scan) < 0
+
+
 def decode_image(data: bytes, mode: str = "native", size: tuple[int, int] | None = None) -> np.ndarray:
     """Encoded bytes (an encoded Datum) as H x W x C; ``mode`` is 'native' (Caffe's DecodeDatumToCVMatNative,
     IMREAD_UNCHANGED), 'color' or 'gray' (force_color / force_gray)."""

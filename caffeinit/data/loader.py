@@ -82,6 +82,13 @@ def batches(source: Source, batch_size: int, num_images: int, seed: int = 0, num
         source.skipped = len(skipped)
         if skipped:
             warnings.warn(f"skipped {len(skipped)} unreadable images (first: {skipped[0]})", stacklevel=2)
+        truncated = getattr(source, "truncated", None)
+        if truncated:
+            path, where = source.first_truncated()
+            many = len(truncated) > 1
+            warnings.warn(f"{len(truncated)} image{'s are truncated JPEGs' if many else ' is a truncated JPEG'}, used "
+                          f"as decoded in part (the rest grey), as Caffe does ({'first: ' if many else ''}{where}: "
+                          f"'{path}')", stacklevel=2)
 
 
 def _dummy_batches(source: DummySource, batch_size: int, num_images: int, seed: int):

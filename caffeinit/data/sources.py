@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from caffeinit.data.images import ImageDecodeError, decode_image, is_image_path, read_image
+from caffeinit.data.images import ImageDecodeError, decode_image, is_image_path, is_truncated_jpeg, read_image
 from caffeinit.data.transform import Preprocess
 from caffeinit.errors import CaffeinitError
 from caffeinit.proto import caffe_pb2
@@ -150,6 +150,7 @@ class ImageSource(Source):
         self.tops = (data_top,) if label_top is None else (data_top, label_top)
         self.shuffle, self.rand_skip, self.skip_bad = shuffle, rand_skip, skip_bad
         self.name = name or "images"
+        self.truncated: dict[str, str] = {}  # path -> where, of JPEGs decoded only in part (said once, at the end)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -170,9 +171,20 @@ class ImageSource(Source):
 
     def load_pixels(self, entry: ImageEntry) -> np.ndarray:
         try:
-            return read_image(entry.path, self.color, self.preprocess.resize)
+            pixels = read_image(entry.path, self.color, self.preprocess.resize)
         except ImageDecodeError as e:
             raise self._bad(entry.where, f"cannot read image '{entry.path}': {e}") from None
+        if entry.path not in self.truncated and is_truncated_jpeg(entry.path):
+            self.truncated[entry.path] = entry.where
+        return pixels
+
+    def first_truncated(self) -> tuple[str, str]:
+        """(path, where) of the truncated JPEG met first in the list's order (the decoding threads race)."""
+        position: dict[str, int] = {}
+        for i, entry in enumerate(self.entries):
+            position.setdefault(entry.path, i)
+        path = min(self.truncated, key=lambda p: position.get(p, len(position)))
+        return path, self.truncated[path]
 
     def decode(self, entry: ImageEntry, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         pixels = self.load_pixels(entry)

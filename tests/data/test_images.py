@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caffeinit.data.images import ImageDecodeError, decode_image, read_image
+from caffeinit.data.images import ImageDecodeError, decode_image, is_truncated_jpeg, read_image
 
 
 def write_rgb_png(path, rgb):
@@ -55,3 +55,22 @@ def test_missing_and_undecodable_files(tmp_path):
         read_image(str(tmp_path / "bad.jpg"))
     with pytest.raises(ImageDecodeError, match="cannot decode"):
         decode_image(b"junk")
+
+
+def test_a_cut_off_jpeg_is_told_from_whole_ones(tmp_path):
+    import cv2
+    rng = np.random.default_rng(0)
+    picture = cv2.GaussianBlur(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8), (5, 5), 0)
+    whole = tmp_path / "whole.jpg"
+    cv2.imwrite(str(whole), picture)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    trailer = tmp_path / "trailer.jpg"  # data after the end marker (a motion photo's video): whole all the same
+    trailer.write_bytes(data + bytes(rng.integers(0, 255, 5000, dtype=np.uint8)))
+    png = tmp_path / "p.png"
+    cv2.imwrite(str(png), picture)
+    assert is_truncated_jpeg(str(cut))
+    assert not any(is_truncated_jpeg(str(p)) for p in (whole, trailer, png, tmp_path / "missing.jpg"))
+    # OpenCV decodes the part that is there, as Caffe's cv::imread: it is used, not refused
+    assert read_image(str(cut)).shape == (64, 80, 3)

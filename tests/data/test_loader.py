@@ -55,3 +55,26 @@ def test_bad_batch_arguments():
     source = ImageSource(str(SAMPLES), Preprocess())
     with pytest.raises(CaffeinitError, match="must be positive"):
         next(batches(source, 0, 4))
+
+
+def test_truncated_jpegs_are_used_as_caffe_does_and_named_once(tmp_path):
+    import warnings
+    from caffeinit.data import find_images
+    rng = np.random.default_rng(1)
+    picture = cv2.GaussianBlur(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), (5, 5), 0)
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        cv2.imwrite(str(tmp_path / name), picture)
+    for name in ("b.jpg", "c.jpg"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[:len(data) // 2])
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.jpg 0\nb.jpg 1\nc.jpg 2\n")
+    source = ImageSource(find_images(str(listing)), Preprocess(resize=(40, 40)), "data", "label")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = list(batches(source, 3, 6, progress=False))  # each image twice
+    assert [str(w.message) for w in caught] == [
+        f"2 images are truncated JPEGs, used as decoded in part (the rest grey), as Caffe does (first: "
+        f"{listing}:2: '{tmp_path / 'b.jpg'}')"]
+    want = cv2.imread(str(tmp_path / "b.jpg")).astype(np.float32).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got[0]["data"][1], want)  # the pixels Caffe's cv::imread gives
