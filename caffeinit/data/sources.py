@@ -151,6 +151,7 @@ class ImageSource(Source):
         self.shuffle, self.rand_skip, self.skip_bad = shuffle, rand_skip, skip_bad
         self.name = name or "images"
         self.truncated: dict[str, str] = {}  # path -> where, of JPEGs decoded only in part (said once, at the end)
+        self._checked: set[str] = set()  # paths looked at for truncation (cycled lists repeat them)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -174,8 +175,10 @@ class ImageSource(Source):
             pixels = read_image(entry.path, self.color, self.preprocess.resize)
         except ImageDecodeError as e:
             raise self._bad(entry.where, f"cannot read image '{entry.path}': {e}") from None
-        if entry.path not in self.truncated and is_truncated_jpeg(entry.path):
-            self.truncated[entry.path] = entry.where
+        if entry.path not in self._checked:
+            self._checked.add(entry.path)
+            if is_truncated_jpeg(entry.path):
+                self.truncated[entry.path] = entry.where
         return pixels
 
     def first_truncated(self) -> tuple[str, str]:
