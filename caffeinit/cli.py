@@ -336,11 +336,17 @@ def _add_pass_images_option(p) -> None:
                    "on machines with other memory")
 
 
+def _version() -> str:
+    from caffeinit import __version__
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from caffeinit.init.config import InitConfig
 
     parser = argparse.ArgumentParser(prog="caffeinit", description=__doc__.splitlines()[0].split(": ", 1)[-1])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"caffeinit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="print a net's layers, blob shapes and parameters")

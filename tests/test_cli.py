@@ -251,6 +251,12 @@ def test_inspect_train_net_with_input_shapes(capsys):
     assert [layer["name"] for layer in summary["layers"]][0] == "mnist"
 
 
+def test_version():
+    import caffeinit
+    code, out, err = run_cli("--version")
+    assert code == 0 and out == f"caffeinit {caffeinit.__version__}\n"
+
+
 def test_the_parser_and_usage_errors_do_not_load_torch():
     """`caffeinit --help` and option typos answer at once: importing torch alone takes over a second."""
     code = ("import sys\nfrom caffeinit.cli import build_parser, main\nbuild_parser().format_help()\n"
