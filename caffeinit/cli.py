@@ -81,10 +81,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    from caffeinit.fileio import atomic_write_bytes
+    from caffeinit.fileio import atomic_write_bytes, check_output_path
     from caffeinit.prototxt import format_net, read_net
-
-    from caffeinit.fileio import check_output_path
     from caffeinit.weights import read_caffemodel, write_caffemodel
 
     if bool(args.weights) != bool(args.weights_out):

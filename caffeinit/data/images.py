@@ -43,10 +43,14 @@ def is_truncated_jpeg(path: str) -> bool:
     """
     try:
         with open(path, "rb") as f:
+            if f.read(2) != b"\xff\xd8":
+                return False
+            f.seek(-min(16, f.seek(0, os.SEEK_END)), os.SEEK_END)
+            if b"\xff\xd9" in f.read():  # the usual end (a few padding bytes at most): no need to read it all
+                return False
+            f.seek(0)
             data = f.read()
     except OSError:
-        return False
-    if not data.startswith(b"\xff\xd8"):
         return False
     scan = data.find(b"\xff\xda")
     return scan >= 0 and data.find(b"\xff\xd9", scan) < 0
