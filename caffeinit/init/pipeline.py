@@ -69,7 +69,12 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
         torch.manual_seed(config.seed)  # only layers that draw from torch's global generator (TRAIN Dropout) use it
         if config.measure_before:
             t0 = time.perf_counter()
-            report.before_images = _measure_before(module, feeds[0], config, records, chunk)
+            from tqdm.auto import tqdm
+            # one pass, but on large nets a long one (FCN-8s: 25 s): say what runs
+            with tqdm(total=1, desc="before-init rates", unit="pass",
+                      disable=not progress, leave=False) as bar:
+                report.before_images = _measure_before(module, feeds[0], config, records, chunk)
+                bar.update(1)
             report.seconds["before"] = time.perf_counter() - t0
         if config.within:
             t0 = time.perf_counter()

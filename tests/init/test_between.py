@@ -302,12 +302,14 @@ def test_every_weight_group_of_a_net_without_zero_layers_is_reached_by_the_gradi
         assert all(reached[name] for name in reached if name != "conv1")
 
 
-def test_the_progress_bar_says_which_gradient_pass_runs(capsys):
+def test_the_progress_bars_say_which_gradient_pass_runs(capsys):
     """On large nets one gradient pass takes minutes: the bar names each pass of a measurement over several batches,
     then shows the spread."""
     m = model(PLAIN)
     initialize(m, images(3, batch=4, seed=2), InitConfig(between_batches=3, measure_before=False), progress=True)
-    shown = [line.strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "between" in line]
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "before-init rates" not in err  # measure_before=False
+    shown = [line.strip() for line in err.splitlines() if "between" in line]
     passes = [i for i, line in enumerate(shown) if "gradient pass" in line]
     assert [shown[i].split("gradient pass ")[1].rstrip("]") for i in passes] == ["1/3", "2/3", "3/3"]
     assert "spread" in shown[-1] and passes[-1] < len(shown) - 1
@@ -390,3 +392,9 @@ def test_an_update_that_makes_the_spread_worse_is_taken_back_and_halved(monkeypa
         torch.testing.assert_close(now, before, rtol=1e-5, atol=0)
     np.testing.assert_allclose(applied[3], 0.5 * steps[2])  # then half the model's step
     assert report.between_converged and report.spread("after") < 1.25 < report.spread_between_start
+
+
+def test_the_before_pass_has_its_own_progress_bar(capsys):
+    """The report-only pass under the starting weights (FCN-8s: 25 s) shows a bar while it runs."""
+    initialize(model(PLAIN), images(2, batch=4, seed=2), InitConfig(between=False), progress=True)
+    assert "before-init rates" in capsys.readouterr().err
