@@ -392,9 +392,3 @@ def test_an_update_that_makes_the_spread_worse_is_taken_back_and_halved(monkeypa
         torch.testing.assert_close(now, before, rtol=1e-5, atol=0)
     np.testing.assert_allclose(applied[3], 0.5 * steps[2])  # then half the model's step
     assert report.between_converged and report.spread("after") < 1.25 < report.spread_between_start
-
-
-def test_the_before_pass_has_its_own_progress_bar(capsys):
-    """The report-only pass under the starting weights (FCN-8s: 25 s) shows a bar while it runs."""
-    initialize(model(PLAIN), images(2, batch=4, seed=2), InitConfig(between=False), progress=True)
-    assert "before-init rates" in capsys.readouterr().err

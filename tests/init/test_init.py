@@ -405,3 +405,9 @@ def test_a_deploy_init_loads_into_the_train_net_by_layer_names(tmp_path):
     x = batches[0]["data"]
     got = train.forward({"data": x, "label": np.zeros(16, np.float32)}, blobs=["ip2"])["ip2"]
     np.testing.assert_allclose(got, deploy.forward({"data": x}, blobs=["ip2"])["ip2"], rtol=1e-6, atol=1e-6)
+
+
+def test_the_before_pass_has_its_own_progress_bar(capsys):
+    """The report-only pass under the starting weights (FCN-8s: 25 s) shows a bar while it runs."""
+    initialize(model(PLAIN), images(2, batch=4, seed=2), InitConfig(between=False), progress=True)
+    assert "before-init rates" in capsys.readouterr().err
