@@ -252,7 +252,8 @@ def cmd_stats(args) -> int:
         check_output_path(args.json, inputs)
     model, source = _model_and_images(args, lambda *a: print(*a, file=sys.stderr))
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
-    measures = measure(model, data, draws=args.draws, seed=args.seed, pass_images=args.pass_images)
+    measures = measure(model, data, draws=args.draws, seed=args.seed, pass_images=args.pass_images,
+                       progress=not args.quiet)
     print(measure_table(measures))
     if args.json:
         data = {"command": ["caffeinit", *args.argv], **measures_to_dict(measures)}

@@ -35,9 +35,11 @@ class LayerMeasure:
 
 
 def measure(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], *, draws: int = 1,
-            seed: int = 0, pass_images: int | None = None) -> list[LayerMeasure]:
+            seed: int = 0, pass_images: int | None = None, progress: bool = False) -> list[LayerMeasure]:
     """Measure ``model`` (a CaffeModel) on ``batches`` of feed dicts {data-layer top: array}; weights unchanged.
-    ``pass_images``: at most this many images per gradient pass (as ``InitConfig.pass_images``)."""
+    ``pass_images``: at most this many images per gradient pass (as ``InitConfig.pass_images``). ``progress``: a
+    tqdm bar over the forward and the gradient passes."""
+    from tqdm.auto import tqdm
     from caffeinit.allocator import return_freed_memory
     from caffeinit.init.pipeline import _collect_feeds, gradient_chunk
 
@@ -56,17 +58,20 @@ def measure(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], *
         if node.index in stats:
             stats[node.index].update(tops[0], affine_of(node).channel_axis)
 
-    with torch.no_grad():
-        for feed in feeds:
-            module(feed, stop=max(n.index for n in nodes) + 1 if nodes else 0, keep=(), tap=tap)
-    scale_model = build_scale_model(module)
     params, seen = [], set()
     for node in nodes:
         weight = module.layer_blobs[node.index][0]
         if id(weight) not in seen and weight.requires_grad:
             seen.add(id(weight))
             params.append(weight)
-    rates = measure_rates(module, scale_model, feeds, draws, seed, params=params, chunk=chunk) if params else []
+    passes = len(feeds) * (2 if params else 1)
+    with tqdm(total=passes, desc="stats", unit="pass", disable=not progress, leave=False) as bar:
+        with torch.no_grad():
+            for feed in feeds:
+                module(feed, stop=max(n.index for n in nodes) + 1 if nodes else 0, keep=(), tap=tap)
+                bar.update(1)
+        rates = measure_rates(module, build_scale_model(module), feeds, draws, seed, params=params, chunk=chunk,
+                              done=lambda: bar.update(1)) if params else []
     rate_of = {id(p): float(r) for p, r in zip(params, rates)}
 
     out = []

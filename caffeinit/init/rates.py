@@ -9,6 +9,7 @@ formed: its squared norm comes from two Gram matrices over the rows. LRN's probe
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -328,10 +329,11 @@ def change_rates(square_sums: np.ndarray, count: int, weight_rms: np.ndarray) ->
 
 
 def measure_rates(module: TorchNet, model: ScaleModel, feeds: list[dict[str, torch.Tensor]], draws: int, seed: int,
-                  params: list[torch.nn.Parameter] | None = None, tap=None, chunk: int | None = None) -> np.ndarray:
+                  params: list[torch.nn.Parameter] | None = None, tap=None, chunk: int | None = None,
+                  done: Callable[[], None] | None = None) -> np.ndarray:
     """RMS(dL/dW) / RMS(W) for each of ``params`` (default: the model's groups), over ``feeds`` and ``draws`` N(0,1)
     gradient draws per batch at the end values. ``tap`` sees the forward of the first batch (chunk by chunk, where
-    passes are split)."""
+    passes are split); ``done`` is called after each batch (a progress bar)."""
     params = model.groups if params is None else params
     if not params:
         return np.zeros(0)
@@ -339,4 +341,6 @@ def measure_rates(module: TorchNet, model: ScaleModel, feeds: list[dict[str, tor
     with GradsOnly(module, params):
         for b, feed in enumerate(feeds):
             sums += square_grads(module, model, feed, b, draws, seed, params, tap if b == 0 else None, chunk=chunk)
+            if done is not None:
+                done()
     return change_rates(sums, len(feeds) * draws, weight_rms(params))

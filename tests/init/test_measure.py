@@ -54,3 +54,19 @@ def test_rates_measured_in_chunks_where_a_whole_pass_does_not_fit(monkeypatch):
         split = measure(m, batches)
     np.testing.assert_allclose([x.rate for x in split], [x.rate for x in whole], rtol=1e-5)
     np.testing.assert_allclose([x.std for x in split], [x.std for x in whole], rtol=0)
+
+
+def test_a_progress_bar_counts_the_forward_and_gradient_passes(capsys, monkeypatch):
+    from caffeinit.init import measure as measure_module
+    counts = []
+    original = measure_module.measure_rates
+
+    def counted(*args, done=None, **kwargs):
+        return original(*args, done=lambda: (counts.append(1), done())[1], **kwargs)
+
+    batches = images(3, batch=4, seed=1)
+    quiet = measure(model(PLAIN), batches)
+    monkeypatch.setattr(measure_module, "measure_rates", counted)
+    shown = measure(model(PLAIN), batches, progress=True)
+    assert len(counts) == 3 and "stats" in capsys.readouterr().err  # one per batch's gradient pass
+    assert [(m.rate, m.std) for m in shown] == [(m.rate, m.std) for m in quiet]
