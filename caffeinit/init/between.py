@@ -111,7 +111,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 log_rates = np.log(change_rates(sum(per_batch), len(batches) * draws, norms) * lr)
                 log_first = np.log(change_rates(per_batch[0], draws, norms) * lr)
                 log_each = np.array([np.log(change_rates(sums, draws, norms) * lr) for sums in per_batch])
-            return log_rates, log_first, tap.probes, channel_sums, log_each
+            return log_rates, log_first, tap.probes(), channel_sums, log_each
 
         # every batch at the start (their spread: the rates' standard errors); afterwards batch 0, or every batch
         # once the model has mispredicted an update

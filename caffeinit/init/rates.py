@@ -105,38 +105,37 @@ class _Tap:
 
 
 class ProbeTap(_Tap):
-    """A forward tap that keeps a ScaleProbe for each of the model's approximate layers."""
+    """A forward tap that keeps, for each of the model's approximate layers, the first PROBE_IMAGES images of its
+    input (RMS ratios: a few are plenty), gathered over the chunks of a split pass; ``probes()`` then gives their
+    ScaleProbes."""
 
     def __init__(self, module: TorchNet, model: ScaleModel, seed: int, inner=None):
         self.module, self.seed, self.inner = module, seed, inner
-        self.acts_on = {node.index for node in model.active if model.rules[node.index] == "approx"}
-        self.wanted = {node.bottom_values[0] for node in model.active if node.index in self.acts_on}
+        self.approximate = [node for node in model.active if model.rules[node.index] == "approx"]
+        self.acts_on = {node.index for node in self.approximate}  # the layers the probes model run unfused
+        self.wanted = {node.bottom_values[0] for node in self.approximate}
         self.values: dict[str, torch.Tensor] = {}
-        self.grown: set[str] = set()
-        self.probes: dict[int, ScaleProbe] = {}
 
     def __call__(self, node: LayerNode, tops) -> None:
         if self.inner is not None:
             self.inner(node, tops)
-        if node.index in self.acts_on and node.bottom_values[0] in self.grown:
-            gen = torch.Generator(device=self.module.device)
-            gen.manual_seed((int(self.seed) * 15_485_863 + 31 * node.index + 7) % (2 ** 63))
-            self.probes[node.index] = ScaleProbe(node.layer, self.values[node.bottom_values[0]],
-                                                 self.module.layer_blobs[node.index], gen)
         for v, t in zip(node.top_values, tops):
-            if v in self.wanted:
-                self._keep(v, t.detach())
+            have = self.values.get(v)
+            if v in self.wanted and (have is None or (t.dim() and have.shape[0] < PROBE_IMAGES)):
+                t = t.detach()
+                part = t[:PROBE_IMAGES - (0 if have is None else have.shape[0])] if t.dim() else t
+                self.values[v] = part if have is None else torch.cat([have, part])
 
-    def _keep(self, value: str, t: torch.Tensor) -> None:
-        """Keep the first PROBE_IMAGES images of ``value`` (RMS ratios: a few are plenty), gathered over the chunks
-        of a split pass; ``grown`` names the values that took images in this call."""
-        have = self.values.get(value)
-        if have is None or (t.dim() and have.shape[0] < PROBE_IMAGES):
-            part = t[:PROBE_IMAGES - (0 if have is None else have.shape[0])] if t.dim() else t
-            self.values[value] = part if have is None else torch.cat([have, part])
-            self.grown.add(value)
-        else:
-            self.grown.discard(value)
+    def probes(self) -> dict[int, ScaleProbe]:
+        """A ScaleProbe per approximate layer whose input the forward reached, by node index."""
+        out = {}
+        for node in self.approximate:
+            if node.bottom_values[0] in self.values:
+                gen = torch.Generator(device=self.module.device)
+                gen.manual_seed((int(self.seed) * 15_485_863 + 31 * node.index + 7) % (2 ** 63))
+                out[node.index] = ScaleProbe(node.layer, self.values[node.bottom_values[0]],
+                                             self.module.layer_blobs[node.index], gen)
+        return out
 
 
 def _rms(t: torch.Tensor) -> float:

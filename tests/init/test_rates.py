@@ -224,7 +224,7 @@ def test_probes_of_a_split_pass_see_the_images_of_a_whole_one(chunk):
         tap = rates.ProbeTap(m.module, sm, 7)
         with rates.GradsOnly(m.module, sm.groups):
             rates.square_grads(m.module, sm, feeds[0], 0, 1, 7, sm.groups, tap=tap, chunk=chunk)
-        (probe,) = tap.probes.values()
+        (probe,) = tap.probes().values()
         return probe
 
     whole, split = probed(None), probed(chunk)
