@@ -46,10 +46,10 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     device = module.device
     started = time.perf_counter()
     feeds = _collect_feeds(net, batches, device)
-    for feed in {next(iter(f.values())).shape[0]: f for f in feeds}.values():
+    sizes = [next(iter(f.values())).shape[0] for f in feeds]
+    for feed in dict(zip(sizes, feeds)).values():
         module.check_batch(feed)  # every batch size the steps will run, before any work
-    num_images = sum(next(iter(f.values())).shape[0] for f in feeds)
-    batch_size = max(next(iter(f.values())).shape[0] for f in feeds)
+    num_images, batch_size = sum(sizes), max(sizes)
     short = config.within and _check_memory(net, device, num_images, batch_size)
     chunk = None
     if config.between or config.measure_before:  # without the between step only the before pass's few images
@@ -108,7 +108,7 @@ def _check_memory(net, device, num_images: int, batch_size: int) -> bool:
     if available is None or estimate.where is None:
         return False
     need = estimate.total(num_images)
-    kind = "free GPU memory" if device.type == "cuda" else "memory available"
+    kind = _memory_kind(device)
     what = (f"the within-layer step keeps every image's values ({_size(estimate.stored)} per image after layer "
             f"'{estimate.where.name}' ({estimate.where.type})): for {num_images} images it needs about {_size(need)}")
     if TIGHT_MEMORY * available < need <= available:
@@ -153,7 +153,7 @@ def gradient_chunk(module, feeds, draws: int, images: int | None = None, pinned:
     if per_image * batch <= budget:
         return wanted
     fits = int(budget // per_image) if budget > 0 else 0
-    kind = "free GPU memory" if module.device.type == "cuda" else "memory available"
+    kind = _memory_kind(module.device)
     if pinned is not None and fits >= 1:
         raise CaffeinitError(f"pass-images {pinned}: a gradient pass of {batch} images would keep about "
                              f"{_size(per_image * batch)}, more than the {_size(available)} of {kind} allows: at "
@@ -168,6 +168,10 @@ def gradient_chunk(module, feeds, draws: int, images: int | None = None, pinned:
                   f"of {batch} images, more than the {_size(available)} of {kind} allows: they run {chunk} images at "
                   "a time (the same change rates up to float rounding)")
     return chunk
+
+
+def _memory_kind(device) -> str:
+    return "free GPU memory" if device.type == "cuda" else "memory available"
 
 
 def _size(num_bytes: float) -> str:
