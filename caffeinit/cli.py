@@ -228,9 +228,7 @@ def cmd_run(args) -> int:
         print(report.table())
     say(f"wrote {args.output}")
     if args.report:
-        from caffeinit.fileio import atomic_write_bytes
-        data = {"command": ["caffeinit", *args.argv], **report.to_dict()}  # how to make it again
-        atomic_write_bytes(args.report, (json.dumps(data, indent=1) + "\n").encode(), inputs=inputs)
+        _write_json(args, args.report, report.to_dict(), inputs)
         say(f"wrote {args.report}")
     if args.plot:
         report.plot(args.plot, inputs=inputs)
@@ -244,7 +242,7 @@ def cmd_run(args) -> int:
 
 def cmd_stats(args) -> int:
     from caffeinit.data import batches
-    from caffeinit.fileio import atomic_write_bytes, check_output_path
+    from caffeinit.fileio import check_output_path
     from caffeinit.init.measure import measure, measure_table, measures_to_dict
 
     inputs = [p for p in (args.net, args.weights, args.images) if p]
@@ -256,9 +254,15 @@ def cmd_stats(args) -> int:
                        progress=not args.quiet)
     print(measure_table(measures))
     if args.json:
-        data = {"command": ["caffeinit", *args.argv], **measures_to_dict(measures)}
-        atomic_write_bytes(args.json, (json.dumps(data, indent=1) + "\n").encode(), inputs=inputs)
+        _write_json(args, args.json, measures_to_dict(measures), inputs)
     return 0
+
+
+def _write_json(args, path, data: dict, inputs) -> None:
+    """``data`` as JSON at ``path`` (atomically), led by the command line that made it."""
+    from caffeinit.fileio import atomic_write_bytes
+    data = {"command": ["caffeinit", *args.argv], **data}
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode(), inputs=inputs)
 
 
 def _onnx_net(model, stages, level):
@@ -335,17 +339,13 @@ def _add_pass_images_option(p) -> None:
                    "on machines with other memory")
 
 
-def _version() -> str:
-    from caffeinit import __version__
-    return __version__
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from caffeinit import __version__
     from caffeinit.init.config import InitConfig
 
     parser = argparse.ArgumentParser(prog="caffeinit", description=__doc__.splitlines()[0].split(": ", 1)[-1])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--version", action="version", version=f"caffeinit {_version()}")
+    parser.add_argument("--version", action="version", version=f"caffeinit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="print a net's layers, blob shapes and parameters")
