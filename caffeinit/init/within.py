@@ -333,7 +333,8 @@ def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[t
         shift = torch.zeros_like(mean)
     affine.scale_outputs_(weight.data, gain.to(weight.dtype))
     if affine.bias is not None:
-        blobs[affine.bias].data.copy_(shift.to(weight.dtype).reshape(blobs[affine.bias].shape))
+        bias = blobs[affine.bias]  # (outputs, ...): a Scale over several axes has a bias per position too
+        bias.data.copy_(shift.to(weight.dtype).reshape(-1, *[1] * (bias.dim() - 1)).expand_as(bias))
     if int(dead.sum()):
         record.dead = int(dead.sum())
     if record.dead and given is None:  # given: they follow from a normalized layer before, which has warned

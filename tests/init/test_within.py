@@ -340,3 +340,20 @@ def test_a_train_phase_batchnorm_gets_the_statistics_of_all_images():
     for name, (mean, std) in _channel_stats(m, init, ["conv2", "fc"], {}).items():
         np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
         np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
+
+
+def test_a_scale_over_two_axes_with_a_bias_is_normalized_per_channel():
+    """A one-bottom Scale with num_axes 2 has a weight and a bias per (channel, row): each output channel still gets
+    mean beta and std 1, its bias the same shift on every row."""
+    text = (HEAD.format(name="scale2") + conv("conv1", "data", 8) + relu("relu1", "conv1")
+            + layer("sc", "Scale", "conv1", "sc", "scale_param { axis: 1 num_axes: 2 bias_term: true }")
+            + conv("conv2", "sc", 8) + relu("relu2", "conv2") + ip("fc", "conv2", 4))
+    m = model(text)
+    init = images(4, seed=5)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    blobs = m.blobs()
+    assert blobs["sc"][0].shape == blobs["sc"][1].shape == (8, 12)
+    np.testing.assert_array_equal(blobs["sc"][1], np.repeat(blobs["sc"][1][:, :1], 12, axis=1))
+    for name, (mean, std) in _channel_stats(m, init, ["sc", "conv2", "fc"], {}).items():
+        np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
