@@ -3,7 +3,8 @@ weight's change rate C_k = RMS(dL/dW_k) / RMS(W_k), and the function-preserving 
 (caffeinit/init/between.py runs the step; caffeinit/init/rates.py measures the rates).
 
 End values: the inputs of loss layers and Accuracy (labels excluded) and the net's unconsumed outputs, with trailing
-Softmax / ArgMax layers stripped. Only layers that feed an end value take part.
+Softmax / ArgMax layers stripped; nothing computed from a loss's output counts (the net proper stops at its last
+non-loss layer). Only layers that feed an end value take part.
 
 Scale model. Each learnable affine weight W_k (Convolution, Deconvolution, InnerProduct, one-bottom Scale; a
 weight shared through a ParamSpec name is one W_k) gets a variable x_k. Every value v of the net then becomes about
@@ -91,7 +92,12 @@ def end_values(net: Net) -> list[str]:
         if v not in ends:
             ends.append(v)
 
+    after_loss: set[str] = set()  # values computed from a loss: the net proper ends before them
     for node in net.layers:
+        if node.layer.is_loss or any(v in after_loss for v in node.bottom_values):
+            after_loss.update(node.top_values)
+            if any(v in after_loss for v in node.bottom_values):
+                continue
         if node.layer.is_loss:
             for v in node.bottom_values:
                 add(v)

@@ -392,3 +392,24 @@ def test_an_update_that_makes_the_spread_worse_is_taken_back_and_halved(monkeypa
         torch.testing.assert_close(now, before, rtol=1e-5, atol=0)
     np.testing.assert_allclose(applied[3], 0.5 * steps[2])  # then half the model's step
     assert report.between_converged and report.spread("after") < 1.25 < report.spread_between_start
+
+
+AFTER_LOSS = ('name: "after_loss"\nlayer { name: "data" type: "Input" top: "data" top: "label" input_param { '
+              'shape { dim: 8 dim: 3 dim: 12 dim: 12 } shape { dim: 8 } } }\n'
+              + conv("conv1", "data", 8) + relu("relu1", "conv1") + ip("fc", "conv1", 5)
+              + layer("loss", "SoftmaxWithLoss", ["fc", "label"], "loss")
+              + layer("rs", "Reshape", "loss", "rs", "reshape_param { shape { dim: 1 dim: 1 } }")
+              + ip("post", "rs", 2))
+
+
+def test_layers_computed_from_a_loss_are_not_part_of_the_between_layer_step():
+    """The step stops at the last non-loss layer: a learnable layer reading a loss's output is neither an end nor
+    measured, and the net before the loss is equalized as if it were not there."""
+    m = model(AFTER_LOSS, phase="train")
+    assert end_values(m.net) == ["fc"]
+    assert [nodes[0].name for nodes in build_scale_model(m.module).group_nodes] == ["conv1", "fc"]
+    rng = np.random.default_rng(0)
+    init = [dict(b, label=rng.integers(0, 5, 8).astype(np.float32)) for b in images(4)]
+    report = initialize(m, init, InitConfig(), progress=False)
+    assert report.between_converged and report.spread("after") < 1.001 and report.between_note is None
+    assert report.layer("post").rate_after is None
