@@ -21,13 +21,16 @@ _P = caffe_pb2.PoolingParameter
 METHODS = {_P.MAX: "MAX", _P.AVE: "AVE", _P.STOCHASTIC: "STOCHASTIC"}
 
 
-def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
-    """Caffe's output size along one axis, including the clip rule that applies only when padding."""
-    span = (size + 2 * pad - kernel) / stride
-    out = (math.ceil(span) if ceil else math.floor(span)) + 1
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
+def pooled_hw(in_hw, kernel, stride, pad, ceil: bool) -> tuple[int, int]:
+    """Caffe's output height and width (pooling_layer.cpp Reshape). The clip rule (a last window starting in the
+    padding is dropped) applies to both axes as soon as either has padding."""
+    out = []
+    for size, k, s, p in zip(in_hw, kernel, stride, pad):
+        span = (size + 2 * p - k) / s
+        out.append((math.ceil(span) if ceil else math.floor(span)) + 1)
+    if any(pad):
+        out = [o - 1 if (o - 1) * s >= size + p else o for o, size, s, p in zip(out, in_hw, stride, pad)]
+    return tuple(out)
 
 
 def window_sizes(size: int, out: int, kernel: int, stride: int, pad: int) -> list[int]:
@@ -43,7 +46,7 @@ class PoolGeometry:
         self.method, self.kernel, self.stride, self.pad, self.ceil = method, tuple(kernel), tuple(stride), \
             tuple(pad), ceil
         self.in_hw = tuple(in_hw)
-        self.out_hw = tuple(pooled_size(n, k, s, p, ceil) for n, k, s, p in zip(in_hw, kernel, stride, pad))
+        self.out_hw = pooled_hw(in_hw, kernel, stride, pad, ceil)
         # Right/bottom padding needed so floor-mode pooling from -pad reaches Caffe's last window.
         self.extra = tuple(max(0, (o - 1) * s + k - p - n)
                            for o, k, s, p, n in zip(self.out_hw, kernel, stride, pad, in_hw))

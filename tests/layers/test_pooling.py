@@ -14,20 +14,29 @@ from tests.layers.helpers import make, rand, run, run_case
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
-def caffe_pooled(size, k, s, p, ceil):
-    """pooling_layer.cpp Reshape: ceil/floor of a float division, then the clip rule when padding."""
-    span = (size + 2 * p - k) / s
-    out = int(math.ceil(span) if ceil else math.floor(span)) + 1
-    if p and (out - 1) * s >= size + p:
-        out -= 1
-    return out
+def caffe_pooled(in_hw, k, s, p, ceil):
+    """pooling_layer.cpp Reshape: ceil/floor of a float division per axis, then, if pad_h or pad_w is non-zero,
+    the clip rule on both axes. All arguments but ``ceil`` are (h, w) pairs."""
+    out = []
+    for size, kk, ss, pp in zip(in_hw, k, s, p):
+        span = (size + 2 * pp - kk) / ss
+        out.append(int(math.ceil(span) if ceil else math.floor(span)) + 1)
+    if p[0] or p[1]:
+        for axis in (0, 1):
+            if (out[axis] - 1) * s[axis] >= in_hw[axis] + p[axis]:
+                out[axis] -= 1
+    return tuple(out)
+
+
+def square_pooled(size, k, s, p, ceil):
+    return caffe_pooled((size, size), (k, k), (s, s), (p, p), ceil)[0]
 
 
 def caffe_pool(x, method, k, s, p, ceil=True):
     """Forward_cpu of Caffe's Pooling for MAX (value and mask) and AVE, windows written out as in the C++ loops.
     k, s, p are (h, w) pairs."""
     n, c, height, width = x.shape
-    oh, ow = caffe_pooled(height, k[0], s[0], p[0], ceil), caffe_pooled(width, k[1], s[1], p[1], ceil)
+    oh, ow = caffe_pooled((height, width), k, s, p, ceil)
     top = np.zeros((n, c, oh, ow))
     mask = np.full((n, c, oh, ow), -1.0)
     x = x.astype(np.float64)
@@ -66,7 +75,7 @@ def pool_layer(method, k, s, p, ceil=True, n_tops=1, extra=""):
 
 def sweep_configs():
     return [(h, k, s, p) for h in range(1, 13) for k in range(1, 6) for s in range(1, 5) for p in range(k)
-            if caffe_pooled(h, k, s, p, True) >= 1]
+            if square_pooled(h, k, s, p, True) >= 1]
 
 
 def test_sweep_covers_the_documented_grid():
@@ -78,7 +87,7 @@ def test_pooling_sweep_matches_caffe(ceil):
     """H 1-12, k 1-5, s 1-4, pad 0..k-1, MAX (value + mask) and AVE: shapes and values."""
     checked = 0
     for height, k, s, p in sweep_configs():
-        if not ceil and caffe_pooled(height, k, s, p, False) < 1:
+        if not ceil and square_pooled(height, k, s, p, False) < 1:
             continue
         x = rand(2, 2, height, height, seed=height * 100 + k * 10 + s)
         for method in ("MAX", "AVE"):
@@ -91,6 +100,50 @@ def test_pooling_sweep_matches_caffe(ceil):
                 np.testing.assert_array_equal(tops[1], want_mask, err_msg=str((height, k, s, p)))
             checked += 1
     assert checked >= 1336
+
+
+def test_padding_on_one_axis_clips_both_axes():
+    """Caffe's clip rule runs on both axes when either pad is non-zero: kernel 1x3, stride 2x1, pad 0x1 on 4x4
+    gives 2 rows (the third window would start at row 4, outside the image), not 3 rows with a -FLT_MAX one."""
+    x = rand(1, 1, 4, 4)
+    text = "pooling_param { pool: MAX kernel_h: 1 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 0 pad_w: 1 }"
+    layer = make("Pooling", text)
+    top = run(layer, x)[0]
+    assert top.shape == (1, 1, 2, 4)
+    np.testing.assert_array_equal(top, caffe_pool(x, "MAX", (1, 3), (2, 1), (0, 1))[0].astype(np.float32))
+    assert layer.geometry.torch_exact  # torch's ceil rule drops that row too
+
+
+@pytest.mark.parametrize("ceil", [True, False])
+def test_one_axis_padding_sweep_matches_caffe(ceil):
+    """4x5 and 5x4, kernels 1-3, strides 1-3, padding on the height or the width only: shapes and values."""
+    checked = clipped_unpadded = 0
+    for hw in [(4, 5), (5, 4)]:
+        for k in [(a, b) for a in range(1, 4) for b in range(1, 4)]:
+            for s in [(a, b) for a in range(1, 4) for b in range(1, 4)]:
+                pads = [(ph, 0) for ph in range(1, k[0])] + [(0, pw) for pw in range(1, k[1])]
+                for p in pads:
+                    shape = caffe_pooled(hw, k, s, p, ceil)
+                    if min(shape) < 1:
+                        continue
+                    unpadded = 1 if p[0] else 0
+                    per_axis = caffe_pooled((hw[unpadded],) * 2, (k[unpadded],) * 2, (s[unpadded],) * 2, (0, 0),
+                                            ceil)[0]
+                    clipped_unpadded += per_axis != shape[unpadded]
+                    x = rand(1, 2, *hw, seed=checked)
+                    for method in ("MAX", "AVE"):
+                        text = (f"pooling_param {{ pool: {method} kernel_h: {k[0]} kernel_w: {k[1]} stride_h: {s[0]} "
+                                f"stride_w: {s[1]} pad_h: {p[0]} pad_w: {p[1]} round_mode: {'CEIL' if ceil else 'FLOOR'} }}")
+                        want, want_mask = caffe_pool(x, method, k, s, p, ceil)
+                        tops = run(make("Pooling", text, n_tops=2 if method == "MAX" else 1), x)
+                        where = str((method, hw, k, s, p))
+                        assert tops[0].shape == want.shape, where
+                        np.testing.assert_allclose(tops[0], want, rtol=1e-6, atol=1e-6, err_msg=where)
+                        if method == "MAX":
+                            np.testing.assert_array_equal(tops[1], want_mask, err_msg=where)
+                        checked += 1
+    assert checked > 300
+    assert clipped_unpadded > 20 if ceil else clipped_unpadded == 0  # floor never reaches the clip
 
 
 def test_window_outside_image_keeps_caffe_values():

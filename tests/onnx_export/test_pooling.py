@@ -12,20 +12,24 @@ from caffeinit.prototxt import parse_net_text
 from tests.onnx_export.common import FLT_MAX, export_and_compare, input_layer, layer, rel_err, session
 
 
+def caffe_pooled_hw(in_hw, kernel, stride, pad, ceil=True):
+    """Caffe's output (height, width): per axis, then its clip rule on both axes when either has padding."""
+    out = [(math.ceil(span) if ceil else math.floor(span)) + 1
+           for span in ((n + 2 * p - k) / s for n, k, s, p in zip(in_hw, kernel, stride, pad))]
+    if any(pad):
+        out = [o - 1 if (o - 1) * s >= n + p else o for o, n, s, p in zip(out, in_hw, stride, pad)]
+    return tuple(out)
+
+
 def caffe_pooled_size(size, k, s, p, ceil=True):
-    span = (size + 2 * p - k) / s
-    out = (math.ceil(span) if ceil else math.floor(span)) + 1
-    if p and (out - 1) * s >= size + p:  # Caffe's clip rule, only when padding
-        out -= 1
-    return out
+    return caffe_pooled_hw((size, size), (k, k), (s, s), (p, p), ceil)[0]
 
 
 def caffe_pool(x, method, kernel, stride, pad, ceil=True):
     """Caffe's CPU forward, one output cell at a time (vectorized over num and channels)."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
     n, c, height, width = x.shape
-    out_h = caffe_pooled_size(height, kh, sh, ph, ceil)
-    out_w = caffe_pooled_size(width, kw, sw, pw, ceil)
+    out_h, out_w = caffe_pooled_hw((height, width), kernel, stride, pad, ceil)
     top = np.empty((n, c, out_h, out_w), np.float32)
     for i in range(out_h):
         for j in range(out_w):
@@ -101,6 +105,8 @@ def test_pooling_sweep_count_matches_notes():
     ("pool: MAX kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 0", (2, 3, 9, 8)),
     ("pool: AVE kernel_h: 2 kernel_w: 4 stride_h: 3 stride_w: 1 pad_h: 1 pad_w: 3", (2, 3, 7, 10)),
     ("pool: AVE kernel_h: 1 kernel_w: 3 stride_h: 3 stride_w: 2 pad_h: 0 pad_w: 2", (1, 2, 8, 5)),
+    ("pool: MAX kernel_h: 1 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 0 pad_w: 1", (1, 2, 4, 4)),
+    ("pool: AVE kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 0", (2, 1, 6, 6)),
 ])
 def test_rectangular_pooling(params, shape):
     text = input_layer(shape=shape) + layer("Pooling", params=f"pooling_param {{ {params} }}")
