@@ -134,8 +134,9 @@ def _pool_settings(layer: Layer, p: caffe_pb2.PoolingParameter, in_hw) -> tuple:
             raise layer.error("with global_pooling the kernel size cannot be given")
         kernel = tuple(in_hw)
     else:
+        # Caffe's check passes kernel_size with a lone kernel_h or kernel_w (which is then ignored).
         has_hw = p.HasField("kernel_h") and p.HasField("kernel_w")
-        if p.HasField("kernel_size") and (p.HasField("kernel_h") or p.HasField("kernel_w")):
+        if p.HasField("kernel_size") and has_hw:
             raise layer.error("give either kernel_size or kernel_h and kernel_w, not both")
         if not p.HasField("kernel_size") and not has_hw:
             raise layer.error("kernel_size (or both kernel_h and kernel_w) is required")

@@ -254,6 +254,15 @@ def test_bad_parameters_name_the_layer(text, message):
     assert "layer 'L' (Pooling)" in str(info.value)
 
 
+@pytest.mark.parametrize("lone", ["kernel_h: 1", "kernel_w: 5"])
+def test_kernel_size_with_a_lone_kernel_h_or_w_uses_kernel_size(lone):
+    """pooling_layer.cpp LayerSetUp: !has_kernel_size() != !(has_kernel_h() && has_kernel_w()) passes, and
+    kernel_size sets both axes."""
+    x = rand(1, 2, 7, 7)
+    top = run(make("Pooling", f"pooling_param {{ pool: MAX kernel_size: 3 {lone} stride: 2 }}"), x)[0]
+    np.testing.assert_array_equal(top, caffe_pool(x, "MAX", (3, 3), (2, 2), (0, 0))[0].astype(np.float32))
+
+
 def test_bad_shapes_and_tops():
     with pytest.raises(CaffeinitError, match="4 axes"):
         pool_layer("MAX", 2, 2, 0).setup([(1, 8, 8)])
