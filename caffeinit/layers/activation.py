@@ -142,13 +142,16 @@ class AbsVal(_Elementwise):
 
 @register_layer
 class BNLL(_Elementwise):
-    """log(1 + e^x) in Caffe's split form, which never exponentiates a large positive number."""
+    """log(1 + e^x) in Caffe's split form, which never exponentiates a large positive number. Caffe adds the
+    exponential to the double 1., so the tiny values of very negative x survive (x = -20 gives 2.06e-9, not 0):
+    computed in float64 and rounded once."""
     type_name = "BNLL"
 
     def apply(self, x):
-        positive = x + torch.log(1 + torch.exp(-torch.clamp(x, min=0)))
-        negative = torch.log(1 + torch.exp(torch.clamp(x, max=0)))
-        return torch.where(x > 0, positive, negative)
+        wide = x.double()
+        positive = wide + torch.log(1 + torch.exp(-torch.clamp(wide, min=0)))
+        negative = torch.log(1 + torch.exp(torch.clamp(wide, max=0)))
+        return torch.where(wide > 0, positive, negative).to(x.dtype)
 
 
 @register_layer

@@ -55,6 +55,18 @@ def test_bnll_stable_form():
     close(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_bnll_keeps_tiny_values_of_very_negative_inputs():
+    """bnll_layer.cpp adds exp(x) to the double 1., so log(1. + exp(-20)) is 2.06e-9, not the 0 of float32 maths
+    (and below x = -37 it is 0 again, as 1. + exp(x) rounds to 1): every value within float32 rounding of the double
+    formula, relative to itself."""
+    x = np.array([-87, -60, -30, -20, -17.5, -9, -1e-3, 0, 1e-3, 9, 17.5, 20, 60], np.float32)
+    wide = x.astype(np.float64)
+    want = np.where(wide > 0, wide + np.log(1. + np.exp(-wide)), np.log(1. + np.exp(wide)))
+    got = run(make("BNLL"), x)[0]
+    assert got.dtype == np.float32 and got[x == -20][0] > 2e-9
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=0)
+
+
 @pytest.mark.parametrize("power, scale, shift", [(2, 1, 1), (0.5, 2, 3), (3, -1, 0), (1, 0.5, -1)])
 def test_power(power, scale, shift):
     x = np.abs(X) if power == 0.5 else X

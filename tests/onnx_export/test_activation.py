@@ -1,4 +1,5 @@
 """Element-wise layers exported to ONNX: ORT CPU vs the torch graph on every blob."""
+import numpy as np
 import pytest
 
 from tests.onnx_export.common import export_and_compare, input_layer, layer
@@ -38,3 +39,9 @@ def test_in_place_chain_keeps_every_value():
     # the net output keeps its Caffe blob name; the pre-activation value moved aside
     assert graph.value_names["conv@drop"] == "conv"
     assert [o.name for o in graph.model.graph.output][0] == "conv"
+
+
+def test_bnll_over_a_wide_range_matches_torch():
+    """Softplus against the layer's float64 form of Caffe's formula, on inputs from -40 to 40."""
+    x = np.linspace(-40, 40, 2 * 3 * 6 * 6, dtype=np.float32).reshape(2, 3, 6, 6)
+    export_and_compare(input_layer() + layer("BNLL"), feeds={"data": x})
