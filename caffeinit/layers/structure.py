@@ -120,7 +120,7 @@ def _no_in_place(layer: Layer) -> None:
 
 @register_layer
 class Flatten(Layer):
-    """Folds axes [axis, end_axis] into one."""
+    """Folds axes [axis, end_axis] into one; end_axis = axis - 1 inserts a size-1 axis (Caffe's count(a, a) is 1)."""
     type_name = "Flatten"
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
@@ -131,10 +131,15 @@ class Flatten(Layer):
         p = self.param.flatten_param
         start = canonical_axis(self, p.axis, len(shape), "flatten_param.axis")
         end = canonical_axis(self, p.end_axis, len(shape), "flatten_param.end_axis")
+        if end < start - 1:
+            raise self.error(f"flatten_param.end_axis {p.end_axis} (axis {end}) comes before axis {p.axis} "
+                             f"(axis {start}) by more than one, for a {len(shape)}-D bottom")
         self.start, self.end = start, end
         return [shape[:start] + (count(shape, start, end + 1),) + shape[end + 1:]]
 
     def forward(self, bottoms, blobs):
+        if self.end < self.start:
+            return [bottoms[0].unsqueeze(self.start)]
         return [bottoms[0].flatten(self.start, self.end)]
 
 

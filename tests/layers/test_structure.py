@@ -75,11 +75,20 @@ def test_split_copies_bottom_to_every_top():
 @pytest.mark.parametrize("text, want", [
     ("", (2, 60)), ("flatten_param { axis: 2 }", (2, 3, 20)), ("flatten_param { axis: 0 end_axis: 1 }", (6, 4, 5)),
     ("flatten_param { axis: -3 end_axis: -2 }", (2, 12, 5)),
+    # end_axis = axis - 1: Caffe's top shape holds count(axis, axis) = 1 there
+    ("flatten_param { axis: 2 end_axis: 1 }", (2, 3, 1, 4, 5)),
+    ("flatten_param { axis: -1 end_axis: -2 }", (2, 3, 4, 1, 5)),
 ])
 def test_flatten(text, want):
     x = rand(2, 3, 4, 5)
     top = run(make("Flatten", text), x)[0]
     np.testing.assert_array_equal(top, x.reshape(want))
+
+
+def test_flatten_end_axis_before_axis_minus_one_is_refused():
+    """Blob::count(start, end) CHECKs start <= end: end_axis 0 with axis 2 fails Caffe's set-up."""
+    with pytest.raises(CaffeinitError, match=r"layer 'L' \(Flatten\).*end_axis 0"):
+        make("Flatten", "flatten_param { axis: 2 end_axis: 0 }").setup([(2, 3, 4, 5)])
 
 
 def test_flatten_and_reshape_refuse_in_place():
