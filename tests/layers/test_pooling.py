@@ -131,9 +131,10 @@ def test_one_axis_padding_sweep_matches_caffe(ceil):
                                             ceil)[0]
                     clipped_unpadded += per_axis != shape[unpadded]
                     x = rand(1, 2, *hw, seed=checked)
+                    mode = "CEIL" if ceil else "FLOOR"
                     for method in ("MAX", "AVE"):
                         text = (f"pooling_param {{ pool: {method} kernel_h: {k[0]} kernel_w: {k[1]} stride_h: {s[0]} "
-                                f"stride_w: {s[1]} pad_h: {p[0]} pad_w: {p[1]} round_mode: {'CEIL' if ceil else 'FLOOR'} }}")
+                                f"stride_w: {s[1]} pad_h: {p[0]} pad_w: {p[1]} round_mode: {mode} }}")
                         want, want_mask = caffe_pool(x, method, k, s, p, ceil)
                         tops = run(make("Pooling", text, n_tops=2 if method == "MAX" else 1), x)
                         where = str((method, hw, k, s, p))
