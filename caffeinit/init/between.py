@@ -78,6 +78,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
     params, draws, seed = model.groups, config.between_draws, config.seed
     lr = np.array(model.lr_mults)
     if not params:  # nothing learnable (every layer frozen)
+        _warn_without_gradient(model, np.zeros(0), records)
         return BetweenResult(np.zeros(0), np.zeros(0), 0, True, model.homogeneous, model.lr_mults)
     if not _reached_by_gradient(module, model).any():  # e.g. every path ends in a frozen all-zero layer
         nothing = np.full(len(params), np.nan)
@@ -274,7 +275,7 @@ def _reached_by_gradient(module: TorchNet, model: ScaleModel) -> np.ndarray:
 
 def _warn_without_gradient(model: ScaleModel, log_rates: np.ndarray, records: dict[str, LayerRecord]) -> None:
     """Learnable layers the random output gradients never reach (log rate -inf: zero gradient, nonzero weight)."""
-    names = [model.group_nodes[k][0].name for k in np.flatnonzero(np.isneginf(log_rates))]
+    names = [model.group_nodes[k][0].name for k in np.flatnonzero(np.isneginf(log_rates))] + model.unreached
     for name in names:
         if name in records and not records[name].note:
             records[name].note = "no gradient reaches it from the net's outputs: not rescaled"

@@ -92,12 +92,10 @@ def end_values(net: Net) -> list[str]:
         if v not in ends:
             ends.append(v)
 
-    after_loss: set[str] = set()  # values computed from a loss: the net proper ends before them
+    after_loss = values_after_loss(net)
     for node in net.layers:
-        if node.layer.is_loss or any(v in after_loss for v in node.bottom_values):
-            after_loss.update(node.top_values)
-            if any(v in after_loss for v in node.bottom_values):
-                continue
+        if any(v in after_loss for v in node.bottom_values):
+            continue
         if node.layer.is_loss:
             for v in node.bottom_values:
                 add(v)
@@ -107,6 +105,15 @@ def end_values(net: Net) -> list[str]:
                     add(v)
     order = {v: i for i, v in enumerate(v for node in net.layers for v in node.top_values)}
     return sorted(ends, key=order.__getitem__)
+
+
+def values_after_loss(net: Net) -> set[str]:
+    """Values computed from a loss's output: the net proper ends before them."""
+    after: set[str] = set()
+    for node in net.layers:
+        if node.layer.is_loss or any(v in after for v in node.bottom_values):
+            after.update(node.top_values)
+    return after
 
 
 @dataclass
@@ -254,7 +261,7 @@ class ScaleModel:
     var_of: dict[int, int]  # node index of an affine layer -> its variable
     rules: dict[int, str]  # node index -> rule (see _rule)
     channels: dict[str, int] = field(default_factory=dict)  # value -> channels (axis 1; 1 without one)
-    blocked: set[str] = field(default_factory=set)  # values read by inactive layers: pinned to l = 0
+    unreached: list[str] = field(default_factory=list)  # learnable layers that feed no end (their own weights)
     bias_tops: list[list[str]] = field(default_factory=list)  # tops of the users of each shared bias
     approximate_layers: list[str] = field(default_factory=list)
     input_channels: dict[int, "InputChannels"] = field(default_factory=dict)  # split groups' layouts (measuring)
@@ -353,7 +360,6 @@ class ScaleModel:
             for i, v in enumerate(tops):
                 seg = out[i] if isinstance(out, list) else out
                 lin[v] = fits(seg, v) if seg.split else Segments.uniform(width(v), seg.rows[0])
-        pinned(self.blocked)
         pinned(self.ends)
         for tops in self.bias_tops:
             same(tops)
@@ -493,10 +499,13 @@ def build_scale_model(module: TorchNet) -> ScaleModel:
             model.lr_mults.append(weight_lr_mult(node, 0))
         model.var_of[node.index] = index_of_weight[id(weight)]
         model.group_nodes[index_of_weight[id(weight)]].append(node)
-    produced = {v for node in active for v in node.top_values}
-    for node in net.layers:  # inactive layers reading active values must see them unchanged
-        if node.index not in active_idx and not node.layer.is_loss:
-            model.blocked.update(v for v in node.bottom_values if v in produced)
+    # Layers that feed no end (a branch into Silence, layers after a loss) are not constrained: what they compute
+    # reaches no output. Their own learnable weights are not measured.
+    after_loss = values_after_loss(net)
+    model.unreached = [node.name for node in net.layers if node.index not in active_idx
+                       and affine_of(node) is not None and not is_frozen(node)
+                       and not any(v in after_loss for v in node.bottom_values)
+                       and id(module.layer_blobs[node.index][0]) not in index_of_weight]
     users: dict[int, list[str]] = {}  # a shared bias is scaled once: all its users need one top level
     for node in active:
         affine = affine_of(node)

@@ -165,8 +165,10 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
     for node in tqdm(net.layers, desc="within-layer", unit="layer", disable=not progress, leave=False):
         if node.layer.is_data or node.layer.is_loss:
             continue
-        if any(v not in values for v in node.bottom_values):
-            continue  # depends on a layer that is not part of the init (e.g. a loss)
+        if any(v not in values for v in node.bottom_values):  # computed from a loss's output
+            if node.name in records and node.index in draw:
+                records[node.name].note = "reads a loss's output: not part of the init, keeps its weights"
+            continue
         blobs = list(module.layer_blobs[node.index])
         action = draw.get(node.index)
         upstream_changed = any(v in changed for v in node.bottom_values)

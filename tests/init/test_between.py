@@ -413,3 +413,17 @@ def test_layers_computed_from_a_loss_are_not_part_of_the_between_layer_step():
     report = initialize(m, init, InitConfig(), progress=False)
     assert report.between_converged and report.spread("after") < 1.001 and report.between_note is None
     assert report.layer("post").rate_after is None
+    assert report.layer("post").note == "reads a loss's output: not part of the init, keeps its weights"
+
+
+def test_a_branch_into_silence_neither_pins_the_layer_feeding_it_nor_goes_unnamed():
+    """What a discarded branch computes reaches no output, so the layer feeding it is rescaled as usual (it was
+    held at its scale: a 2,700x spread); the branch's own learnable layer is named as one no gradient reaches."""
+    text = (HEAD.format(name="silenced") + conv("conv1", "data", 8) + relu("relu1", "conv1") + conv("conv2", "conv1", 8)
+            + relu("relu2", "conv2") + ip("fc", "conv2", 4) + conv("side", "conv1", 2, k=1)
+            + 'layer { name: "sil" type: "Silence" bottom: "side" }\n')
+    m = model(text)
+    with pytest.warns(UserWarning, match=r"no gradient reaches 1 learnable layer from the net's outputs \(side\)"):
+        report = initialize(m, images(4), InitConfig(), progress=False)
+    assert report.between_converged and report.spread("after") < 1.001 and report.between_note is None
+    assert report.layer("side").note == "no gradient reaches it from the net's outputs: not rescaled"
