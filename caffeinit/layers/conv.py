@@ -92,6 +92,20 @@ def _geometry(layer: Layer, n_spatial: int) -> tuple[list[int], list[int], list[
     return kernel, stride, pad, dilation
 
 
+def conv_output_size(layer: Layer, size: int, kernel: int, stride: int, pad: int, dilation: int,
+                     shape) -> tuple[int, int]:
+    """Caffe's output size along one axis, (size + 2 pad - extent) / stride + 1 with C++'s division truncating
+    toward zero, and how many zeros past the padded input its last window reads (im2col reads zeros outside the
+    input): a window larger than the padded input by less than the stride still gives one output."""
+    extent = dilation * (kernel - 1) + 1
+    span = size + 2 * pad - extent
+    out = (span // stride if span >= 0 else -(-span // stride)) + 1
+    if out <= 0:
+        raise layer.error(f"kernel extent {extent} exceeds the padded input size {size + 2 * pad} by at least the "
+                          f"stride {stride}: Caffe's output would be empty (bottom shape {list(shape)})")
+    return out, max(0, -span)
+
+
 class _ConvBase(Layer):
     """Shared set-up of the convolution family: axis, geometry and per-bottom shape checks."""
     min_bottoms = 1
@@ -113,11 +127,25 @@ class _ConvBase(Layer):
                              f"got bottom shape {list(shape)}")
         self.kernel, self.stride, self.pad, self.dilation = _geometry(self, n_spatial)
         self.channels = shape[self.axis]
+        self.extra = [0] * n_spatial  # zeros past each spatial axis's end pad (see conv_output_size)
         return shape, list(shape[self.axis + 1:])
+
+    def _output_spatial(self, shape, spatial) -> list[int]:
+        """Caffe's output sizes of a convolution (not a deconvolution); sets ``extra``."""
+        sizes = [conv_output_size(self, *axis, shape)
+                 for axis in zip(spatial, self.kernel, self.stride, self.pad, self.dilation)]
+        self.extra = [extra for _, extra in sizes]
+        return [out for out, _ in sizes]
 
     def _as_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Fold the axes before the channel axis into one batch axis (Caffe's num_)."""
         return x.reshape((-1,) + tuple(x.shape[self.axis:]))
+
+    def _pad_extra(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the zeros past its end that Caffe's last window reads (a copy only where there are any)."""
+        if not any(self.extra):
+            return x
+        return F.pad(x, [amount for extra in reversed(self.extra) for amount in (0, extra)])
 
     def _check_rank(self, n_spatial: int) -> None:
         if n_spatial not in _CONV:
@@ -141,19 +169,13 @@ class _WeightedConv(_ConvBase):
             raise self.error(f"group {self.group} does not divide the {self.channels} input channels")
         if self.num_output % self.group:
             raise self.error(f"group {self.group} does not divide num_output {self.num_output}")
-        out_spatial = []
-        for size, k, s, pad, d in zip(spatial, self.kernel, self.stride, self.pad, self.dilation):
-            extent = d * (k - 1) + 1
-            if self.transposed:
-                out = s * (size - 1) + extent - 2 * pad
-            else:
-                if size + 2 * pad < extent:
-                    raise self.error(f"kernel extent {extent} exceeds the padded input size {size + 2 * pad} "
-                                     f"(bottom shape {list(shape)})")
-                out = (size + 2 * pad - extent) // s + 1
-            if out <= 0:
-                raise self.error(f"output size {out} is not positive for bottom shape {list(shape)}")
-            out_spatial.append(out)
+        if self.transposed:
+            out_spatial = [s * (size - 1) + d * (k - 1) + 1 - 2 * pad
+                           for size, k, s, pad, d in zip(spatial, self.kernel, self.stride, self.pad, self.dilation)]
+        else:
+            out_spatial = self._output_spatial(shape, spatial)
+        if min(out_spatial) <= 0:
+            raise self.error(f"output size {out_spatial} is not positive for bottom shape {list(shape)}")
         weight_io = (self.channels, self.num_output // self.group) if self.transposed else \
             (self.num_output, self.channels // self.group)
         self.blob_shapes = [weight_io + tuple(self.kernel)]
@@ -175,7 +197,8 @@ class _WeightedConv(_ConvBase):
         tops = []
         for x in bottoms:
             lead = tuple(x.shape[:self.axis])
-            y = self._convolve(self._as_batch(x), weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+            y = self._convolve(self._pad_extra(self._as_batch(x)), weight.to(x.dtype),
+                               None if bias is None else bias.to(x.dtype))
             tops.append(y.reshape(lead + tuple(y.shape[1:])))
         return tops
 
@@ -196,6 +219,7 @@ class _WeightedConv(_ConvBase):
         attr, scalars = relu_attr(relu_slope)
         tops = []
         for x in bottoms:
+            x = self._pad_extra(x)
             if not x.is_contiguous(memory_format=torch.channels_last):
                 x = x.contiguous(memory_format=torch.channels_last)
             y = _CONV_POINTWISE(x, weight, bias, self.pad, self.stride, self.dilation, self.group, attr, scalars, "")
@@ -215,7 +239,7 @@ class _WeightedConv(_ConvBase):
 
 @register_layer
 class Convolution(_WeightedConv):
-    """Weight [num_output, C/group, k...]; output (in + 2p - (d(k-1)+1)) / s + 1."""
+    """Weight [num_output, C/group, k...]; output (in + 2p - (d(k-1)+1)) / s + 1 (C++ division)."""
     type_name = "Convolution"
 
 
@@ -237,17 +261,12 @@ class Im2col(_ConvBase):
         shape, spatial = self._setup_geometry(bottom_shapes)
         if len(spatial) != 2:
             raise self.error(f"only 2-D Im2col is supported, bottom has {len(spatial)} spatial axes")
-        out_spatial = []
-        for size, k, s, pad, d in zip(spatial, self.kernel, self.stride, self.pad, self.dilation):
-            extent = d * (k - 1) + 1
-            if size + 2 * pad < extent:
-                raise self.error(f"kernel extent {extent} exceeds the padded input size {size + 2 * pad}")
-            out_spatial.append((size + 2 * pad - extent) // s + 1)
-        self.out_spatial = tuple(out_spatial)
+        self.out_spatial = tuple(self._output_spatial(shape, spatial))
         return [shape[:self.axis] + (self.channels * math.prod(self.kernel),) + self.out_spatial]
 
     def forward(self, bottoms, blobs):
         x = bottoms[0]
         lead = tuple(x.shape[:self.axis])
-        cols = F.unfold(self._as_batch(x), self.kernel, dilation=self.dilation, padding=self.pad, stride=self.stride)
+        cols = F.unfold(self._pad_extra(self._as_batch(x)), self.kernel, dilation=self.dilation, padding=self.pad,
+                        stride=self.stride)
         return [cols.reshape(lead + (cols.shape[1],) + self.out_spatial)]

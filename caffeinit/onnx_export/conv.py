@@ -16,8 +16,10 @@ def _check_channel_axis(node):
 
 
 def _geometry(layer):
+    """Caffe's zeros past the end that a too-large last window reads (``layer.extra``) pad the end."""
     n = len(layer.kernel)
-    return dict(kernel_shape=list(layer.kernel), strides=list(layer.stride), pads=list(layer.pad) * 2,
+    pads = list(layer.pad) + [p + e for p, e in zip(layer.pad, layer.extra)]
+    return dict(kernel_shape=list(layer.kernel), strides=list(layer.stride), pads=pads,
                 dilations=list(layer.dilation)) if n else {}
 
 

@@ -11,11 +11,19 @@ from caffeinit.layers import conv  # registers the layers
 from tests.layers.helpers import make, rand, run, run_case
 
 
+def caffe_out_size(size, k, s, p, d):
+    """conv_layer.cpp compute_output_shape: (size + 2p - extent) / s + 1 with C++'s division toward zero."""
+    return int((size + 2 * p - (d * (k - 1) + 1)) / s) + 1
+
+
 def caffe_conv(x, w, b, stride, pad, dilation, group):
-    """y[n, o, p...] = sum over c, kernel offsets of x_padded[n, g*C/G + c, p*s + k*d] * w[o, c, k] (+ b[o])."""
+    """y[n, o, p...] = sum over c, kernel offsets of x_padded[n, g*C/G + c, p*s + k*d] * w[o, c, k] (+ b[o]);
+    im2col reads 0 outside the input, so x is padded with zeros as far as the last window reaches."""
     n_spatial = x.ndim - 2
-    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + [(p, p) for p in pad])
-    out = [(xp.shape[2 + i] - (dilation[i] * (w.shape[2 + i] - 1) + 1)) // stride[i] + 1 for i in range(n_spatial)]
+    out = [caffe_out_size(x.shape[2 + i], w.shape[2 + i], stride[i], pad[i], dilation[i]) for i in range(n_spatial)]
+    reach = [(out[i] - 1) * stride[i] + dilation[i] * (w.shape[2 + i] - 1) + 1 for i in range(n_spatial)]
+    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + [(p, max(p, r - n - p))
+                                                          for p, r, n in zip(pad, reach, x.shape[2:])])
     n, channels = x.shape[:2]
     cin, cout = channels // group, w.shape[0] // group
     y = np.zeros((n, w.shape[0], *out))
@@ -70,6 +78,10 @@ CONV_CASES = [  # spatial shape, channels, num_output, kernel, stride, pad, dila
     ((6, 7), 3, 4, (1,), (3,), (0,), (), 1),
     ((12,), 4, 2, (5,), (2,), (3,), (2,), 2),
     ((5, 6, 4), 2, 4, (3, 2, 2), (1, 2, 1), (1,), (1, 1, 2), 2),
+    # the window exceeds the padded input by less than the stride: one output reading zeros past the end
+    ((2, 2), 2, 3, (3,), (2,), (), (), 1),
+    ((2, 5), 2, 2, (3, 2), (3, 2), (0, 1), (1, 2), 1),
+    ((4,), 3, 3, (3,), (4,), (0,), (3,), 3),
 ]
 
 
@@ -141,6 +153,31 @@ def test_im2col():
         np.testing.assert_array_equal(top[:, c * 9 + kh * 3 + kw], xp[:, c, kh:kh + 5:2, kw:kw + 5:2][:, :3, :3])
 
 
+def test_output_sizes_follow_cpp_division():
+    """Shapes for windows larger than the padded input, the three kinds of layers (Caffe's truncating division)."""
+    for size, k, s, p, d in itertools.product(range(1, 5), range(1, 5), range(1, 4), range(2), range(1, 3)):
+        want = caffe_out_size(size, k, s, p, d)
+        text = conv_text(2, (k,), (s,), (p,), (d,))
+        for type_name in ("Convolution", "Im2col"):
+            layer = make(type_name, text.replace("num_output: 2", "") if type_name == "Im2col" else text)
+            if want <= 0:
+                with pytest.raises(CaffeinitError, match="exceeds"):
+                    layer.setup([(1, 2, size, size)])
+                continue
+            top, = layer.setup([(1, 2, size, size)])
+            assert top[2:] == (want, want), (type_name, size, k, s, p, d)
+
+
+def test_im2col_reads_zeros_past_the_end():
+    """2x3 input, kernel 3, stride 2: one 1x1 column whose window reads zeros below and right of the input."""
+    x = rand(1, 2, 2, 3)
+    top = run(make("Im2col", "convolution_param { kernel_size: 3 stride: 2 }"), x)[0]
+    assert top.shape == (1, 18, 1, 1)
+    window = np.zeros((2, 3, 3), np.float32)
+    window[:, :2, :3] = x[0]
+    np.testing.assert_array_equal(top[0, :, 0, 0], window.reshape(-1))
+
+
 def test_fill_blobs_uses_fillers_and_default_zero_bias():
     layer = make("Convolution", conv_text(4, (3,), extra='weight_filler { type: "constant" value: 2 }'))
     layer.setup([(1, 2, 5, 5)])
@@ -161,6 +198,8 @@ def test_fill_blobs_uses_fillers_and_default_zero_bias():
     (conv_text(4, ()), (1, 4, 5, 5), "kernel_size"),
     (conv_text(4, (0,)), (1, 4, 5, 5), "kernel"),
     (conv_text(4, (7,)), (1, 4, 5, 5), "exceeds"),
+    (conv_text(4, (3,), stride=(1,)), (1, 4, 2, 2), "exceeds"),  # (2 - 3) / 1 + 1 = 0
+    (conv_text(4, (4,), stride=(2,)), (1, 4, 2, 2), "exceeds"),  # (2 - 4) / 2 + 1 = 0
     (conv_text(0, (3,)), (1, 4, 5, 5), "num_output"),
     (conv_text(4, (3,), extra="axis: 4"), (1, 4, 5, 5), "axis"),
     (conv_text(4, (3,), stride=(0,)), (1, 4, 5, 5), "stride"),

@@ -21,6 +21,11 @@ NETS += [
                  "stride: 2 pad: 1 }"), id="Im2col-0"),
     pytest.param(input_layer(shape=(2, 2, 5, 5)) + layer("Im2col", params="convolution_param { kernel_h: 2 "
                  "kernel_w: 3 dilation: 2 }"), id="Im2col-1"),
+    # windows larger than the padded input by less than the stride (one output reading zeros past the end)
+    pytest.param(input_layer(shape=(2, 3, 2, 5)) + layer("Convolution", params="convolution_param { num_output: 2 "
+                 "kernel_size: 3 stride: 2 }"), id="Convolution-window-past-the-end"),
+    pytest.param(input_layer(shape=(2, 3, 2, 2)) + layer("Im2col", params="convolution_param { kernel_size: 3 "
+                 "stride: 2 }"), id="Im2col-window-past-the-end"),
 ]
 
 
