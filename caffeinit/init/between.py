@@ -273,6 +273,22 @@ def _reached_by_gradient(module: TorchNet, model: ScaleModel) -> np.ndarray:
     return np.array([any(v in carrying for node in nodes for v in node.top_values) for nodes in model.group_nodes])
 
 
+def _compensate_batchnorm(blobs, factor: np.ndarray, eps: float) -> None:
+    """Global statistics for an input scaled by ``factor`` per channel that give the same output: the mean times
+    the factor and var + eps times its square, so (x - mean) / sqrt(var + eps) is unchanged exactly, even where
+    the variance is near eps (scaling var alone would not be). The stored blobs are the statistics times the scale
+    factor s; s = 0 (Caffe then uses zero statistics) becomes 1."""
+    s = float(blobs[2].detach().reshape(-1)[0]) if len(blobs) > 2 and blobs[2].numel() else 1.0
+    mean, var = (b.detach().double().cpu().numpy() for b in blobs[:2])
+    if s == 0:
+        s, mean, var = 1.0, np.zeros_like(mean), np.zeros_like(var)
+    else:
+        mean, var = mean / s, var / s
+    new_var = factor ** 2 * (var + eps) - eps  # may fall below 0 (not below -eps): var + eps stays positive
+    for blob, value in zip(blobs, (factor * mean * s, new_var * s, np.full(1, s))):
+        blob.data.copy_(torch.as_tensor(value, dtype=blob.dtype).reshape(blob.shape))
+
+
 def _warn_without_gradient(model: ScaleModel, log_rates: np.ndarray, records: dict[str, LayerRecord]) -> None:
     """Learnable layers the random output gradients never reach (log rate -inf: zero gradient, nonzero weight)."""
     names = [model.group_nodes[k][0].name for k in np.flatnonzero(np.isneginf(log_rates))] + model.unreached
@@ -336,17 +352,15 @@ def _apply(module: TorchNet, model: ScaleModel, linear: Linearization, x: np.nda
         affine = affine_of(node)
         if rule == "affine" and affine.bias is not None:
             scale(blobs[affine.bias], math.exp(level(node.top_values[0])))
-        elif node.type == "BatchNorm":  # per channel: its input may be split into blocks
+        elif node.type == "BatchNorm" and id(blobs[0]) not in done:
             seg = linear.lin.get(node.bottom_values[0])
-            if seg is not None and seg.split and id(blobs[0]) not in done and seg.channels == blobs[0].numel():
-                factor = torch.as_tensor(np.exp(seg.per_channel(x)), dtype=blobs[0].dtype, device=blobs[0].device)
-                blobs[0].data.mul_(factor)
-                blobs[1].data.mul_(factor * factor)
-                done.update((id(blobs[0]), id(blobs[1])))
+            if seg is not None and seg.split and seg.channels == blobs[0].numel():  # its input in blocks
+                factor = np.exp(seg.per_channel(x))
             else:
-                factor = math.exp(level(node.bottom_values[0]))
-                scale(blobs[0], factor)
-                scale(blobs[1], factor * factor)
+                factor = np.full(blobs[0].numel(), math.exp(level(node.bottom_values[0])))
+            if not (factor == 1.0).all():
+                _compensate_batchnorm(blobs, factor, node.layer.eps)
+            done.update(id(b) for b in blobs)
         elif node.type == "Bias" and len(blobs):
             scale(blobs[0], math.exp(level(node.bottom_values[0])))
         elif node.type == "Scale" and rule == "prod" and node.layer.bias_term:

@@ -15,8 +15,8 @@ Split, AbsVal, Eltwise SUM/MAX act per channel and pass the blocks on (the botto
 one level per channel: no factor can preserve a sum of differently scaled terms); a Concat or Slice along the
 channels joins or splits blocks (along another axis: bottoms equal per channel); Flatten, Reshape, Tile, Crop, LRN
 and the other layers that mix channels need one level over all channels (constrained) and pass it on; Eltwise PROD
-and two-bottom Scale add; BatchNorm resets every channel to 0 (its statistics are multiplied by exp(l_c) and
-exp(2 l_c) per channel), MVN (variance) to 0 from one common level; a Bias layer passes l on, its bias multiplied
+and two-bottom Scale add; BatchNorm resets every channel to 0 (its mean is multiplied by exp(l_c) and var + eps
+by exp(2 l_c) per channel: its TEST-phase output is unchanged exactly), MVN (variance) to 0 from one common level; a Bias layer passes l on, its bias multiplied
 by exp(l_in). An affine top has one level: l_top = mean_c l_in,c + x_k (channel-weighted); its bias is multiplied
 by exp(l_top) and its weight's input-channel block b by exp(z_b), z_b = l_top - l_in,b (= x_k on an input of one
 block). A layer that reads a split input compensates each block in its own weight this way: Convolution,

@@ -427,3 +427,26 @@ def test_a_branch_into_silence_neither_pins_the_layer_feeding_it_nor_goes_unname
         report = initialize(m, images(4), InitConfig(), progress=False)
     assert report.between_converged and report.spread("after") < 1.001 and report.between_note is None
     assert report.layer("side").note == "no gradient reaches it from the net's outputs: not rescaled"
+
+
+def test_batchnorm_statistics_are_compensated_exactly_even_where_the_variance_is_near_eps():
+    """(x - mean) / sqrt(var + eps) is not scale-invariant where var is near eps: the compensation scales var + eps,
+    so the TEST-phase function is preserved whatever the ratio (here eps 10 against an input variance of ~1), for
+    any stored scale factor, 0 included (Caffe then uses zero statistics)."""
+    text = (HEAD.format(name="bn_eps") + conv("conv1", "data", 8) + relu("relu1", "conv1")
+            + conv("conv2", "conv1", 8).replace("convolution_param {", "convolution_param { bias_term: false")
+            + layer("bn2", "BatchNorm", "conv2", "conv2", "batch_norm_param { eps: 10 }")
+            + layer("sc2", "Scale", "conv2", "conv2", "scale_param { bias_term: true }") + relu("relu2", "conv2")
+            + ip("fc", "conv2", 5))
+    init, held_out = images(4, seed=8), images(4, seed=9)
+    for factor in (1.0, 0.25, 0.0):
+        m = model(text)
+        initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+        bn = m.module.layer_blobs[m.net.layer("bn2").index]
+        for blob in bn:
+            blob.data.mul_(factor)  # stored statistics times the scale factor: the same statistics unless 0
+        before = _outputs(m, held_out, "fc")
+        report = initialize(m, init, InitConfig(within=False, measure_before=False), progress=False)
+        assert report.layer("conv2").between_scale != 1.0
+        np.testing.assert_allclose(_outputs(m, held_out, "fc"), before, rtol=1e-4, atol=1e-5, err_msg=str(factor))
+        assert report.between_converged and report.spread("after") < 1.01
