@@ -74,7 +74,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 records: dict[str, LayerRecord], progress: bool = False, chunk: int | None = None) -> BetweenResult:
     """Rescale the net's learnable layers in place until their effective change rates are equal. ``chunk``: at
     most this many images per gradient pass (see ``rates.square_grads``)."""
-    model = build_scale_model(module)
+    model = build_scale_model(module, whole=[name for name, record in records.items() if record.method == "kept"])
     params, draws, seed = model.groups, config.between_draws, config.seed
     lr = np.array(model.lr_mults)
     if not params:  # nothing learnable (every layer frozen)

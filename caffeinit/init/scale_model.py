@@ -21,7 +21,8 @@ by exp(l_in). An affine top has one level: l_top = mean_c l_in,c + x_k (channel-
 by exp(l_top) and its weight's input-channel block b by exp(z_b), z_b = l_top - l_in,b (= x_k on an input of one
 block). A layer that reads a split input compensates each block in its own weight this way: Convolution,
 Deconvolution and InnerProduct with axis 1 (an InnerProduct's input channel c owns the columns c x inner), and a
-one-bottom Scale on axis 1; other affine layers need one level. Frozen affine layers (lr_mult 0) and layers the
+one-bottom Scale on axis 1; other affine layers, and layers with pretrained weights (whose direction is kept),
+need one level. Frozen affine layers (lr_mult 0) and layers the
 model does not know (Embed, recurrent, ...) are left untouched: their bottoms are constrained to l = 0. Every end
 value is constrained to l = 0, so on a positively homogeneous net the function is preserved exactly. Backward:
 m = 0 at the ends (the injected gradients do not change); an affine layer's input block b gets m_out + z_b,
@@ -57,6 +58,7 @@ freedom either.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -262,6 +264,7 @@ class ScaleModel:
     rules: dict[int, str]  # node index -> rule (see _rule)
     channels: dict[str, int] = field(default_factory=dict)  # value -> channels (axis 1; 1 without one)
     unreached: list[str] = field(default_factory=list)  # learnable layers that feed no end (their own weights)
+    whole: set[str] = field(default_factory=set)  # layers whose weight keeps its direction: no per-block factors
     bias_tops: list[list[str]] = field(default_factory=list)  # tops of the users of each shared bias
     approximate_layers: list[str] = field(default_factory=list)
     input_channels: dict[int, "InputChannels"] = field(default_factory=dict)  # split groups' layouts (measuring)
@@ -312,7 +315,8 @@ class ScaleModel:
             if rule == "affine":
                 same(b)
                 k, inp = self.var_of[node.index], level(b[0])
-                if inp.split and _compensates(node):  # per-block factors bring every block to one output level
+                if inp.split and _compensates(node) and node.name not in self.whole:
+                    # per-block factors bring every block to one output level
                     top = inp.mean() + eye[k]
                     factor = inp.shifted(top, -1.0)
                 else:
@@ -472,7 +476,9 @@ class ScaleModel:
         return x
 
 
-def build_scale_model(module: TorchNet) -> ScaleModel:
+def build_scale_model(module: TorchNet, whole: Iterable[str] = ()) -> ScaleModel:
+    """The scale model of ``module``'s net; the layers named in ``whole`` (pretrained weights) are only scaled as a
+    whole, so the blocks of a split input they read share one level."""
     net = module.net
     ends = end_values(net)
     if not ends:
@@ -484,7 +490,7 @@ def build_scale_model(module: TorchNet) -> ScaleModel:
             active_idx.add(node.index)
             needed.update(node.bottom_values)
     active = [node for node in net.layers if node.index in active_idx]
-    model = ScaleModel(ends, active, [], [], [], {}, {node.index: _rule(node) for node in active})
+    model = ScaleModel(ends, active, [], [], [], {}, {node.index: _rule(node) for node in active}, whole=set(whole))
     model.channels = {v: int(shape[1]) if len(shape) >= 2 else 1 for node in net.layers
                       for v, shape in zip(node.top_values, node.top_shapes)}
     index_of_weight: dict[int, int] = {}

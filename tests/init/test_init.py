@@ -9,7 +9,7 @@ import torch
 
 from caffeinit.errors import CaffeinitError
 from caffeinit.init import InitConfig, initialize
-from tests.init.nets import PLAIN, images, model
+from tests.init.nets import DAG, PLAIN, images, model
 
 
 def test_seed_gives_a_bitwise_identical_caffemodel(tmp_path):
@@ -23,20 +23,26 @@ def test_seed_gives_a_bitwise_identical_caffemodel(tmp_path):
     assert data[0] == data[1] and data[0] != data[2]
 
 
-def test_pretrained_layers_keep_their_direction_and_the_rest_is_drawn():
-    donor = model(PLAIN)
+@pytest.mark.parametrize("text,kept,drawn", [(PLAIN, ("conv1", "fc1"), ("conv2", "fc2")),
+                                             (DAG, ("a", "left", "right", "fc"), ("conv1", "b"))],
+                         ids=["plain", "dag"])
+def test_pretrained_layers_keep_their_direction_and_the_rest_is_drawn(text, kept, drawn):
+    """DAG's fc reads a Concat: where its weight was drawn, each branch's block of it may get a factor of its own;
+    loaded, it is scaled as a whole (the branches then share one level)."""
+    donor = model(text)
     initialize(donor, images(4, seed=1), InitConfig(between=False, measure_before=False), progress=False)
-    loaded = {k: v for k, v in donor.blobs().items() if k in ("conv1", "fc1")}
-    m = model(PLAIN, loaded)
+    loaded = {k: v for k, v in donor.blobs().items() if k in kept}
+    m = model(text, loaded)
     report = initialize(m, images(4, seed=2), InitConfig(), progress=False)
     blobs = m.blobs()
-    for name in ("conv1", "fc1"):
+    for name in kept:
         assert report.layer(name).method == "kept"
-        w0, w1 = loaded[name][0].ravel().astype(np.float64), blobs[name][0].ravel().astype(np.float64)
-        ratio = w1 / w0
-        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
-        assert ratio[0] > 0
-    assert report.layer("conv2").method == "gaussian" and report.layer("fc2").method == "gaussian"
+        for w0, w1 in zip(loaded[name], blobs[name]):
+            ratio = w1.ravel().astype(np.float64) / w0.ravel().astype(np.float64)
+            np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5, err_msg=name)
+            assert ratio[0] > 0
+        assert report.layer(name).between_scale != 1.0
+    assert all(report.layer(name).method == "gaussian" for name in drawn)
 
 
 def test_reinit_from_a_layer_draws_that_layer_and_later_ones():
