@@ -114,6 +114,10 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
         top_values = []
         for j, blob in enumerate(lp.top):
             if j < len(lp.bottom) and lp.bottom[j] == blob:
+                problem = layer.in_place_problem(j, bottom_shapes[j], tuple(top_shapes[j]))
+                if problem:
+                    raise layer.error(f"works in place on blob '{blob}', where {problem}: Caffe's numbers would "
+                                      f"differ from the layer's; give it its own top")
                 value = _fresh(f"{blob}@{lp.name}", used_values)
             elif blob in value_of:
                 raise layer_error(lp.name, lp.type, f"top blob '{blob}' is produced by multiple sources")

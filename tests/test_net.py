@@ -1,12 +1,17 @@
 """Net assembly: Caffe's wiring rules, in-place renaming, outputs, shapes of real nets."""
+import numpy as np
 import pytest
 
+import caffeinit
 from caffeinit import CaffeinitError
 from caffeinit.net import build_net
 from caffeinit.prototxt import parse_net_text, read_net
 from tests.conftest import ROOT, shared_path
 
 HEAD = 'name: "t" layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }\n'
+
+
+TWO_INPUTS = HEAD + HEAD.replace('"data"', '"data2"').replace('name: "t" ', "")
 
 
 def net_of(text):
@@ -23,6 +28,25 @@ def test_in_place_tops_get_fresh_values_and_blob_keeps_last_writer():
     assert net.value_of["conv1"] == "conv1@relu1"
     assert net.blob_shapes == {"data": (2, 3, 8, 8), "conv1": (2, 4, 6, 6)}
     assert net.outputs == ["conv1"] and net.inputs == {"data": (2, 3, 8, 8)}
+
+
+@pytest.mark.parametrize("text, blob", [
+    ('layer { name: "e" type: "Eltwise" bottom: "data" bottom: "data2" top: "data" }', "data"),
+    ('layer { name: "e" type: "LRN" bottom: "data" top: "data" }', "data"),
+    ('layer { name: "e" type: "Concat" bottom: "data" bottom: "data2" top: "data" }', "data"),
+])
+def test_in_place_where_caffe_computes_otherwise_is_refused(text, blob):
+    with pytest.raises(CaffeinitError, match=rf"^layer 'e' \(\w+\): works in place on blob '{blob}', where .*: "
+                                             "Caffe's numbers would differ from the layer's; give it its own top$"):
+        build_net(parse_net_text(TWO_INPUTS + text))
+
+
+def test_in_place_eltwise_prod_runs():
+    """Eltwise PROD multiplies element by element: Caffe's in-place result is the product."""
+    model = caffeinit.load(parse_net_text(TWO_INPUTS + 'layer { name: "e" type: "Eltwise" bottom: "data" '
+                                          'bottom: "data2" top: "data" eltwise_param { operation: PROD } }'))
+    a, b = np.full((2, 3, 8, 8), 3, np.float32), np.full((2, 3, 8, 8), -2, np.float32)
+    assert (model.forward({"data": a, "data2": b})["data"] == -6).all()
 
 
 def test_outputs_are_unconsumed_blobs_sorted_by_name():

@@ -60,6 +60,15 @@ class Layer:
     def error(self, message: str) -> CaffeinitError:
         return layer_error(self.name, self.type_name, message)
 
+    def in_place_problem(self, index: int, bottom_shape: Shape, top_shape: Shape) -> str | None:
+        """Why Caffe's numbers differ from this layer's when top ``index`` is the blob of bottom ``index`` (in
+        place), or None where they do not. By default a top of another shape: Caffe reshapes the shared blob
+        before its forward reads the bottom (a larger one loses its data)."""
+        if tuple(bottom_shape) != tuple(top_shape):
+            return (f"Caffe reshapes it from {list(bottom_shape)} to the top's {list(top_shape)} before reading "
+                    "it as the bottom")
+        return None
+
     # -- blobs ----------------------------------------------------------------------------------------------
     def fill_blobs(self, rng: np.random.Generator) -> list[np.ndarray]:
         """Initial blob values as Caffe's fillers would make them (float32, shapes ``blob_shapes``)."""

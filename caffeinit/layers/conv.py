@@ -184,6 +184,14 @@ class _WeightedConv(_ConvBase):
         top = shape[:self.axis] + (self.num_output,) + tuple(out_spatial)
         return [top] * len(bottom_shapes)
 
+    def in_place_problem(self, index, bottom_shape, top_shape):
+        problem = super().in_place_problem(index, bottom_shape, top_shape)
+        if problem is None and all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride) and \
+                not any(self.pad):
+            # Caffe's 1x1 path multiplies the bottom itself (no column buffer), writing the top over it
+            return "Caffe's 1x1 matrix product would write the top over the bottom it reads"
+        return problem
+
     def fill_blobs(self, rng):
         p = self.param.convolution_param
         blobs = [fill(p.weight_filler, self.blob_shapes[0], rng, f"layer '{self.name}' weight")]

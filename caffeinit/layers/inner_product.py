@@ -41,6 +41,10 @@ class InnerProduct(Layer):
         self.blob_shapes = [weight] + ([(self.num_output,)] if self.bias_term else [])
         return [shape[:self.axis] + (self.num_output,)]
 
+    def in_place_problem(self, index, bottom_shape, top_shape):
+        return super().in_place_problem(index, bottom_shape, top_shape) or \
+            "Caffe's matrix product would write the top over the bottom it reads"
+
     def fill_blobs(self, rng):
         p = self.param.inner_product_param
         blobs = [fill(p.weight_filler, self.blob_shapes[0], rng, f"layer '{self.name}' weight")]

@@ -38,6 +38,12 @@ class LRN(Layer):
             raise self.error(f"bottom must have 4 axes (num, channels, height, width), got shape {list(shape)}")
         return [shape]
 
+    def in_place_problem(self, index, bottom_shape, top_shape):
+        if self.region == _LRN.ACROSS_CHANNELS:
+            return ("Caffe's CPU code writes scale^-beta into the top and then multiplies it by the bottom, which is "
+                    "that top (its GPU code differs)")
+        return None  # WITHIN_CHANNEL ends with an element-wise product
+
     def forward(self, bottoms, blobs):
         # Caffe's x * (c + window(x^2))^-beta, in place on the fresh window tensor: the channel window as shifted
         # slice sums allocates two buffers where F.local_response_norm allocates seven (3x faster on CPU)

@@ -207,6 +207,9 @@ class Pooling(Layer):
             raise self.error(f"output size {list(self.geometry.out_hw)} is not positive for bottom {list(shape)}")
         return [top] * len(self.param.top)
 
+    def in_place_problem(self, index, bottom_shape, top_shape):
+        return "Caffe's forward first sets the top to -FLT_MAX (MAX) or 0 (AVE), then reads the bottom"
+
     def forward(self, bottoms, blobs):
         return self.geometry.forward(bottoms[0], want_mask=len(self.param.top) > 1)
 
@@ -249,6 +252,9 @@ class SPP(Layer):
         if self.height == 1:
             return [shape[:2] + self.levels[0].out_hw]
         return [(shape[0], sum(shape[1] * math.prod(g.out_hw) for g in self.levels))]
+
+    def in_place_problem(self, index, bottom_shape, top_shape):
+        return "Caffe's pooling first sets the top to -FLT_MAX (MAX) or 0 (AVE), then reads the bottom"
 
     def forward(self, bottoms, blobs):
         x = bottoms[0]

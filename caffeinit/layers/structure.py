@@ -260,6 +260,13 @@ class Eltwise(Layer):
                                  f"{list(first)}")
         return [first]
 
+    def in_place_problem(self, index, bottom_shape, top_shape):
+        if self.operation == caffe_pb2.EltwiseParameter.SUM:
+            return "Caffe's CPU code sets the top to 0 before adding bottom 0 to it"
+        if self.operation == caffe_pb2.EltwiseParameter.MAX:
+            return "Caffe's CPU code sets the top to -FLT_MAX before comparing bottom 0 (its GPU code differs)"
+        return super().in_place_problem(index, bottom_shape, top_shape)  # PROD multiplies element by element
+
     def forward(self, bottoms, blobs):
         if self.operation == caffe_pb2.EltwiseParameter.PROD:
             top = bottoms[0] * bottoms[1]
@@ -338,6 +345,9 @@ class BatchReindex(Layer):
         if len(data) < 1:
             raise self.error("bottom 0 must have at least 1 axis")
         return [(permut[0],) + data[1:]]
+
+    def in_place_problem(self, index, bottom_shape, top_shape):
+        return "Caffe copies item by item, so items read after being overwritten give other values"
 
     def forward(self, bottoms, blobs):
         data, permut = bottoms

@@ -178,6 +178,24 @@ def test_im2col_reads_zeros_past_the_end():
     np.testing.assert_array_equal(top[0, :, 0, 0], window.reshape(-1))
 
 
+def test_convolution_in_place():
+    """conv_layer.cpp Forward_cpu, image by image: im2col copies image n into the column buffer before the product
+    writes top image n, so a 3x3 pad-1 convolution keeping the shape gives its out-of-place numbers in place; the
+    1x1 path multiplies the bottom itself into the top (refused), and a top of another shape reshapes the blob."""
+    x, w, b = rand(2, 3, 5, 5), rand(3, 3, 3, 3, seed=1), rand(3, seed=2)
+    shared = x.astype(np.float64)
+    for n in range(2):
+        shared[n] = caffe_conv(shared[n:n + 1].copy(), w, b, (1, 1), (1, 1), (1, 1), 1)[0]
+    layer = make("Convolution", conv_text(3, (3,), pad=(1,)))
+    top = run(layer, x, blobs=[w, b])[0]
+    assert layer.in_place_problem(0, x.shape, top.shape) is None
+    np.testing.assert_allclose(top, shared, rtol=1e-5, atol=1e-5)
+    one = make("Convolution", conv_text(3, (1,)))
+    assert one.in_place_problem(0, x.shape, one.setup([x.shape])[0])
+    strided = make("Convolution", conv_text(3, (3,), (2,), (1,)))
+    assert strided.in_place_problem(0, x.shape, strided.setup([x.shape])[0])
+
+
 def test_fill_blobs_uses_fillers_and_default_zero_bias():
     layer = make("Convolution", conv_text(4, (3,), extra='weight_filler { type: "constant" value: 2 }'))
     layer.setup([(1, 2, 5, 5)])

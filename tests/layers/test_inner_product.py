@@ -80,3 +80,12 @@ def test_embed_needs_sizes():
 @pytest.mark.parametrize("case", ["ip_default", "ip_transpose_axis"])
 def test_conformance(case):
     run_case(case)
+
+
+def test_inner_product_in_place_is_refused():
+    """In place, Caffe's product writes the top over the bottom it reads (same shape: axis -1 with num_output = K),
+    or reshapes the shared blob first (another shape)."""
+    for text, shape in [("num_output: 4 axis: -1", (2, 3, 4)), ("num_output: 4", (2, 3, 4))]:
+        layer = make("InnerProduct", f"inner_product_param {{ {text} }}")
+        top = layer.setup([shape])[0]
+        assert layer.in_place_problem(0, shape, top)

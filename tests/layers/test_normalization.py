@@ -61,6 +61,28 @@ def test_lrn_within_channel_ignores_k(size, alpha, beta, k):
     close(run(make("LRN", text), x)[0], caffe_lrn_within(x, size, alpha, beta))
 
 
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+def test_lrn_in_place_is_refused_where_caffe_computes_otherwise(region):
+    """lrn_layer.cpp in place (top = bottom): CrossChannelForward_cpu writes scale^-beta into the top, then
+    multiplies it by the bottom, now that same memory; WITHIN_CHANNEL ends with Eltwise PROD of the bottom and the
+    power output, element by element. The layer names a problem exactly where the two results differ."""
+    x = rand(2, 5, 3, 3) * 2
+    size, alpha, beta, k = 3, 1.0, 0.75, 2.0
+    if region == "ACROSS_CHANNELS":
+        apart = caffe_lrn_across(x, size, alpha, beta, k)
+        shared = x.astype(np.float64)
+        scale = k + alpha / size * caffe_channel_window(shared ** 2, size)
+        shared[...] = scale ** -beta
+        shared *= shared  # caffe_mul(top, bottom, top) with bottom == top
+        in_place = shared
+    else:
+        apart = in_place = caffe_lrn_within(x, size, alpha, beta)
+    layer = make("LRN", f"lrn_param {{ local_size: {size} alpha: {alpha} beta: {beta} k: {k} norm_region: {region} }}")
+    layer.setup([x.shape])
+    problem = layer.in_place_problem(0, x.shape, x.shape)
+    assert (problem is not None) == (not np.allclose(in_place, apart)), problem
+
+
 def caffe_lrn_across_backward(x, top_diff, size, alpha, beta, k):
     """lrn_layer.cpp CrossChannelBackward_cpu: bottom_diff = top_diff * scale^-beta - 2 alpha beta / size * x *
     (window sum over channels of top_diff * top / scale)."""

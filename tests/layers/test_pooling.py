@@ -264,6 +264,20 @@ def test_kernel_size_with_a_lone_kernel_h_or_w_uses_kernel_size(lone):
     np.testing.assert_array_equal(top, caffe_pool(x, "MAX", (3, 3), (2, 2), (0, 0))[0].astype(np.float32))
 
 
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+def test_pooling_in_place_is_refused(method):
+    """Forward_cpu first sets the whole top to -FLT_MAX (MAX) or 0 (AVE); in place that is the bottom, so even a
+    pooling that keeps the shape (kernel 3, stride 1, pad 1) reads only those values."""
+    x = rand(1, 2, 4, 4)
+    apart = caffe_pool(x, method, (3, 3), (1, 1), (1, 1))[0]
+    shared = np.full(x.shape, -FLT_MAX if method == "MAX" else 0.0)
+    in_place = caffe_pool(shared, method, (3, 3), (1, 1), (1, 1))[0]
+    assert apart.shape == x.shape and not np.allclose(in_place, apart)
+    layer = pool_layer(method, 3, 1, 1)
+    layer.setup([x.shape])
+    assert layer.in_place_problem(0, x.shape, x.shape)
+
+
 def test_bad_shapes_and_tops():
     with pytest.raises(CaffeinitError, match="4 axes"):
         pool_layer("MAX", 2, 2, 0).setup([(1, 8, 8)])

@@ -186,6 +186,58 @@ def test_eltwise_operations_and_coefficients():
                                   np.maximum(np.maximum(a, b), c))
 
 
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def caffe_eltwise_cpu(op, bottoms, top, coeffs):
+    """eltwise_layer.cpp Forward_cpu writing into ``top``, which may be ``bottoms[0]`` itself (in place)."""
+    if op == "PROD":
+        np.multiply(bottoms[0], bottoms[1], out=top)
+        for b in bottoms[2:]:
+            np.multiply(top, b, out=top)
+    elif op == "SUM":
+        top[...] = 0
+        for c, b in zip(coeffs, bottoms):
+            top += np.float32(c) * b
+    else:
+        top[...] = -FLT_MAX
+        top[...] = np.where(bottoms[0] > bottoms[1], bottoms[0], bottoms[1])
+        for b in bottoms[2:]:
+            top[...] = np.where(b > top, b, top)
+    return top
+
+
+@pytest.mark.parametrize("op", ["SUM", "MAX", "PROD"])
+def test_eltwise_in_place_is_refused_where_caffe_computes_otherwise(op):
+    """Caffe's in-place result (top = bottom 0) against its out-of-place one: a layer that differs says why (the net
+    then refuses it); one that agrees runs and gives Caffe's numbers."""
+    a, b, c = rand(2, 3, 4), rand(2, 3, 4, seed=1), rand(2, 3, 4, seed=2)
+    coeffs = [1.5, -1.0, 2.0] if op == "SUM" else [1.0] * 3
+    apart = caffe_eltwise_cpu(op, [a, b, c], np.empty_like(a), coeffs)
+    shared = a.copy()
+    in_place = caffe_eltwise_cpu(op, [shared, b, c], shared, coeffs)
+    coeff_text = "".join(f" coeff: {v}" for v in coeffs) if op == "SUM" else ""
+    layer = make("Eltwise", f"eltwise_param {{ operation: {op}{coeff_text} }}", n_bottoms=3)
+    top = run(layer, a, b, c)[0]
+    problem = layer.in_place_problem(0, a.shape, a.shape)
+    assert (problem is not None) == (not np.array_equal(in_place, apart)), problem
+    if problem is None:
+        np.testing.assert_allclose(top, in_place, rtol=1e-6)
+
+
+def test_batch_reindex_in_place_is_refused():
+    """batch_reindex_layer.cpp copies top[i] = bottom[permut[i]] item by item: in place, a permutation reads items
+    it has already overwritten."""
+    x, permut = rand(3, 2), np.array([2, 0, 1], np.float32)
+    shared = x.copy()
+    for i, j in enumerate(permut.astype(int)):
+        shared[i] = shared[j]
+    assert not np.array_equal(shared, x[permut.astype(int)])
+    layer = make("BatchReindex", n_bottoms=2)
+    layer.setup([x.shape, permut.shape])
+    assert layer.in_place_problem(0, x.shape, x.shape)
+
+
 @pytest.mark.parametrize("text, shapes, message", [
     ("eltwise_param { coeff: 1 }", [(2, 3), (2, 3)], "one value per bottom"),
     ("eltwise_param { operation: PROD coeff: 1 coeff: 2 }", [(2, 3), (2, 3)], "only allowed with operation SUM"),
