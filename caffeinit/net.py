@@ -75,6 +75,9 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
               level: int = 0, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Net:
     """Filter ``net_param`` (already upgraded) for the state, wire it and infer every blob's shape.
 
+    ``phase`` chooses the layers (include/exclude rules) and is the phase of every layer that does not set its
+    own ``phase``; a layer that does runs in its own, as in Caffe's Net::Init.
+
     ``input_shapes`` overrides the shapes of data-layer tops (e.g. another batch size); Caffe reshapes the same way.
     """
     phase = parse_phase(phase)
@@ -92,7 +95,7 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
     used_values: set[str] = set()
 
     for index, lp in enumerate(filtered.layer):
-        layer = layer_class(lp.type, lp.name)(lp, phase)
+        layer = layer_class(lp.type, lp.name)(lp, lp.phase)  # filter_net gave the net's phase to layers without one
         layer.check_counts(len(lp.bottom), len(lp.top))
         bottom_values, bottom_shapes = [], []
         for blob in lp.bottom:

@@ -5,6 +5,7 @@ import pytest
 import caffeinit
 from caffeinit import CaffeinitError
 from caffeinit.net import build_net
+from caffeinit.proto import caffe_pb2
 from caffeinit.prototxt import parse_net_text, read_net
 from tests.conftest import ROOT, shared_path
 
@@ -47,6 +48,27 @@ def test_in_place_eltwise_prod_runs():
                                           'bottom: "data2" top: "data" eltwise_param { operation: PROD } }'))
     a, b = np.full((2, 3, 8, 8), 3, np.float32), np.full((2, 3, 8, 8), -2, np.float32)
     assert (model.forward({"data": a, "data2": b})["data"] == -6).all()
+
+
+def test_a_layer_with_its_own_phase_runs_in_it():
+    """Net::Init gives the net's phase only to layers without one: a BatchNorm with phase TRAIN in a TEST net uses
+    the batch's statistics (batch_norm_layer.cpp: mean and E((x - mean)^2) over num and spatial axes), a Dropout
+    with phase TEST in a TRAIN net copies; include rules still follow the net's phase."""
+    text = (HEAD + 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" phase: TRAIN '
+            'include { phase: TEST } }\n'
+            'layer { name: "drop" type: "Dropout" bottom: "data" top: "drop" phase: TEST }\n')
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32) * 3 + 5
+    weights = {"bn": [np.zeros(3, np.float32), np.ones(3, np.float32), np.ones(1, np.float32)]}
+    test = caffeinit.load(parse_net_text(text), weights, phase="test")
+    assert [node.layer.phase for node in test.net.layers[1:]] == [caffe_pb2.TRAIN, caffe_pb2.TEST]
+    wide = x.astype(np.float64)
+    mean = wide.mean(axis=(0, 2, 3), keepdims=True)
+    var = ((wide - mean) ** 2).mean(axis=(0, 2, 3), keepdims=True)
+    np.testing.assert_allclose(test.forward({"data": x})["bn"], (wide - mean) / np.sqrt(var + 1e-5),
+                               rtol=1e-4, atol=1e-5)
+    train = caffeinit.load(parse_net_text(text), phase="train")  # the BatchNorm's include rule asks for TEST
+    assert [node.name for node in train.net.layers] == ["data", "drop"]
+    np.testing.assert_array_equal(train.forward({"data": x})["drop"], x)
 
 
 def test_outputs_are_unconsumed_blobs_sorted_by_name():

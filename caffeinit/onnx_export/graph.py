@@ -137,6 +137,9 @@ def check_exportable(net: Net) -> None:
     for node in net.layers:
         if not node.layer.is_data:
             converter_for(node)
+        if node.type == "Dropout" and node.layer.phase == caffe_pb2.TRAIN:
+            raise layer_error(node.name, node.type, "sets its own phase TRAIN, where it drops values at random, "
+                              "which ONNX export cannot reproduce")
 
 
 def check_opset(opset: int) -> None:

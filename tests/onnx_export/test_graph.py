@@ -110,3 +110,14 @@ def test_train_phase_net_is_refused():
     net = build_net(parse_net_text(NET), "train")
     with pytest.raises(CaffeinitError, match="built for the TRAIN phase; ONNX export needs the TEST phase"):
         build_model(net, random_blobs(net))
+
+
+def test_a_layer_with_its_own_train_phase():
+    """In a TEST net, a BatchNorm with phase TRAIN normalizes with the batch's statistics (exported as such); a
+    Dropout with phase TRAIN drops at random and is refused."""
+    bn = input_layer() + layer("BatchNorm", params="phase: TRAIN")
+    _, graph, _ = export_and_compare(bn)
+    assert "ReduceMean" in {n.op_type for n in graph.model.graph.node}
+    drop = input_layer() + layer("Dropout", params="phase: TRAIN")
+    with pytest.raises(CaffeinitError, match=r"layer 'out' \(Dropout\): sets its own phase TRAIN"):
+        build_model(build_net(parse_net_text(drop), "test"), {})
