@@ -74,7 +74,9 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 records: dict[str, LayerRecord], progress: bool = False, chunk: int | None = None) -> BetweenResult:
     """Rescale the net's learnable layers in place until their effective change rates are equal. ``chunk``: at
     most this many images per gradient pass (see ``rates.square_grads``)."""
-    model = build_scale_model(module, whole=[name for name, record in records.items() if record.method == "kept"])
+    missing = set(module.missing)  # layers that started from fillers
+    pretrained = [name for name, record in records.items() if record.method == "kept" and name not in missing]
+    model = build_scale_model(module, whole=pretrained)
     params, draws, seed = model.groups, config.between_draws, config.seed
     lr = np.array(model.lr_mults)
     if not params:  # nothing learnable (every layer frozen)
@@ -350,7 +352,7 @@ def _apply(module: TorchNet, model: ScaleModel, linear: Linearization, x: np.nda
         blobs = module.layer_blobs[node.index]
         rule = model.rules[node.index]
         affine = affine_of(node)
-        if rule == "affine" and affine.bias is not None:
+        if affine is not None and rule in ("affine", "pass") and affine.bias is not None:  # pass: a frozen weight
             scale(blobs[affine.bias], math.exp(level(node.top_values[0])))
         elif node.type == "BatchNorm" and id(blobs[0]) not in done:
             seg = linear.lin.get(node.bottom_values[0])

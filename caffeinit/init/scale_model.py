@@ -22,8 +22,9 @@ by exp(l_top) and its weight's input-channel block b by exp(z_b), z_b = l_top - 
 block). A layer that reads a split input compensates each block in its own weight this way: Convolution,
 Deconvolution and InnerProduct with axis 1 (an InnerProduct's input channel c owns the columns c x inner), and a
 one-bottom Scale on axis 1; other affine layers, and layers with pretrained weights (whose direction is kept),
-need one level. Frozen affine layers (lr_mult 0) and layers the
-model does not know (Embed, recurrent, ...) are left untouched: their bottoms are constrained to l = 0. Every end
+need one level. Frozen affine layers (weight lr_mult 0) keep their weight: one whose bias is absent, learnable or
+zero passes one level over all channels on (its bias scaled with it); one with a fixed nonzero bias, and layers the
+model does not know (Embed, recurrent, ...), are left untouched: their bottoms are constrained to l = 0. Every end
 value is constrained to l = 0, so on a positively homogeneous net the function is preserved exactly. Backward:
 m = 0 at the ends (the injected gradients do not change); an affine layer's input block b gets m_out + z_b,
 BatchNorm subtracts l_in per channel, a product adds the other factors' levels; a value read by several layers
@@ -493,6 +494,10 @@ def build_scale_model(module: TorchNet, whole: Iterable[str] = ()) -> ScaleModel
     model = ScaleModel(ends, active, [], [], [], {}, {node.index: _rule(node) for node in active}, whole=set(whole))
     model.channels = {v: int(shape[1]) if len(shape) >= 2 else 1 for node in net.layers
                       for v, shape in zip(node.top_values, node.top_shapes)}
+    for node in active:  # a frozen layer without a fixed nonzero bias scales with its input: the level passes on
+        if model.rules[node.index] == "fixed" and affine_of(node) is not None \
+                and _scales_with_input(node, module.layer_blobs[node.index]):
+            model.rules[node.index] = "pass"
     index_of_weight: dict[int, int] = {}
     for node in active:
         if model.rules[node.index] != "affine":
@@ -550,6 +555,13 @@ def _rule(node: LayerNode) -> str:
     if t in APPROXIMATE:
         return "approx"
     return "fixed"
+
+
+def _scales_with_input(node: LayerNode, blobs) -> bool:
+    """Whether a frozen affine layer's output scales with its input: it has no bias, a learnable one (scaled with
+    the output) or an all-zero one."""
+    bias = affine_of(node).bias
+    return bias is None or weight_lr_mult(node, bias) != 0 or not bool(blobs[bias].detach().any())
 
 
 def _compensates(node: LayerNode) -> bool:

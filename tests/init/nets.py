@@ -53,9 +53,10 @@ MIXED = (HEAD.format(name="mixed") + conv("conv1", "data", 8) + layer("bn1", "Ba
          + layer("norm1", "LRN", "conv1", extra="lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 } ")
          + conv("conv2", "norm1", 8) + layer("sig", "Sigmoid", "conv2", "conv2") + ip("fc", "conv2", 5))
 
-# conv2 frozen (lr_mult 0) and two layers sharing one weight
+# conv2 frozen (lr_mult 0, a fixed nonzero bias) and two layers sharing one weight
 FROZEN_SHARED = (HEAD.format(name="frozen_shared") + conv("conv1", "data", 8) + relu("relu1", "conv1")
                  + conv("conv2", "conv1", 8, extra='param { lr_mult: 0 } param { lr_mult: 0 } ')
+                 .replace("weight_filler", 'bias_filler { type: "constant" value: 0.2 } weight_filler')
                  + relu("relu2", "conv2")
                  + conv("s1", "conv2", 8, extra='param { name: "shared_w" } ')
                  + relu("relu3", "s1")

@@ -450,3 +450,27 @@ def test_batchnorm_statistics_are_compensated_exactly_even_where_the_variance_is
         assert report.layer("conv2").between_scale != 1.0
         np.testing.assert_allclose(_outputs(m, held_out, "fc"), before, rtol=1e-4, atol=1e-5, err_msg=str(factor))
         assert report.between_converged and report.spread("after") < 1.01
+
+
+@pytest.mark.parametrize("frozen", ['param { lr_mult: 0 } param { lr_mult: 1 } ', 'param { lr_mult: 0 } '
+                                    'param { lr_mult: 0 } ', 'param { lr_mult: 0 } '],
+                         ids=["learnable-bias", "zero-bias", "no-bias"])
+def test_a_frozen_layer_whose_output_scales_with_its_input_passes_the_level_on(frozen):
+    """A frozen weight is kept, but where its bias is learnable (scaled with the output), zero or absent, the layer
+    is linear in its input: the layers before it are rescaled too (they were held at their scale: a 5,000x
+    spread), and the net's output is unchanged."""
+    middle = conv("conv2", "conv1", 8, extra=frozen)
+    if frozen.count("lr_mult") == 1:
+        middle = middle.replace("convolution_param {", "convolution_param { bias_term: false")
+    text = (HEAD.format(name="frozen_middle") + conv("conv1", "data", 8) + relu("relu1", "conv1") + middle
+            + relu("relu2", "conv2") + conv("conv3", "conv2", 8) + relu("relu3", "conv3") + ip("fc", "conv3", 4))
+    m = model(text)
+    init, held_out = images(4, seed=10), images(4, seed=11)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    weight = m.blobs()["conv2"][0].copy()
+    before = _outputs(m, held_out, "fc")
+    report = initialize(m, init, InitConfig(within=False, measure_before=False), progress=False)
+    assert report.layer("conv2").method == "frozen"
+    np.testing.assert_array_equal(m.blobs()["conv2"][0], weight)
+    assert report.between_converged and report.spread("after") < 1.001 and report.between_note is None
+    np.testing.assert_allclose(_outputs(m, held_out, "fc"), before, rtol=1e-4, atol=1e-5)
