@@ -45,12 +45,17 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
         raise CaffeinitError(f"net '{net.name}' has no layer with parameters: nothing to initialize")
     device = module.device
     started = time.perf_counter()
-    feeds = _collect_feeds(net, batches, device)
+    budget = available_memory(device) if config.within else None  # before the images take their share
+
+    def check(num_images: int, batch_size: int, warn: bool = True) -> bool:
+        return check_memory(net, device, num_images, batch_size, warn=warn, available=budget)
+
+    feeds = _collect_feeds(net, batches, device, check if config.within else None)
     sizes = [next(iter(f.values())).shape[0] for f in feeds]
     for feed in dict(zip(sizes, feeds)).values():
         module.check_batch(feed)  # every batch size the steps will run, before any work
     num_images, batch_size = sum(sizes), max(sizes)
-    short = config.within and _check_memory(net, device, num_images, batch_size)
+    short = config.within and check(num_images, batch_size)
     chunk = None
     if config.between or config.measure_before:  # without the between step only the before pass's few images
         chunk = gradient_chunk(module, feeds, config.between_draws, None if config.between else BEFORE_IMAGES,
@@ -99,19 +104,21 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     return report
 
 
-def _check_memory(net, device, num_images: int, batch_size: int) -> bool:
+def check_memory(net, device, num_images: int, batch_size: int, warn: bool = True,
+                 available: float | None = None) -> bool:
     """Refuse, before any work, a within-layer step expected to need more memory than is available (a segmentation
-    net's 500 x 500 inputs: FCN-8s keeps ~125 MB per image after conv1_1, and needs ~176 MB); warn where it is
-    expected to fill most of it. Returns whether it is expected to take more than half of it."""
+    net's 500 x 500 inputs: FCN-8s keeps ~125 MB per image after conv1_1, and needs ~176 MB); warn (``warn``) where
+    it is expected to fill most of it. Returns whether it is expected to take more than half of it. ``available``:
+    the memory measured before the images were loaded (default: now)."""
     estimate = memory_estimate(net, batch_size)
-    available = available_memory(device)
+    available = available_memory(device) if available is None else available
     if available is None or estimate.where is None:
         return False
     need = estimate.total(num_images)
     kind = _memory_kind(device)
     what = (f"the within-layer step keeps every image's values ({_size(estimate.stored)} per image after layer "
             f"'{estimate.where.name}' ({estimate.where.type})): for {num_images} images it needs about {_size(need)}")
-    if TIGHT_MEMORY * available < need <= available:
+    if warn and TIGHT_MEMORY * available < need <= available:
         warnings.warn(f"{what}, most of the {_size(available)} of {kind}: it may run out (--num-images lowers it)")
     if need <= available:
         return need > available / 2
@@ -188,11 +195,12 @@ def images_that_fit(net, device, batch_size: int, wanted: int) -> int:
     return max(min(batch_size, wanted), min(wanted, estimate.images_within(DEFAULT_FILL * available)))
 
 
-def _collect_feeds(net, batches, device) -> list[dict[str, torch.Tensor]]:
-    """The batches as {value name: float32 tensor on the device}, checked against the net's data-layer tops."""
+def _collect_feeds(net, batches, device, check=None) -> list[dict[str, torch.Tensor]]:
+    """The batches as {value name: float32 tensor on the device}, checked against the net's data-layer tops;
+    ``check(images so far, batch size, warn=False)`` after each batch refuses as soon as they would not fit."""
     value_of_feed = {blob: v for node in net.layers if node.layer.is_data
                      for blob, v in zip(node.tops, node.top_values)}
-    feeds = []
+    feeds, count, largest = [], 0, 0
     for i, batch in enumerate(batches):
         missing = [b for b in net.feeds if b not in batch]
         if missing:
@@ -215,6 +223,9 @@ def _collect_feeds(net, batches, device) -> list[dict[str, torch.Tensor]]:
             feed[value_of_feed[blob]] = tensor
         if size:
             feeds.append(feed)
+            count, largest = count + size, max(largest, size)
+            if check is not None:
+                check(count, largest, warn=False)
     if not feeds:
         raise CaffeinitError("no images to initialize from")
     return feeds

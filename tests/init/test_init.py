@@ -144,6 +144,17 @@ def test_a_within_step_that_cannot_fit_in_memory_is_refused_before_any_work(monk
         initialize(m, batches, InitConfig(between=False), progress=False)
     monkeypatch.setattr(pipeline, "available_memory", lambda device: need - 1)
     initialize(m, batches, InitConfig(within=False), progress=False)  # only the within step stores every image
+    # refused as soon as the images loaded so far would not fit, not after loading them all
+    consumed = []
+
+    def counted():
+        for i, batch in enumerate(batches):
+            consumed.append(i)
+            yield batch
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: int(memory_estimate(m.net, 2).total(6)))
+    with pytest.raises(CaffeinitError, match=r"for 8 images it needs about .* \(about 6 images fit\)"):
+        initialize(m, counted(), InitConfig(), progress=False)
+    assert consumed == [0, 1, 2, 3]
 
 
 def test_a_default_image_count_shrinks_to_what_fits(monkeypatch):
@@ -179,7 +190,7 @@ def test_gradient_passes_that_do_not_fit_run_in_chunks_and_give_the_same_weights
         batches[0]["data"])}, build_scale_model(m.module).groups) + 2 * values_per_image(m.net)[1]
     per_image *= pipeline.PASS_OVERHEAD
     gradients = sum(4.0 * p.numel() for p in m.module.parameters())
-    monkeypatch.setattr(pipeline, "_check_memory", lambda *a: None)  # the within step's own check: tested above
+    monkeypatch.setattr(pipeline, "check_memory", lambda *a, **k: False)  # the within step's own check: tested above
     monkeypatch.setattr(pipeline, "available_memory", lambda device: (gradients + 3.5 * per_image) / 0.8)
     with pytest.warns(UserWarning, match=r"^the between-layer step's gradient passes would keep about .* for a batch "
                                          r"of 8 images, more than the .* of memory available allows: they run 3 "
@@ -224,7 +235,7 @@ def test_pinned_pass_images_split_the_passes_the_same_on_any_memory(monkeypatch)
     per_image = pipeline.PASS_OVERHEAD * (pass_bytes_per_image(m.module, sm, {"data": torch.from_numpy(
         batches[0]["data"])}, sm.groups) + 2 * values_per_image(m.net)[1])
     gradients = sum(4.0 * p.numel() for p in m.module.parameters())
-    monkeypatch.setattr(pipeline, "_check_memory", lambda *a: None)
+    monkeypatch.setattr(pipeline, "check_memory", lambda *a, **k: False)
     monkeypatch.setattr(pipeline, "available_memory", lambda device: (gradients + 3.5 * per_image) / 0.8)
     with pytest.warns(UserWarning, match="they run 3 images at a time"):
         assert initialize(m, batches, InitConfig(), progress=False).gradient_chunk == 3
