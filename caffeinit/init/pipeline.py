@@ -18,7 +18,7 @@ from caffeinit.init.rates import measure_rates, pass_bytes_per_image
 from caffeinit.init.scale_model import build_scale_model
 from caffeinit.init.config import InitConfig
 from caffeinit.init.report import InitReport, LayerRecord
-from caffeinit.init.roles import affine_of, frozen_at_zero, is_frozen, weight_lr_mult
+from caffeinit.init.roles import affine_of, check_layer_names, frozen_at_zero, is_frozen, weight_lr_mult
 from caffeinit.init.stats import ChannelStats
 from caffeinit.init.within import memory_estimate, run_within, values_per_image
 
@@ -43,6 +43,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     module, net = model.module, model.net
     if not any(len(blobs) for blobs in module.layer_blobs):
         raise CaffeinitError(f"net '{net.name}' has no layer with parameters: nothing to initialize")
+    check_layer_names(net, module.layer_blobs)
     device = module.device
     started = time.perf_counter()
     budget = available_memory(device) if config.within else None  # before the images take their share

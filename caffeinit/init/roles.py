@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from caffeinit.errors import CaffeinitError
 from caffeinit.net import LayerNode
 
 AFFINE_TYPES = ("Convolution", "Deconvolution", "InnerProduct", "Scale")
@@ -147,6 +148,25 @@ def is_frozen(node: LayerNode) -> bool:
 def frozen_at_zero(node: LayerNode, blobs) -> bool:
     """A frozen affine layer whose weights are all zero: its output is a constant, and no gradient passes it."""
     return affine_of(node) is not None and is_frozen(node) and len(blobs) > 0 and not bool(blobs[0].detach().any())
+
+
+def check_layer_names(net, layer_blobs) -> None:
+    """Refuse layers with parameters that have no name or share one: a caffemodel stores weights under layer names
+    (Caffe would copy a name's weights into the first layer of that name only)."""
+    named: dict[str, LayerNode] = {}
+    for node in net.layers:
+        if not len(layer_blobs[node.index]):
+            continue
+        where = f"({node.type}, top {', '.join(node.tops) or '-'})"
+        if not node.name:
+            raise CaffeinitError(f"a layer with parameters has no name {where}: a caffemodel stores weights under "
+                                 "layer names; name it")
+        first = named.setdefault(node.name, node)
+        if first is not node:
+            raise CaffeinitError(f"two layers with parameters are named '{node.name}' ({first.type}, top "
+                                 f"{', '.join(first.tops) or '-'}; {node.type}, top {', '.join(node.tops) or '-'}): "
+                                 "a caffemodel stores weights under layer names, so Caffe would load both from one; "
+                                 "rename one")
 
 
 def fan_in(affine: Affine) -> int:

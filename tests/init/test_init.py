@@ -428,3 +428,17 @@ def test_the_before_pass_has_its_own_progress_bar(capsys):
     """The report-only pass under the starting weights (FCN-8s: 25 s) shows a bar while it runs."""
     initialize(model(PLAIN), images(2, batch=4, seed=2), InitConfig(between=False), progress=True)
     assert "before-init rates" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("names,match", [
+    (("c", "c"), r"^two layers with parameters are named 'c' \(Convolution, top c1; Convolution, top c2\): a "
+                 r"caffemodel stores weights under layer names, so Caffe would load both from one; rename one$"),
+    (("c", ""), r"^a layer with parameters has no name \(Convolution, top c2\): a caffemodel stores weights under "
+                r"layer names; name it$"),
+])
+def test_layers_with_parameters_need_distinct_names(names, match):
+    from tests.init.nets import HEAD, conv
+    text = HEAD.format(name="names") + conv("c1", "data", 8) + conv("c2", "c1", 4)
+    text = text.replace('name: "c1"', f'name: "{names[0]}"').replace('name: "c2"', f'name: "{names[1]}"')
+    with pytest.raises(CaffeinitError, match=match):
+        initialize(model(text), images(1), InitConfig(), progress=False)
