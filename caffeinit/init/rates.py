@@ -56,7 +56,9 @@ class ScaleProbe:
                     xs = (self.x * scale).requires_grad_(True)
                     y = self.layer.forward([xs], self.blobs)[0]
                     # (y u).sum() rather than grad_outputs=u: the latter makes torch import sympy (~0.4 s)
-                    (g,) = torch.autograd.grad((y * self._direction(y)).sum(), xs)
+                    projected = (y * self._direction(y)).sum()
+                    # a layer whose output does not depend on its input (Power with scale 0) passes no gradient
+                    (g,) = torch.autograd.grad(projected, xs) if projected.requires_grad else (torch.zeros_like(xs),)
             out, grad = _rms(y), _rms(g)
             self.cache[index] = (math.log(out) if out > 0 else math.nan, math.log(grad) if grad > 0 else math.nan)
         return self.cache[index]

@@ -474,3 +474,15 @@ def test_a_frozen_layer_whose_output_scales_with_its_input_passes_the_level_on(f
     np.testing.assert_array_equal(m.blobs()["conv2"][0], weight)
     assert report.between_converged and report.spread("after") < 1.001 and report.between_note is None
     np.testing.assert_allclose(_outputs(m, held_out, "fc"), before, rtol=1e-4, atol=1e-5)
+
+
+def test_a_layer_whose_output_ignores_its_input_passes_no_gradient_and_breaks_nothing():
+    """Power with scale 0 computes a constant: its scale probe finds no gradient (it raised an internal error), the
+    layer before it is named as unreached, and every weight stays finite."""
+    text = (HEAD.format(name="constant") + conv("conv1", "data", 8) + relu("relu1", "conv1")
+            + layer("const", "Power", "conv1", "const", "power_param { scale: 0 shift: 1 }") + conv("conv2", "const", 4))
+    m = model(text)
+    with pytest.warns(UserWarning, match=r"no gradient reaches 1 learnable layer from the net's outputs \(conv1\)"):
+        report = initialize(m, images(2), InitConfig(), progress=False)
+    assert report.layer("conv1").note == "no gradient reaches it from the net's outputs: not rescaled"
+    assert all(np.isfinite(a).all() for v in m.blobs().values() for a in v)
