@@ -1,8 +1,9 @@
 """Run a built Net as a torch graph: an interpreter over the layer list and a value-name -> tensor map."""
 from __future__ import annotations
 
+import math
 from collections import Counter
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from caffeinit.layers.activation import ReLU
 from caffeinit.layers.normalization import BatchNorm, Scale, batchnorm_scale
 from caffeinit.layers.base import Layer
 from caffeinit.net import LayerNode, Net
+from caffeinit.proto import caffe_pb2
 
 Tap = Callable[[LayerNode, list], None]
 
@@ -21,7 +23,10 @@ class TorchNet(torch.nn.Module):
 
     Parameters live in ``layer_blobs[i]`` (an ``nn.ParameterList`` per layer, Caffe's ``layer.blobs`` order); blobs
     shared through a ParamSpec name are the same Parameter object. Non-learnable blobs (BatchNorm statistics) have
-    ``requires_grad=False``. ``forward`` can run any slice of layers from cached values, call a tap after every layer
+    ``requires_grad=False``. A layer starts from its arrays in ``blobs`` (a caffemodel's), else from the blobs written
+    in its prototxt definition, else from its fillers (``missing`` lists those layers); a shared blob holds what the
+    last of its layers in ``blobs``' order brings (Caffe copies a caffemodel's layers in file order into memory the
+    sharers share), else its first user's values. ``forward`` can run any slice of layers from cached values, call a tap after every layer
     (the taps see each layer's tops before any in-place successor replaces them), and free values after their last
     use. Without autograd, taps and with ``keep`` given, a layer that can (``Layer.forward_inplace``) overwrites a
     bottom that dies there, as Caffe does, when no other value, input or parameter shares its memory.
@@ -48,40 +53,44 @@ class TorchNet(torch.nn.Module):
         super().__init__()
         self.net = net
         blobs = dict(blobs or {})
+        position = {name: i for i, name in enumerate(blobs)}  # Caffe copies a caffemodel's layers in file order
         rng = np.random.default_rng(seed)
+        self.missing: list[str] = []  # layers with blobs that got filler values
+        starting: dict[int, _Start] = {}
+        for node in net.layers:
+            if not node.layer.blob_shapes:
+                continue
+            arrays = blobs.pop(node.name, None)
+            if arrays is not None:
+                try:
+                    arrays = _fit_layer_blobs(node, arrays)
+                except CaffeinitError as e:
+                    raise CaffeinitError(f"{source}: {e}" if source else str(e)) from None
+                starting[node.index] = _Start(arrays, position[node.name], not copy_blobs)
+            elif len(node.param.blobs):
+                starting[node.index] = _Start(_prototxt_blobs(node), -1, True)
+            else:
+                starting[node.index] = _Start(_fit_layer_blobs(node, node.layer.fill_blobs(rng)), -1, True)
+                self.missing.append(node.name)
+        shared_values = _shared_values(net, starting)
         shared: dict[str, torch.nn.Parameter] = {}
         self.layer_blobs = torch.nn.ModuleList()
-        self.missing: list[str] = []  # layers with blobs that got filler values
         for node in net.layers:
             plist = torch.nn.ParameterList()
-            shapes = node.layer.blob_shapes
-            if shapes:
-                arrays = blobs.pop(node.name, None)
-                owned = not copy_blobs
-                if arrays is None:
-                    arrays = _fit_layer_blobs(node, node.layer.fill_blobs(rng))
-                    self.missing.append(node.name)
-                    owned = True
-                else:
-                    try:
-                        arrays = _fit_layer_blobs(node, arrays)
-                    except CaffeinitError as e:
-                        raise CaffeinitError(f"{source}: {e}" if source else str(e)) from None
-                learnable = set(node.layer.learnable_blobs())
-                for k, array in enumerate(arrays):
-                    spec = node.param.param[k] if k < len(node.param.param) else None
-                    key = spec.name if spec is not None and spec.name else None
-                    if key and key in shared:
-                        owner = shared[key]
-                        if tuple(owner.shape) != tuple(array.shape):
-                            raise layer_error(node.name, node.type, f"shared parameter '{key}' has shape "
-                                              f"{tuple(owner.shape)} in its owner but {tuple(array.shape)} here")
-                        plist.append(owner)
-                        continue
-                    p = torch.nn.Parameter(_tensor_of(array, owned), requires_grad=k in learnable)
-                    if key:
-                        shared[key] = p
-                    plist.append(p)
+            start = starting.get(node.index)
+            learnable = set(node.layer.learnable_blobs())
+            for k, array in enumerate(start.arrays if start else []):
+                key = _share_name(node, k)
+                if key in shared:
+                    plist.append(shared[key])
+                    continue
+                owned = start.owned
+                if key:
+                    array, owned = shared_values[key]
+                p = torch.nn.Parameter(_tensor_of(array, owned), requires_grad=k in learnable)
+                if key:
+                    shared[key] = p
+                plist.append(p)
             self.layer_blobs.append(plist)
         self.unused_weights = sorted(blobs)  # source layers not in this net (Caffe ignores them)
         self._last_use = _last_uses(net)
@@ -328,13 +337,73 @@ def _tensor_of(array: np.ndarray, owned: bool) -> torch.Tensor:
     return torch.from_numpy(values.copy())
 
 
-def _fit_layer_blobs(node: LayerNode, arrays: list[np.ndarray]) -> list[np.ndarray]:
+def _fit_layer_blobs(node: LayerNode, arrays: list[np.ndarray], where: str = "in the weights") -> list[np.ndarray]:
     from caffeinit.weights import fit_blob
 
     shapes = node.layer.blob_shapes
     if len(arrays) != len(shapes):
-        raise layer_error(node.name, node.type, f"the weights have {len(arrays)} blobs, the layer needs {len(shapes)}")
-    return [fit_blob(np.asarray(a), tuple(s), node.name, k) for k, (a, s) in enumerate(zip(arrays, shapes))]
+        raise layer_error(node.name, node.type, f"{len(arrays)} blobs {where}, but the layer has {len(shapes)}")
+    return [fit_blob(np.asarray(a), tuple(s), node.name, k, where) for k, (a, s) in enumerate(zip(arrays, shapes))]
+
+
+def _prototxt_blobs(node: LayerNode) -> list[np.ndarray]:
+    """The blobs written in the layer's own definition (Caffe's Layer constructor copies them and LayerSetUp then
+    skips the fillers), checked as a caffemodel's are."""
+    from caffeinit.weights import blob_to_array
+
+    arrays = [blob_to_array(blob, f"layer '{node.name}' blob {k} in the prototxt")
+              for k, blob in enumerate(node.param.blobs)]
+    return _fit_layer_blobs(node, arrays, "in the prototxt")
+
+
+class _Start(NamedTuple):
+    """A layer's starting blobs: the arrays, their place in the weights' order (-1: not from the weights) and
+    whether the parameters may keep their memory."""
+    arrays: list[np.ndarray]
+    position: int
+    owned: bool
+
+
+def _share_name(node: LayerNode, k: int) -> str:
+    """The ParamSpec name under which blob ``k`` of ``node`` is shared ("" when it is not)."""
+    specs = node.param.param
+    return specs[k].name if k < len(specs) else ""
+
+
+def _shared_values(net: Net, starting: dict[int, _Start]) -> dict[str, tuple[np.ndarray, bool]]:
+    """The value and ownership of each shared blob. Caffe's sharers hold the owner's memory and
+    CopyTrainedLayersFrom copies the caffemodel's layers in file order, so the last of them in the weights' order
+    sets it; without weights for any of them, the owner's (first user's) own values."""
+    users: dict[str, list[tuple[LayerNode, int]]] = {}
+    for node in net.layers:
+        for k in range(len(node.layer.blob_shapes)):
+            if _share_name(node, k):
+                users.setdefault(_share_name(node, k), []).append((node, k))
+    values = {}
+    for key, nodes in users.items():
+        owner, owner_k = nodes[0]
+        for node, k in nodes[1:]:
+            _check_sharer(node, k, key, owner, owner.layer.blob_shapes[owner_k])
+        loaded = [(starting[node.index].position, node, k) for node, k in nodes if starting[node.index].position >= 0]
+        _, node, k = max(loaded, key=lambda t: t[0]) if loaded else (-1, owner, owner_k)
+        values[key] = (starting[node.index].arrays[k], starting[node.index].owned)
+    return values
+
+
+def _check_sharer(node: LayerNode, k: int, key: str, owner: LayerNode, owner_shape) -> None:
+    """Caffe's AppendParam checks: equal shapes (STRICT) or equal counts (PERMISSIVE). A PERMISSIVE sharer of
+    another shape, which Caffe lets see the owner's values in its own shape, is refused: parameters are shared here
+    as one tensor."""
+    shape, owner_shape = tuple(node.layer.blob_shapes[k]), tuple(owner_shape)
+    if shape == owner_shape:
+        return
+    where = f"shared parameter '{key}' has shape {list(owner_shape)} in its owner '{owner.name}' but {list(shape)} here"
+    if node.param.param[k].share_mode != caffe_pb2.ParamSpec.PERMISSIVE:
+        raise layer_error(node.name, node.type, where)
+    if math.prod(shape) != math.prod(owner_shape):
+        raise layer_error(node.name, node.type, f"{where}: share_mode PERMISSIVE needs equal counts")
+    raise layer_error(node.name, node.type, f"{where}: share_mode PERMISSIVE between shapes of equal count is not "
+                      "supported; give both layers the same shape")
 
 
 def fast_layout(feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

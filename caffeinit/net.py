@@ -113,6 +113,8 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
             top_shapes = layer.setup(bottom_shapes)
         if len(top_shapes) != len(lp.top):
             raise layer_error(lp.name, lp.type, f"produces {len(top_shapes)} tops, {len(lp.top)} named")
+        if len(lp.blobs) and layer.blob_shapes:
+            _check_prototxt_blobs(layer, lp)
 
         top_values = []
         for j, blob in enumerate(lp.top):
@@ -142,6 +144,17 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
     return Net(name=filtered.name, phase=phase, param=filtered, layers=nodes, inputs=inputs, feeds=feeds,
                outputs=sorted(available), blob_shapes=blob_shapes, value_shapes=value_shapes, value_of=value_of,
                feed_values=feed_values)
+
+
+def _check_prototxt_blobs(layer: Layer, lp: caffe_pb2.LayerParameter) -> None:
+    """The blobs written in a layer's definition, which Caffe uses instead of its fillers, must fit the layer as a
+    caffemodel's blobs must (their values are read when the net runs: ``executor.TorchNet``)."""
+    from caffeinit.weights import blob_shape, check_blob_shape
+
+    if len(lp.blobs) != len(layer.blob_shapes):
+        raise layer.error(f"{len(lp.blobs)} blobs in the prototxt, but the layer has {len(layer.blob_shapes)}")
+    for k, (blob, shape) in enumerate(zip(lp.blobs, layer.blob_shapes)):
+        check_blob_shape(blob_shape(blob), shape, lp.name, k, "in the prototxt")
 
 
 def _fresh(name: str, used: set[str]) -> str:

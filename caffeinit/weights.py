@@ -100,28 +100,37 @@ def blob_to_array(blob: caffe_pb2.BlobProto, where: str = "blob") -> np.ndarray:
 
 
 def load_weights(source: PathLike | caffe_pb2.NetParameter) -> dict[str, list[np.ndarray]]:
-    """Blob arrays by layer name from a caffemodel path or a parsed NetParameter; layers without blobs are left
-    out. When names repeat, the later layer wins (as in Caffe's CopyTrainedLayersFrom)."""
+    """Blob arrays by layer name from a caffemodel path or a parsed NetParameter, in the file's order (the order in
+    which Caffe's CopyTrainedLayersFrom copies them); layers without blobs are left out. When names repeat, the later
+    layer wins and takes its place in that order."""
     net = source if isinstance(source, caffe_pb2.NetParameter) else read_caffemodel(source)
     label = "" if isinstance(source, caffe_pb2.NetParameter) else f"{source}: "
     weights: dict[str, list[np.ndarray]] = {}
     for layer in net.layer:
         if len(layer.blobs):
+            weights.pop(layer.name, None)
             weights[layer.name] = [blob_to_array(blob, f"{label}layer '{layer.name}' blob {i}")
                                    for i, blob in enumerate(layer.blobs)]
     return weights
 
 
-def fit_blob(array: np.ndarray, expected_shape: Sequence[int], layer_name: str, index: int) -> np.ndarray:
-    """``array`` reshaped to ``expected_shape`` when Caffe's Blob::ShapeEquals accepts it: the same shape, or a
-    4-D legacy blob whose dims match the expected shape from the end (IP weight 1x1xNxK for (N, K))."""
+def check_blob_shape(shape: Sequence[int], expected_shape: Sequence[int], layer_name: str, index: int,
+                     where: str = "in the weights") -> None:
+    """Raise unless Caffe's Blob::ShapeEquals accepts a blob of ``shape`` for ``expected_shape``: the same shape,
+    or a 4-D legacy blob whose dims match the expected shape from the end (IP weight 1x1xNxK for (N, K))."""
+    shape, expected = tuple(int(d) for d in shape), tuple(int(d) for d in expected_shape)
+    if shape == expected or (len(shape) == 4 and len(expected) <= 4 and (1,) * (4 - len(expected)) + expected == shape):
+        return
+    raise CaffeinitError(f"layer '{layer_name}': blob {index} has shape {list(shape)} {where} but the net needs "
+                         f"{list(expected)}")
+
+
+def fit_blob(array: np.ndarray, expected_shape: Sequence[int], layer_name: str, index: int,
+             where: str = "in the weights") -> np.ndarray:
+    """``array`` reshaped to ``expected_shape`` where ``check_blob_shape`` accepts it."""
+    check_blob_shape(array.shape, expected_shape, layer_name, index, where)
     expected = tuple(int(d) for d in expected_shape)
-    if array.shape == expected:
-        return array
-    if array.ndim == 4 and len(expected) <= 4 and (1,) * (4 - len(expected)) + expected == array.shape:
-        return array.reshape(expected)
-    raise CaffeinitError(f"layer '{layer_name}': blob {index} has shape {list(array.shape)} in the weights but the "
-                         f"net needs {list(expected)}")
+    return array if array.shape == expected else array.reshape(expected)
 
 
 def read_mean_binaryproto(path: PathLike) -> np.ndarray:

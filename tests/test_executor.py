@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from caffeinit.api import load
+from caffeinit.errors import CaffeinitError
 from caffeinit.executor import TorchNet, fast_layout, frontier
 from caffeinit.fillers import scaled_random_blobs
 from caffeinit.net import build_net
+from caffeinit.proto import caffe_pb2
 from caffeinit.prototxt import parse_net_text, read_net
 from tests.conftest import ROOT, shared_path
 
@@ -78,6 +80,146 @@ def test_shared_parameters_are_one_tensor():
     a = module.layer_blobs[net.layer("conv1").index]
     b = module.layer_blobs[net.layer("conv1b").index]
     assert a[0] is b[0] and a[1] is b[1]
+
+
+SHARED_FC = '''name: "shared"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "fa" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" MODE_A}
+  inner_product_param { num_output: 2 weight_filler { type: "constant" value: 1 }
+                        bias_filler { type: "constant" value: 5 } } }
+layer { name: "fb" type: "InnerProduct" bottom: "data" top: "b" param { name: "w" MODE_B}
+  inner_product_param { num_output: 2 weight_filler { type: "constant" value: 2 }
+                        bias_filler { type: "constant" value: 7 } } }
+'''
+
+
+def caffe_shared_fc(layers, weights, fillers):
+    """Caffe's view of SHARED_FC: Net::Init lets fb share fa's weight memory (ShareWeights), then
+    CopyTrainedLayersFrom copies the weights' layers in their order into that memory; biases stay per layer.
+    ``fillers`` {layer: [weight, bias]} are the values before any copy. Returns {layer: (weight, bias)}."""
+    shared = fillers["fa"][0]
+    biases = {name: fillers[name][1] for name in layers}
+    for name, arrays in weights.items():  # the caffemodel's order
+        if name in layers:
+            shared, biases[name] = arrays
+    return {name: (shared, biases[name]) for name in layers}
+
+
+@pytest.mark.parametrize("order", [("fa", "fb"), ("fb", "fa"), ("fb",), ("fa",), ()])
+def test_a_shared_blob_holds_what_the_weights_copy_last(order):
+    """The last layer in the weights' (file) order that holds the shared blob sets it for every sharer; a sharer
+    alone in the weights sets it too; without weights the owner's filler holds."""
+    rng = np.random.default_rng(0)
+    given = {name: [rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal(2).astype(np.float32)]
+             for name in order}
+    model = load(parse_net_text(SHARED_FC.replace("MODE_A", "").replace("MODE_B", "")), given)
+    fillers = {"fa": [np.ones((2, 3)), np.full(2, 5.0)], "fb": [np.full((2, 3), 2.0), np.full(2, 7.0)]}
+    want = caffe_shared_fc(["fa", "fb"], given, fillers)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    out = model.forward({"data": x})
+    for name, top in (("fa", "a"), ("fb", "b")):
+        weight, bias = want[name]
+        np.testing.assert_allclose(out[top], x @ np.asarray(weight, np.float64).T + bias, rtol=1e-5, atol=1e-5)
+    assert sorted(model.module.missing) == sorted(set(["fa", "fb"]) - set(order))
+
+
+def test_shared_blob_order_follows_the_caffemodel_file(tmp_path):
+    """Read from a caffemodel, the order is the file's: fb written first, fa last, so fa's weight is shared."""
+    from caffeinit.weights import array_to_blob
+
+    model = caffe_pb2.NetParameter()
+    values = {"fb": np.full((2, 3), 3, np.float32), "fa": np.full((2, 3), -1, np.float32)}
+    for name in ("fb", "fa"):
+        layer = model.layer.add(name=name, type="InnerProduct")
+        layer.blobs.extend([array_to_blob(values[name]), array_to_blob(np.zeros(2, np.float32))])
+    path = tmp_path / "w.caffemodel"
+    path.write_bytes(model.SerializeToString())
+    loaded = load(parse_net_text(SHARED_FC.replace("MODE_A", "").replace("MODE_B", "")), weights=path)
+    out = loaded.forward({"data": np.ones((2, 3), np.float32)})
+    np.testing.assert_array_equal(out["a"], np.full((2, 2), -3, np.float32))
+    np.testing.assert_array_equal(out["b"], np.full((2, 2), -3, np.float32))
+
+
+def two_fc(mode, inputs_b, outputs_b):
+    """fa: 3 inputs -> 2 outputs (weight [2, 3]) and fb: ``inputs_b`` -> ``outputs_b``, sharing weight 'w'."""
+    return (f'layer {{ name: "in" type: "Input" top: "x" top: "x2" input_param {{ shape {{ dim: 1 dim: 3 }} '
+            f'shape {{ dim: 1 dim: {inputs_b} }} }} }}\n'
+            'layer { name: "fa" type: "InnerProduct" bottom: "x" top: "a" param { name: "w" } '
+            'inner_product_param { num_output: 2 } }\n'
+            f'layer {{ name: "fb" type: "InnerProduct" bottom: "x2" top: "b" param {{ name: "w" {mode} }} '
+            f'inner_product_param {{ num_output: {outputs_b} }} }}\n')
+
+
+def test_permissive_sharing():
+    """share_mode PERMISSIVE: equal shapes share as STRICT does; another shape of the same count (which Caffe lets
+    see the owner's values in its own shape) is refused, one tensor holding each shared blob here; unequal counts
+    fail Caffe's CHECK, and so does any other shape under STRICT."""
+    module = load(parse_net_text(two_fc("share_mode: PERMISSIVE", 3, 2))).module
+    assert module.layer_blobs[1][0] is module.layer_blobs[2][0]
+    with pytest.raises(CaffeinitError, match=r"^layer 'fb' \(InnerProduct\): shared parameter 'w' has shape \[2, 3\] "
+                       r"in its owner 'fa' but \[3, 2\] here: share_mode PERMISSIVE between shapes of equal count is "
+                       "not supported; give both layers the same shape$"):
+        load(parse_net_text(two_fc("share_mode: PERMISSIVE", 2, 3)))
+    with pytest.raises(CaffeinitError, match=r"but \[2, 2\] here: share_mode PERMISSIVE needs equal counts$"):
+        load(parse_net_text(two_fc("share_mode: PERMISSIVE", 2, 2)))
+    with pytest.raises(CaffeinitError, match=r"shared parameter 'w' has shape \[2, 3\] in its owner 'fa' but \[3, 2\] "
+                       "here$"):
+        load(parse_net_text(two_fc("", 2, 3)))
+
+
+EMBEDDED = '''name: "embedded"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "y" inner_product_param { num_output: 2 }
+  blobs { WEIGHT data: 1 data: 2 data: 3 data: 4 data: 5 data: 6 }
+  blobs { shape { dim: 2 } data: 100 data: 200 } }
+layer { name: "fc2" type: "InnerProduct" bottom: "y" top: "z" inner_product_param { num_output: 1 } }
+'''
+
+
+@pytest.mark.parametrize("weight", ["shape { dim: 2 dim: 3 }", "num: 1 channels: 1 height: 2 width: 3"])
+def test_blobs_written_in_the_prototxt_replace_the_fillers(weight):
+    """Caffe's Layer constructor copies layer_param.blobs and set-up skips the fillers (legacy 4-D dims accepted as
+    in a caffemodel): y = x W^T + b with the prototxt's values; the layer is not missing; --weights overrides."""
+    text = EMBEDDED.replace("WEIGHT", weight)
+    x = np.array([[1, -1, 2]], np.float32)
+    w, b = np.arange(1, 7, dtype=np.float64).reshape(2, 3), np.array([100.0, 200.0])
+    model = load(parse_net_text(text))
+    np.testing.assert_allclose(model.forward({"data": x}, blobs="y")["y"], x @ w.T + b, rtol=1e-6)
+    assert model.module.missing == ["fc2"]
+    given = {"fc": [np.full((2, 3), 0.5, np.float32), np.zeros(2, np.float32)]}
+    overridden = load(parse_net_text(text), given)
+    np.testing.assert_allclose(overridden.forward({"data": x}, blobs="y")["y"], x @ np.full((3, 2), 0.5),
+                               rtol=1e-6)
+
+
+def test_blobs_of_a_v1_prototxt_layer_are_used():
+    """UpgradeV1LayerParameter copies a layer's blobs: a V1 InnerProduct with legacy 1x1x2x3 blobs runs with them."""
+    text = ('layers { name: "fc" type: INNER_PRODUCT bottom: "data" top: "y" inner_product_param { num_output: 2 } '
+            'blobs { num: 1 channels: 1 height: 2 width: 3 data: 1 data: 2 data: 3 data: 4 data: 5 data: 6 } '
+            'blobs { num: 1 channels: 1 height: 1 width: 2 data: -1 data: 1 } }\n'
+            'input: "data" input_dim: 1 input_dim: 3 input_dim: 1 input_dim: 1\n')
+    x = np.array([1, 0, 2], np.float32).reshape(1, 3, 1, 1)
+    want = x.reshape(1, 3) @ np.arange(1, 7, dtype=np.float64).reshape(2, 3).T + np.array([-1, 1])
+    np.testing.assert_allclose(load(parse_net_text(text)).forward({"data": x})["y"], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("blobs, message", [
+    ("blobs { shape { dim: 3 dim: 2 } data: 1 data: 2 data: 3 data: 4 data: 5 data: 6 } blobs { shape { dim: 2 } "
+     "data: 0 data: 0 }", r"^layer 'fc': blob 0 has shape \[3, 2\] in the prototxt but the net needs \[2, 3\]$"),
+    ("blobs { shape { dim: 2 dim: 3 } data: 1 data: 2 data: 3 data: 4 data: 5 data: 6 }",
+     r"^layer 'fc' \(InnerProduct\): 1 blobs in the prototxt, but the layer has 2$"),
+])
+def test_prototxt_blobs_that_do_not_fit_are_refused_at_build(blobs, message):
+    text = EMBEDDED.replace('blobs { WEIGHT data: 1 data: 2 data: 3 data: 4 data: 5 data: 6 }\n  '
+                            'blobs { shape { dim: 2 } data: 100 data: 200 }', blobs)
+    with pytest.raises(CaffeinitError, match=message):
+        build_net(parse_net_text(text))
+
+
+def test_prototxt_blob_with_too_few_values_is_refused():
+    text = EMBEDDED.replace("WEIGHT", "shape { dim: 2 dim: 3 }").replace(" data: 6 }", " }")
+    with pytest.raises(CaffeinitError, match=r"layer 'fc' blob 0 in the prototxt: shape \[2, 3\] needs 6 values"):
+        load(parse_net_text(text))
 
 
 def test_batch_size_may_differ_from_the_prototxt():

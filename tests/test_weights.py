@@ -63,6 +63,16 @@ def test_load_weights_from_net_parameter():
     np.testing.assert_array_equal(arrays["conv"][0], np.array([1, 2], np.float32).reshape(2, 1, 1, 1))
 
 
+def test_load_weights_keeps_the_file_order_with_a_repeated_name_at_its_last_place():
+    """CopyTrainedLayersFrom copies the layers in file order, a repeated name twice: its last copy is also its
+    last write."""
+    net = caffe_pb2.NetParameter()
+    for name, value in (("a", 1), ("b", 2), ("a", 3)):
+        net.layer.add(name=name, type="InnerProduct").blobs.add(data=[value], shape=caffe_pb2.BlobShape(dim=[1]))
+    arrays = weights.load_weights(net)
+    assert list(arrays) == ["b", "a"] and arrays["a"][0][0] == 3
+
+
 def test_corrupt_truncated_empty_and_missing_files(tmp_path):
     good = shared_path("conformance", "lenet", "weights.caffemodel").read_bytes()
     (tmp_path / "cut.caffemodel").write_bytes(good[:len(good) // 2])
