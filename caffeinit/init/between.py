@@ -1,4 +1,4 @@
-"""Algorithm 2, the between-layer step: equalize the effective change rates lr_mult x C_k, C_k = RMS(dL/dW_k) /
+"""Algorithm 2, the between-layer step: equalize the effective change rates |lr_mult| x C_k, C_k = RMS(dL/dW_k) /
 RMS(W_k), under N(0,1) gradients injected at the net's end values (no labels, no loss).
 The scale model (which rescalings preserve the function, how they move each rate) is caffeinit/init/scale_model.py;
 measuring the rates is caffeinit/init/rates.py.

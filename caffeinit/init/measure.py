@@ -83,7 +83,7 @@ def measure(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], *
         out.append(LayerMeasure(node.name, node.type, int(std.numel()), float(s.mean.mean()), mean_std,
                                 float(std.std(correction=0)) / mean_std if mean_std > 0 else math.nan,
                                 rate if rate is not None and math.isfinite(rate) else None,
-                                weight_lr_mult(node, 0)))
+                                abs(weight_lr_mult(node, 0))))
     return out
 
 

@@ -329,5 +329,5 @@ def _measure_before(module, feed, config, records, chunk: int | None = None) -> 
     for node in nodes:
         rate = rate_of[id(module.layer_blobs[node.index][0])]
         if np.isfinite(rate):
-            records[node.name].rate_before = float(rate * weight_lr_mult(node, 0))
+            records[node.name].rate_before = float(rate * abs(weight_lr_mult(node, 0)))
     return used

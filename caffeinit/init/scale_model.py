@@ -507,7 +507,7 @@ def build_scale_model(module: TorchNet, whole: Iterable[str] = ()) -> ScaleModel
             index_of_weight[id(weight)] = len(model.groups)
             model.groups.append(weight)
             model.group_nodes.append([])
-            model.lr_mults.append(weight_lr_mult(node, 0))
+            model.lr_mults.append(abs(weight_lr_mult(node, 0)))  # a negative one ascends, as fast
         model.var_of[node.index] = index_of_weight[id(weight)]
         model.group_nodes[index_of_weight[id(weight)]].append(node)
     # Layers that feed no end (a branch into Silence, layers after a loss) are not constrained: what they compute

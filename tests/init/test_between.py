@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -486,3 +488,18 @@ def test_a_layer_whose_output_ignores_its_input_passes_no_gradient_and_breaks_no
         report = initialize(m, images(2), InitConfig(), progress=False)
     assert report.layer("conv1").note == "no gradient reaches it from the net's outputs: not rescaled"
     assert all(np.isfinite(a).all() for v in m.blobs().values() for a in v)
+
+
+def test_a_negative_lr_mult_is_equalized_by_its_magnitude():
+    """Caffe takes a negative lr_mult (gradient ascent on that weight): its layer changes as fast as with the
+    magnitude, so |lr_mult| x C_k is what is equalized (the log of a negative rate gave NaN warnings and no rate)."""
+    text = PLAIN.replace('name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2" ',
+                         'name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2" param { lr_mult: -2 } ')
+    m = model(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = initialize(m, images(4), InitConfig(), progress=False)
+    assert report.layer("conv2").lr_mult == -2 and report.layer("conv2").rate_after > 0
+    assert report.between_converged and report.spread("after") < 1.001
+    plain = initialize(model(PLAIN), images(4), InitConfig(), progress=False)
+    assert report.layer("conv2").between_scale != plain.layer("conv2").between_scale
