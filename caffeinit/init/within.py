@@ -18,6 +18,7 @@ within-layer step 15.3 -> 11 s; weights within 2e-5 relative of the pass-by-pass
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from caffeinit import fillers
+from caffeinit.errors import CaffeinitError
 from caffeinit.executor import TorchNet, fast_layout, storage_key
 from caffeinit.init import draws
 from caffeinit.init.config import DATA_METHODS, InitConfig
@@ -197,8 +199,14 @@ def run_within(module: TorchNet, batches: list[dict[str, torch.Tensor]], draw: d
         with torch.no_grad():
             if action == "affine" and affine is not None:
                 given = given if _output_is_input(affine) else None
-                tops, stats, top_map = _init_affine(affine, blobs, bottoms, config, records[node.name], given,
-                                                    released)
+                try:
+                    tops, stats, top_map = _init_affine(affine, blobs, bottoms, config, records[node.name], given,
+                                                        released)
+                except (_NotFinite, torch.linalg.LinAlgError):  # the latter: an eigendecomposition of NaN patches
+                    error = _not_finite_error(module, batches, node)
+                    if error is None:
+                        raise
+                    raise error from None
                 if affine.channel_axis == 1 and len(tops) == 1:
                     known[node.top_values[0]] = stats
                 else:  # not a per-channel map along axis 1: apply it now (fresh tensors)
@@ -327,6 +335,8 @@ def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[t
             for t in top:
                 stats.update(t, affine.channel_axis)
         mean, std = stats.mean, stats.std
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+        raise _NotFinite()
     dead = dead_channels(mean, std)
     gain = torch.where(dead, torch.ones_like(std), 1.0 / torch.where(dead, torch.ones_like(std), std))
     if affine.bias is not None:
@@ -344,6 +354,39 @@ def _init_affine(affine: Affine, blobs: list[torch.Tensor], bottoms: list[list[t
                       f"images (dead); they keep their draw and get bias {config.bias}")
     record.after_stats(mean * gain + shift, std * gain)
     return tops, (mean * gain + shift, (std * gain) ** 2), (gain, shift)
+
+
+class _NotFinite(Exception):
+    """A layer's output statistics on the init images are not finite."""
+
+
+def _not_finite_error(module: TorchNet, batches: list[dict[str, torch.Tensor]], node: LayerNode
+                      ) -> CaffeinitError | None:
+    """Where the non-finite values reaching ``node`` on the init images come from: the first input or layer (in net
+    order, on the first batch that has them) whose output has NaN or infinity; None where none does."""
+    culprit: list[str] = []
+
+    class Found(Exception):
+        pass
+
+    def tap(other: LayerNode, tops) -> None:
+        if not all(bool(torch.isfinite(t).all()) for t in tops):
+            culprit.append(f"layer '{other.name}' ({other.type})")
+            raise Found
+
+    for i, feed in enumerate(batches):
+        for value, tensor in feed.items():
+            if not bool(torch.isfinite(tensor).all()):
+                culprit.append(f"the data itself (input '{value}')")
+                break
+        if not culprit:
+            with torch.no_grad(), contextlib.suppress(Found):
+                module(feed, stop=node.index, keep=(), tap=tap)
+        if culprit:
+            return CaffeinitError(f"layer '{node.name}' ({node.type}): its input on the init images is not finite "
+                                  f"(NaN or infinity), from {culprit[0]} on init batch {i}: nothing can be set "
+                                  "from it")
+    return None
 
 
 def _apply_affine(tensors: list[torch.Tensor], gain: torch.Tensor, shift: torch.Tensor, axis: int,

@@ -357,3 +357,22 @@ def test_a_scale_over_two_axes_with_a_bias_is_normalized_per_channel():
     for name, (mean, std) in _channel_stats(m, init, ["sc", "conv2", "fc"], {}).items():
         np.testing.assert_allclose(mean, BETA, atol=2e-4, err_msg=name)
         np.testing.assert_allclose(std, 1.0, rtol=2e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("method", ["gaussian", "kmeans"])
+def test_non_finite_values_on_the_init_images_are_traced_to_where_they_start(method):
+    """The log of a normalized output (negative values) is NaN: the next drawn layer cannot be normalized, and the
+    error names the Log layer (it named a weight blob of NaNs when the caffemodel was written); NaN in the data
+    itself is named as such."""
+    from caffeinit.errors import CaffeinitError
+    text = (HEAD.format(name="log") + conv("conv1", "data", 8) + layer("log", "Log", "conv1", "log")
+            + conv("conv2", "log", 8) + ip("fc", "conv2", 4))
+    with pytest.raises(CaffeinitError, match=r"^layer 'conv2' \(Convolution\): its input on the init images is not "
+                                             r"finite \(NaN or infinity\), from layer 'log' \(Log\) on init batch 0: "
+                                             r"nothing can be set from it$"):
+        initialize(model(text), images(4), InitConfig(method=method), progress=False)
+    batches = images(4)
+    batches[2]["data"][1, 0, 3, 3] = np.nan
+    with pytest.raises(CaffeinitError, match=r"^layer 'conv1' \(Convolution\): .* from the data itself \(input "
+                                             r"'data'\) on init batch 2: nothing can be set from it$"):
+        initialize(model(PLAIN), batches, InitConfig(method=method), progress=False)
