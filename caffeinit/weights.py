@@ -57,9 +57,14 @@ def _read_file(path: PathLike, what: str) -> bytes:
         raise CaffeinitError(f"{path}: {what} is {size:,} bytes; protobuf messages (and Caffe itself) are limited "
                              f"to 2 GiB ({MAX_MESSAGE_BYTES:,} bytes)")
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:  # bounded: a device or pipe (/dev/zero) has no size to check beforehand
+            data = f.read(MAX_MESSAGE_BYTES + 1)
     except OSError as e:
         raise CaffeinitError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise CaffeinitError(f"{path}: {what} is larger than {MAX_MESSAGE_BYTES:,} bytes, the limit of protobuf "
+                             "messages (and of Caffe itself)")
+    return data
 
 
 def read_caffemodel(path: PathLike) -> caffe_pb2.NetParameter:

@@ -1,3 +1,4 @@
+import os
 import struct
 
 import numpy as np
@@ -94,6 +95,15 @@ def test_files_over_2_gib_are_refused(tmp_path):
         f.truncate(2**31)  # sparse: nothing is written or read
     with pytest.raises(CaffeinitError, match="huge.caffemodel: caffemodel is 2,147,483,648 bytes; .*2 GiB"):
         weights.read_caffemodel(huge)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_an_endless_device_is_read_no_further_than_the_limit(monkeypatch):
+    """/dev/zero reports size 0: the read itself is bounded (it ran out of memory before)."""
+    monkeypatch.setattr(weights, "MAX_MESSAGE_BYTES", 1 << 20)
+    with pytest.raises(CaffeinitError, match=r"^/dev/zero: caffemodel is larger than 1,048,576 bytes, the limit of "
+                                             r"protobuf messages \(and of Caffe itself\)$"):
+        weights.read_caffemodel("/dev/zero")
 
 
 def test_blob_count_mismatch_names_the_blob():
