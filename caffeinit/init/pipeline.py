@@ -252,6 +252,10 @@ def _draw_plan(net, module, reinit: str, records: dict[str, LayerRecord]) -> dic
         start = net.layer(reinit).index  # raises a CaffeinitError naming the unknown layer
     plan: dict[int, str] = {}
     owner: dict[int, str] = {}
+    for node in net.layers:  # a weight that a kept layer holds is kept for every layer sharing it
+        if node.name in records and len(module.layer_blobs[node.index]) \
+                and not (node.index >= start or node.name in missing):
+            owner.setdefault(id(module.layer_blobs[node.index][0]), node.name)
     for node in net.layers:
         if node.name not in records or not (node.index >= start or node.name in missing):
             continue

@@ -442,3 +442,16 @@ def test_layers_with_parameters_need_distinct_names(names, match):
     text = text.replace('name: "c1"', f'name: "{names[0]}"').replace('name: "c2"', f'name: "{names[1]}"')
     with pytest.raises(CaffeinitError, match=match):
         initialize(model(text), images(1), InitConfig(), progress=False)
+
+
+def test_a_weight_loaded_through_one_layer_is_kept_for_the_layers_sharing_it():
+    """s1 and s2 share a weight; the file holds s1 only: s2 is listed as missing, yet drawing it would overwrite
+    what s1 loaded."""
+    from tests.init.nets import FROZEN_SHARED
+    donor = model(FROZEN_SHARED)
+    initialize(donor, images(2, seed=1), InitConfig(between=False, measure_before=False), progress=False)
+    m = model(FROZEN_SHARED, {"s1": donor.blobs()["s1"]})
+    report = initialize(m, images(2, seed=2), InitConfig(between=False, measure_before=False), progress=False)
+    assert report.layer("s1").method == "kept" and report.layer("s2").method == "shared (s1)"
+    np.testing.assert_array_equal(m.blobs()["s1"][0], donor.blobs()["s1"][0])
+    np.testing.assert_array_equal(m.blobs()["s2"][0], donor.blobs()["s1"][0])
