@@ -1,6 +1,7 @@
 """Net assembly: filter a NetParameter by state, wire bottoms to tops as Caffe's Net::Init does, infer shapes."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -113,6 +114,7 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
             top_shapes = layer.setup(bottom_shapes)
         if len(top_shapes) != len(lp.top):
             raise layer_error(lp.name, lp.type, f"produces {len(top_shapes)} tops, {len(lp.top)} named")
+        _check_blob_sizes(layer, lp, top_shapes)
         if len(lp.blobs) and layer.blob_shapes:
             _check_prototxt_blobs(layer, lp)
 
@@ -144,6 +146,22 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
     return Net(name=filtered.name, phase=phase, param=filtered, layers=nodes, inputs=inputs, feeds=feeds,
                outputs=sorted(available), blob_shapes=blob_shapes, value_shapes=value_shapes, value_of=value_of,
                feed_values=feed_values)
+
+
+MAX_BLOB_COUNT = 2**31 - 1  # Caffe's Blob::Reshape: "blob size exceeds INT_MAX"
+
+
+def _check_blob_sizes(layer: Layer, lp: caffe_pb2.LayerParameter, top_shapes) -> None:
+    """Caffe's checks on every blob it reshapes: no negative dimension, at most INT_MAX elements."""
+    named = [(f"top '{blob}'", tuple(shape)) for blob, shape in zip(lp.top, top_shapes)]
+    named += [(f"parameter blob {k}", tuple(shape)) for k, shape in enumerate(layer.blob_shapes or ())]
+    for what, shape in named:
+        size = "x".join(map(str, shape)) or "scalar"
+        if any(d < 0 for d in shape):
+            raise layer.error(f"{what} would have shape {size}: a negative dimension")
+        if math.prod(shape) > MAX_BLOB_COUNT:
+            raise layer.error(f"{what} would have shape {size}, {math.prod(shape):,} elements: Caffe's blobs hold "
+                              f"at most {MAX_BLOB_COUNT:,}")
 
 
 def _check_prototxt_blobs(layer: Layer, lp: caffe_pb2.LayerParameter) -> None:

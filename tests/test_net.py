@@ -77,6 +77,25 @@ def test_outputs_are_unconsumed_blobs_sorted_by_name():
     assert net.outputs == ["a_out", "z_out"]
 
 
+@pytest.mark.parametrize("text,match", [
+    ('layer { name: "in2" type: "Input" top: "x" input_param { shape { dim: 1 dim: -1 } } }\n',
+     r"^layer 'in2' \(Input\): top 'x' would have shape 1x-1: a negative dimension$"),
+    ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 3000000000 '
+     '} }\n', r"^layer 'fc' \(InnerProduct\): top 'fc' would have shape 2x3000000000, 6,000,000,000 elements: "
+               r"Caffe's blobs hold at most 2,147,483,647$"),
+    ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 20000000 '
+     '} }\n', r"^layer 'fc' \(InnerProduct\): parameter blob 0 would have shape 20000000x192, 3,840,000,000 "
+               r"elements"),
+    ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 8 kernel_size: 3 '
+     'pad: 100000 } }\n', r"^layer 'c' \(Convolution\): top 'c' would have shape 2x8x200006x200006"),
+])
+def test_blobs_caffe_could_not_hold_are_refused_when_the_net_is_built(text, match):
+    """Caffe's Blob::Reshape checks every dimension >= 0 and at most INT_MAX elements (it ran out of memory, or
+    failed on a math domain error, with no layer named)."""
+    with pytest.raises(CaffeinitError, match=match):
+        net_of(text)
+
+
 def test_two_producers_of_a_blob_is_an_error():
     with pytest.raises(CaffeinitError, match=r"layer 'b' \(ReLU\): top blob 'x' is produced by multiple sources"):
         net_of('layer { name: "a" type: "ReLU" bottom: "data" top: "x" }\n'
