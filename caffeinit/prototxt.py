@@ -184,9 +184,8 @@ def resolve_solver_net_path(net_path: str, solver_path: str | os.PathLike) -> Pa
                          "beside the solver)")
 
 
-def _net_from_solver(solver: caffe_pb2.SolverParameter, solver_path: str) -> caffe_pb2.NetParameter:
-    """The train net a solver names (exactly one of train_net_param, train_net, net_param, net, as Caffe's
-    Solver::InitTrainNet requires); a solver with only test nets gives its first test net."""
+def _solver_net(solver: caffe_pb2.SolverParameter, solver_path: str) -> tuple[str, caffe_pb2.NetParameter | Path]:
+    """(field, the inline net or the path of the net file) of the net ``_net_from_solver`` reads."""
     train_fields = [f for f in ("train_net_param", "train_net", "net_param", "net") if solver.HasField(f)]
     if len(train_fields) > 1:
         raise CaffeinitError(f"{solver_path}: the solver names more than one train net "
@@ -194,20 +193,43 @@ def _net_from_solver(solver: caffe_pb2.SolverParameter, solver_path: str) -> caf
     if train_fields:
         field = train_fields[0]
         if field.endswith("_param"):
-            net = caffe_pb2.NetParameter()
-            net.CopyFrom(getattr(solver, field))
-            upgrade_net_as_needed(net, f"{solver_path} ({field})")
-            return net
-        return _read_net_file(resolve_solver_net_path(getattr(solver, field), solver_path))
+            return field, getattr(solver, field)
+        return field, resolve_solver_net_path(getattr(solver, field), solver_path)
     if solver.test_net_param:
-        net = caffe_pb2.NetParameter()
-        net.CopyFrom(solver.test_net_param[0])
-        upgrade_net_as_needed(net, f"{solver_path} (test_net_param)")
-        return net
+        return "test_net_param", solver.test_net_param[0]
     if solver.test_net:
-        return _read_net_file(resolve_solver_net_path(solver.test_net[0], solver_path))
+        return "test_net", resolve_solver_net_path(solver.test_net[0], solver_path)
     raise CaffeinitError(f"{solver_path}: a solver that names no net (set net, net_param, train_net or "
                          "train_net_param)")
+
+
+def _net_from_solver(solver: caffe_pb2.SolverParameter, solver_path: str) -> caffe_pb2.NetParameter:
+    """The train net a solver names (exactly one of train_net_param, train_net, net_param, net, as Caffe's
+    Solver::InitTrainNet requires); a solver with only test nets gives its first test net."""
+    field, source = _solver_net(solver, solver_path)
+    if isinstance(source, Path):
+        return _read_net_file(source)
+    net = caffe_pb2.NetParameter()
+    net.CopyFrom(source)
+    upgrade_net_as_needed(net, f"{solver_path} ({field})")
+    return net
+
+
+def solver_net_file(path: str | os.PathLike) -> Path | None:
+    """The net file that ``read_net(path)`` reads where ``path`` is a solver that names one (``net``,
+    ``train_net`` or its first ``test_net``); None for a net, a solver holding its net inline, or a file that
+    ``read_net`` refuses (it says why). A net fails to parse as a solver at its first net-only field, so asking
+    costs little even for large nets."""
+    try:
+        text = rewrite_ceil_mode(_read_text(path, "net"))
+        solver = caffe_pb2.SolverParameter()
+        text_format.Merge(text, solver)
+        if not solver.ListFields():
+            return None  # an empty file: read_net takes it as an empty net
+        _, source = _solver_net(solver, os.fspath(path))
+    except (CaffeinitError, text_format.ParseError):
+        return None
+    return source if isinstance(source, Path) else None
 
 
 def _read_net_file(path: Path) -> caffe_pb2.NetParameter:

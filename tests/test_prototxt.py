@@ -180,6 +180,24 @@ def test_solver_with_only_a_test_net(tmp_path):
     assert read_net(solver).name == "tiny"
 
 
+def test_solver_net_file_is_the_file_read_net_reads(tmp_path, monkeypatch):
+    """What a command given a solver reads (and so must not overwrite): the net file it names, found as read_net
+    finds it; None for a net, an inline net, or a file read_net refuses."""
+    from caffeinit.prototxt import solver_net_file
+    net = write(tmp_path / "caffe" / "models" / "m" / "train_val.prototxt", TINY_NET)
+    solver = write(tmp_path / "caffe" / "models" / "m" / "solver.prototxt",
+                   'train_net: "models/m/train_val.prototxt"\nbase_lr: 0.1\n')
+    monkeypatch.chdir(tmp_path)
+    assert solver_net_file(solver).resolve() == net.resolve()
+    test_only = write(tmp_path / "t" / "solver.prototxt", 'test_net: "../caffe/models/m/train_val.prototxt"\n')
+    assert solver_net_file(test_only).resolve() == net.resolve()
+    inline = write(tmp_path / "inline.prototxt", 'net_param { name: "x" }\nmax_iter: 10\n')
+    broken = write(tmp_path / "two.prototxt", 'net: "a.prototxt"\ntrain_net: "b.prototxt"\n')
+    empty = write(tmp_path / "empty.prototxt", "")
+    for path in (net, inline, broken, empty, tmp_path / "missing.prototxt"):
+        assert solver_net_file(path) is None, path
+
+
 def test_solver_naming_two_train_nets_is_an_error(tmp_path):
     solver = write(tmp_path / "solver.prototxt", 'net: "a.prototxt"\ntrain_net: "b.prototxt"\n')
     with pytest.raises(CaffeinitError, match="more than one train net"):
