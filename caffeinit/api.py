@@ -54,9 +54,18 @@ class CaffeModel:
 
     # -- shapes -----------------------------------------------------------------------------------------------
     def reshape(self, input_shapes: Mapping[str, Sequence[int]]) -> None:
-        """Re-infer every shape for new input shapes (Caffe's Net::Reshape); weights are kept."""
-        self.net = build_net(self.net_param, self.phase, self.stages, self.level, input_shapes)
-        self.module.net = self.net
+        """Re-infer every shape for new input shapes (Caffe's Net::Reshape); weights are kept, so every layer's
+        parameters must keep their shapes (Caffe CHECKs them too)."""
+        net = build_net(self.net_param, self.phase, self.stages, self.level, input_shapes)
+        for node, current in zip(net.layers, self.net.layers):
+            for k, (new, old) in enumerate(zip(node.layer.blob_shapes, current.layer.blob_shapes)):
+                if tuple(new) != tuple(old):
+                    given = ", ".join(f"{b} {'x'.join(map(str, s))}" for b, s in input_shapes.items())
+                    raise CaffeinitError(f"layer '{node.name}' ({node.type}): for inputs {given} its parameter blob "
+                                         f"{k} would have to be {'x'.join(map(str, new))}, not "
+                                         f"{'x'.join(map(str, old))}: the net does not follow that input shape (e.g. "
+                                         "a Reshape with a fixed first dim runs only at its declared batch)")
+        self.net = self.module.net = net
 
     # -- running ------------------------------------------------------------------------------------------------
     def forward(self, inputs: Mapping[str, np.ndarray | torch.Tensor], blobs: str | Iterable[str] = "outputs",

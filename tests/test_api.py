@@ -94,3 +94,27 @@ def test_channel_shared_prelu_round_trip(tmp_path):
     assert again.blobs()["p"][0].shape == ()
     x = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
     np.testing.assert_array_equal(again.forward({"d": x})["p"], model.forward({"d": x})["p"])
+
+
+def test_inputs_of_another_shape_are_refused_where_a_layers_parameters_would_change():
+    """A Reshape that fixes the first dim makes fc's weight depend on the batch: Caffe's Reshape CHECKs the
+    parameter shapes, and so does the model (an internal error from inside the layer before); batches the net
+    does follow still run."""
+    import pytest
+    from google.protobuf import text_format
+
+    from caffeinit.proto import caffe_pb2
+    head = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }\n'
+    conv = 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 ' \
+           'kernel_size: 3 } }\n'
+    fc = 'layer { name: "fc" type: "InnerProduct" bottom: "r" top: "fc" inner_product_param { num_output: 5 } }\n'
+    fixed = 'layer { name: "r" type: "Reshape" bottom: "c" top: "r" reshape_param { shape { dim: 1 dim: -1 } } }\n'
+    model = caffeinit.load(text_format.Parse(head + conv + fixed + fc, caffe_pb2.NetParameter()))
+    x = np.zeros((3, 3, 8, 8), np.float32)
+    with pytest.raises(caffeinit.CaffeinitError, match=r"^layer 'fc' \(InnerProduct\): for inputs data 3x3x8x8 its "
+                                                       r"parameter blob 0 would have to be 5x432, not 5x288: "):
+        model.forward({"data": x})
+    assert model.forward({"data": np.zeros((2, 3, 8, 8), np.float32)})["fc"].shape == (1, 5)
+    following = caffeinit.load(text_format.Parse(head + conv + fixed.replace("dim: 1 ", "dim: 0 ") + fc,
+                                                 caffe_pb2.NetParameter()))
+    assert following.forward({"data": x})["fc"].shape == (3, 5)
