@@ -28,11 +28,22 @@ def read_image(path: str, color: bool = True, size: tuple[int, int] | None = Non
     Caffe's ReadImageToCVMat: cv::imread (IMREAD_COLOR / IMREAD_GRAYSCALE), then cv::resize INTER_LINEAR.
     """
     if not os.path.isfile(path):
-        raise ImageDecodeError("no such file")
+        raise ImageDecodeError(why_not_a_file(path))
     image = cv2.imread(path, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise ImageDecodeError("OpenCV cannot decode it")
     return _finish(image, size)
+
+
+def why_not_a_file(path: str) -> str:
+    """Why ``path`` (not a regular file) cannot be read as an image."""
+    if os.path.isdir(path):
+        return "is a directory"
+    if os.path.exists(path):
+        return "is not a regular file"
+    if os.path.lexists(path):
+        return "is a broken symbolic link"
+    return "no such file"
 
 
 def is_truncated_jpeg(path: str) -> bool:

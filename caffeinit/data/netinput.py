@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from caffeinit.data.sources import ImageSource, Source, find_images, first_datum_shape, layer_source
-from caffeinit.data.transform import Preprocess, parse_ints
+from caffeinit.data.sources import (ImageEntry, ImageSource, Source, add_layer_inputs, find_images,
+                                    first_datum_shape, layer_source)
+from caffeinit.data.transform import Preprocess, parse_ints, parse_mean_values, parse_scale
 from caffeinit.errors import CaffeinitError
 from caffeinit.net import Net
 
@@ -24,6 +25,37 @@ class ImageOptions:
     scale: str | None = None
     gray: bool = False
     skip_bad_images: bool = False
+    _entries: list[ImageEntry] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def check(self) -> None:
+        """Refuse malformed values now, before any work: --resize, --crop, --scale (one finite float32 number),
+        --mean-value (finite float32 numbers)."""
+        if self.resize is not None:
+            parse_ints(self.resize, "--resize", 2)
+        if self.crop is not None:
+            parse_ints(self.crop, "--crop", 1)
+        if self.scale is not None:
+            parse_scale(self.scale)
+        if self.mean_value is not None:
+            parse_mean_values(self.mean_value)
+
+    def image_entries(self) -> list[ImageEntry]:
+        """The images ``images`` names (``find_images``), found once."""
+        if self._entries is None:
+            self._entries = find_images(self.images, self.root_folder)
+        return self._entries
+
+    def add_inputs(self, files, net_param) -> None:
+        """Add to ``files`` (a ``caffeinit.fileio.InputFiles``) every file these options and ``net_param``'s
+        layers make a command read: --mean-file, the --images list and its images, and each layer's mean file,
+        database, lists and the files those name (``add_layer_inputs``)."""
+        files.add(self.mean_file, "--mean-file")
+        if self.images is not None:
+            if os.path.isfile(self.images):
+                files.add(self.images, "--images")
+            files.add_later(lambda: [(e.path, f"an image of --images {self.images}") for e in self.image_entries()])
+        for lp in net_param.layer:
+            add_layer_inputs(files, lp, self.root_folder if self.images is None else None)
 
     def has_preprocess_flags(self) -> bool:
         return any(v is not None for v in (self.resize, self.crop, self.mean_value, self.mean_file, self.scale)) \
@@ -67,7 +99,7 @@ def net_source(net: Net, options: ImageOptions) -> Source:
             hint = " (--gray decodes greyscale)" if shape[1] == 1 else " (drop --gray: the net takes colour)"
         raise CaffeinitError(f"--images: preprocessing gives {'x'.join(map(str, item))} images but the net's "
                              f"input '{data_top}' is {'x'.join(map(str, shape[1:]))}{hint}")
-    entries = find_images(options.images, options.root_folder)
+    entries = options.image_entries()
     return ImageSource(entries, preprocess, data_top, label_top, skip_bad=options.skip_bad_images,
                        name=options.images)
 
@@ -152,7 +184,7 @@ def image_feed_shapes(net_param, phase, options: ImageOptions, batch_size: int) 
         return {}
     lp = data[0]
     preprocess = replaced_layer_preprocess(lp, phase, options)
-    source = ImageSource(find_images(options.images, options.root_folder), preprocess, lp.top[0],
+    source = ImageSource(options.image_entries(), preprocess, lp.top[0],
                          name=options.images)
     first = source.load_pixels(source.entries[0])
     channels = 1 if first.ndim == 2 else first.shape[2]

@@ -16,7 +16,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from caffeinit.data.images import ImageDecodeError, decode_image, is_image_path, is_truncated_jpeg, read_image
+from caffeinit.data.images import (ImageDecodeError, decode_image, is_image_path, is_truncated_jpeg, read_image,
+                                   why_not_a_file)
 from caffeinit.data.transform import Preprocess
 from caffeinit.errors import CaffeinitError
 from caffeinit.proto import caffe_pb2
@@ -353,19 +354,25 @@ class HDF5Source(Source):
                 lines = [(n, line.strip()) for n, line in enumerate(f, 1)]
         except OSError as e:
             raise CaffeinitError(f"HDF5 list '{list_path}': {e.strerror}") from None
-        base = os.path.dirname(os.path.abspath(list_path))
         self.files = []
         for line_no, name in lines:
             if not name:
                 continue
-            path = name if os.path.isabs(name) or os.path.exists(name) else os.path.join(base, name)
+            path = _hdf5_path(name, list_path)
             if not os.path.isfile(path):
-                raise CaffeinitError(f"{list_path}:{line_no}: HDF5 file '{name}' does not exist")
+                why = "does not exist" if not os.path.exists(path) else why_not_a_file(path)
+                raise CaffeinitError(f"{list_path}:{line_no}: HDF5 file '{name}' {why}")
             self.files.append((path, f"{list_path}:{line_no}"))
         if not self.files:
             raise CaffeinitError(f"HDF5 list '{list_path}' is empty")
         self._cache: dict[int, list[np.ndarray]] = {}
         self._rows = None
+
+    @staticmethod
+    def listed_files(list_path: str) -> list[str]:
+        """The paths of the files an HDF5 list names (as ``HDF5Source`` resolves them)."""
+        with open(list_path, encoding="utf-8") as f:
+            return [_hdf5_path(name, list_path) for name in (line.strip() for line in f) if name]
 
     def load(self, file_index: int) -> list[np.ndarray]:
         """The tops' datasets of one file as float32 arrays (Caffe loads HDF5 data as float)."""
@@ -413,6 +420,14 @@ class HDF5Source(Source):
 
     def decode(self, task, rng):
         return tuple(np.array(a, np.float32) for a in task)
+
+
+def _hdf5_path(name: str, list_path: str) -> str:
+    """Where a file an HDF5 list names is: as given (Caffe's rule: relative to the working directory), else beside
+    the list."""
+    if os.path.isabs(name) or os.path.exists(name):
+        return name
+    return os.path.join(os.path.dirname(os.path.abspath(list_path)), name)
 
 
 # -- DummyData -----------------------------------------------------------------------------------------------------
@@ -480,6 +495,37 @@ def layer_source(layer_param: caffe_pb2.LayerParameter, phase: int = caffe_pb2.T
     if kind == "MemoryData":
         raise CaffeinitError(f"{where} gets its data from the calling program: pass images with --images")
     raise CaffeinitError(f"{where}: reading this layer's data is not supported; pass images with --images")
+
+
+def add_layer_inputs(files, layer_param: caffe_pb2.LayerParameter, root_folder: str | None = None) -> None:
+    """Add to ``files`` (a ``caffeinit.fileio.InputFiles``) what a layer reads: its transform_param's mean file,
+    its database folder (LMDB/LevelDB), its image or HDF5 list and, looked at only when an output that exists is
+    checked, the files such a list names. ``root_folder`` as ``layer_source`` takes it. Paths as Caffe reads them
+    (relative to the working directory)."""
+    where = f"of layer '{layer_param.name}'"
+    tp = layer_param.transform_param
+    if tp.HasField("mean_file"):
+        files.add(tp.mean_file, f"the mean_file {where}")
+    if layer_param.data_param.source:
+        source = layer_param.data_param.source
+        if os.path.isdir(source):
+            files.add_folder(source, f"the database {where}")
+        else:
+            files.add(source, f"the database {where}")
+    if layer_param.image_data_param.source:
+        source = layer_param.image_data_param.source
+        files.add(source, f"the image list {where}")
+        files.add_later(lambda: [(e.path, f"an image listed in {e.where}")
+                                 for e in _image_data_entries(layer_param, root_folder)])
+    if layer_param.hdf5_data_param.source:
+        source = layer_param.hdf5_data_param.source
+        files.add(source, f"the HDF5 list {where}")
+        files.add_later(lambda source=source: [(p, f"a file listed in '{source}'")
+                                               for p in HDF5Source.listed_files(source)])
+    if layer_param.window_data_param.source:
+        files.add(layer_param.window_data_param.source, f"the window file {where}")
+        if layer_param.window_data_param.HasField("mean_file"):
+            files.add(layer_param.window_data_param.mean_file, f"the mean_file {where}")
 
 
 def _image_data_entries(layer_param, root_folder=None) -> list[ImageEntry]:

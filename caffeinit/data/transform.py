@@ -21,8 +21,12 @@ DEPLOY_MEAN = (104.0, 117.0, 123.0)  # the reference implementation's BGR mean
 
 def read_mean_file(path: str) -> np.ndarray:
     """A mean ``.binaryproto`` (BlobProto, 1 x C x H x W) as a C x H x W float32 array."""
-    from caffeinit.weights import read_mean_binaryproto
-    return np.asarray(read_mean_binaryproto(path), np.float32)
+    from caffeinit.weights import count_non_finite, read_mean_binaryproto
+    mean = np.asarray(read_mean_binaryproto(path), np.float32)
+    bad = count_non_finite(mean)
+    if bad:
+        raise CaffeinitError(f"{path}: the mean image has {bad} non-finite values (NaN or inf)")
+    return mean
 
 
 @dataclass
@@ -73,6 +77,10 @@ class Preprocess:
                 # the path is the prototxt's: say whose, and how Caffe resolves it
                 raise CaffeinitError(f"{prefix} mean_file: {e} (Caffe reads a relative path from the folder it "
                                      "runs in)") from None
+        for name, values in (("scale", [tp.scale]), ("mean_value", tp.mean_value)):
+            bad = next((v for v in values if not _finite_float32(v)), None)
+            if bad is not None:
+                raise CaffeinitError(f"{prefix} {name}: {bad:g} is not a finite number")
         return cls(phase=phase, resize=resize, crop_size=int(tp.crop_size), mirror=bool(tp.mirror),
                    mean_values=tuple(float(v) for v in tp.mean_value),
                    mean_image=mean_image, mean_file=path, scale=float(tp.scale),
@@ -99,11 +107,11 @@ class Preprocess:
         if mean_file is not None:
             means, image = (), read_mean_file(os.fspath(mean_file))
         else:
-            means = _parse_floats(mean_value, "--mean-value") if mean_value is not None else DEPLOY_MEAN
+            means = parse_mean_values(mean_value) if mean_value is not None else DEPLOY_MEAN
             image = None
             if gray and mean_value is None:
                 means = (float(np.mean(DEPLOY_MEAN)),)
-        scale = _parse_floats(scale, "--scale")[0] if scale is not None else 1.0
+        scale = parse_scale(scale) if scale is not None else 1.0
         if image is not None and resize is not None and tuple(image.shape[1:]) != tuple(resize):
             raise CaffeinitError(f"--mean-file '{mean_file}' is {'x'.join(map(str, image.shape))} but images are "
                                  f"warped to {resize[0]}x{resize[1]}: Caffe needs them equal (use e.g. "
@@ -213,6 +221,25 @@ def parse_ints(value, flag: str, count: int) -> tuple[int, ...]:
     return ints
 
 
+def parse_scale(value, flag: str = "--scale") -> float:
+    """The one finite float32 number of ``--scale``."""
+    floats = _parse_floats(value, flag)
+    if len(floats) != 1:
+        raise CaffeinitError(f"{flag} expects one number, got '{value}'")
+    return floats[0]
+
+
+def parse_mean_values(value, flag: str = "--mean-value") -> tuple[float, ...]:
+    """The finite float32 numbers of ``--mean-value`` (one, or one per channel)."""
+    return _parse_floats(value, flag)
+
+
+def _finite_float32(value: float) -> bool:
+    """Whether ``value`` is a number Caffe's float fields hold as a finite float32 (1e39 becomes inf there)."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.float32(value)))
+
+
 def _parse_floats(value, flag: str) -> tuple[float, ...]:
     try:
         floats = tuple(float(v) for v in _split(value))
@@ -220,6 +247,9 @@ def _parse_floats(value, flag: str) -> tuple[float, ...]:
         floats = ()
     if not floats:
         raise CaffeinitError(f"{flag} expects numbers separated by commas, got '{value}'")
+    bad = next((v for v in floats if not _finite_float32(v)), None)
+    if bad is not None:
+        raise CaffeinitError(f"{flag} {value}: {bad:g} is not a finite float32 number (Caffe holds it as a float)")
     return floats
 
 

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -74,3 +76,14 @@ def test_a_cut_off_jpeg_is_told_from_whole_ones(tmp_path):
     assert not any(is_truncated_jpeg(str(p)) for p in (whole, trailer, png, tmp_path / "missing.jpg"))
     # OpenCV decodes the part that is there, as Caffe's cv::imread: it is used, not refused
     assert read_image(str(cut)).shape == (64, 80, 3)
+
+
+def test_a_path_that_is_no_regular_file_says_what_it_is(tmp_path):
+    (tmp_path / "folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "dangling.jpg")
+    for name, message in (("folder.jpg", "is a directory"), ("pipe.jpg", "is not a regular file"),
+                          ("dangling.jpg", "is a broken symbolic link"), ("missing.jpg", "no such file")):
+        with pytest.raises(ImageDecodeError) as e:
+            read_image(str(tmp_path / name))  # a fifo is not opened: that would wait for a writer
+        assert str(e.value) == message, name

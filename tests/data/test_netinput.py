@@ -262,3 +262,75 @@ def test_mean_file_says_where_the_replaced_layers_mean_file_is(tmp_path):
     lenet = read_net(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))
     with pytest.raises(CaffeinitError, match=r"preprocessing: --mean-file does not apply"):
         image_feed_shapes(lenet, "train", options, 2)
+
+
+@pytest.mark.parametrize("options, message", [
+    (ImageOptions(scale="2,3"), "--scale expects one number, got '2,3'"),
+    (ImageOptions(scale="1e39"), "--scale 1e39: 1e+39 is not a finite float32 number"),
+    (ImageOptions(mean_value="nan"), "--mean-value nan: nan is not a finite float32 number"),
+    (ImageOptions(resize="256"), "--resize expects H,W, got '256'"),
+    (ImageOptions(crop="0"), "--crop expects a positive integer, got '0'"),
+])
+def test_option_values_are_checked_before_any_work(options, message):
+    with pytest.raises(CaffeinitError) as caught:
+        options.check()
+    assert str(caught.value).startswith(message)
+    ImageOptions(scale="0.5", mean_value="1,2,3", resize="8,8", crop="4").check()
+
+
+def _protected(files, path):
+    from caffeinit.fileio import check_output_path
+    try:
+        check_output_path(path, files)
+    except CaffeinitError as e:
+        return str(e)
+    return None
+
+
+def test_every_file_the_options_and_the_nets_data_layers_read_is_an_input(tmp_path, monkeypatch):
+    """--mean-file, the --images list and the images it names, and each data layer's mean file, database
+    folder, image list (and its images), HDF5 list (and its files) are what a command must not overwrite."""
+    from caffeinit.fileio import InputFiles
+    from caffeinit.prototxt import parse_net_text
+    monkeypatch.chdir(tmp_path)
+    for name in ("mean.binaryproto", "flag_mean.binaryproto", "own.jpg", "a.h5", "listed.jpg", "elsewhere.txt"):
+        (tmp_path / name).write_bytes(b"data")
+    (tmp_path / "images.txt").write_text("listed.jpg 1\n")
+    (tmp_path / "own.txt").write_text("own.jpg 0\n")
+    (tmp_path / "h5.txt").write_text("a.h5\n")
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "data.mdb").write_bytes(b"records")
+    net = parse_net_text(
+        'layer { name: "d" type: "Data" top: "data" include { phase: TRAIN } transform_param { mean_file: '
+        '"mean.binaryproto" } data_param { source: "db" batch_size: 1 } }\n'
+        'layer { name: "i" type: "ImageData" top: "x" include { phase: TEST } image_data_param { source: "own.txt" } }\n'
+        'layer { name: "h" type: "HDF5Data" top: "y" hdf5_data_param { source: "h5.txt" batch_size: 1 } }\n')
+    options = ImageOptions(images="images.txt", mean_file="flag_mean.binaryproto")
+    files = InputFiles()
+    options.add_inputs(files, net)
+    for path, what in [("flag_mean.binaryproto", "--mean-file"), ("images.txt", "--images"),
+                       ("listed.jpg", "an image of --images images.txt"), ("mean.binaryproto", "the mean_file of layer 'd'"),
+                       ("own.txt", "the image list of layer 'i'"), ("own.jpg", "an image listed in own.txt:1"),
+                       ("h5.txt", "the HDF5 list of layer 'h'"), ("a.h5", "a file listed in 'h5.txt'")]:
+        message = _protected(files, tmp_path / path)
+        assert message is not None and message.endswith(f"({what})"), (path, message)
+    assert _protected(files, tmp_path / "db" / "data.mdb").endswith("refusing to write inside input folder 'db' "
+                                                                    "(the database of layer 'd')")
+    assert _protected(files, tmp_path / "elsewhere.txt") is None
+    assert _protected(files, tmp_path / "new.caffemodel") is None
+
+
+def test_images_are_found_once(tmp_path, monkeypatch):
+    from caffeinit.data import netinput
+    calls = []
+    real = netinput.find_images
+    monkeypatch.setattr(netinput, "find_images", lambda *a: calls.append(a) or real(*a))
+    from caffeinit.prototxt import parse_net_text
+    options = ImageOptions(images=str(IMAGES))
+    net = parse_net_text('layer { name: "d" type: "ImageData" top: "data" transform_param { crop_size: 8 } '
+                         'image_data_param { source: "not_here.txt" batch_size: 2 new_height: 9 new_width: 9 } }\n'
+                         'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
+    shapes = image_feed_shapes(net, 1, options, 2)  # the first image says the shapes: the list is read here...
+    assert shapes == {"data": (2, 3, 8, 8)}
+    source = net_source(load(net, input_shapes=shapes).net, options)  # ...and not again here
+    assert source.entries == options.image_entries() and len(calls) == 1

@@ -335,3 +335,12 @@ def test_input_shapes_match_conformance_goldens(shared):
             if layer.type == "Input":
                 for top, shape in zip(layer.top, peek_top_shapes(layer)):
                     assert golden[top].shape == shape
+
+
+def test_a_folder_in_an_hdf5_list_is_named_as_one(tmp_path):
+    (tmp_path / "p0.h5").mkdir()
+    (tmp_path / "files.txt").write_text("p0.h5\n")
+    lp = caffe_pb2.LayerParameter(name="h5", type="HDF5Data", top=["data"])
+    lp.hdf5_data_param.source = str(tmp_path / "files.txt")
+    with pytest.raises(CaffeinitError, match="files.txt:1: HDF5 file 'p0.h5' is a directory$"):
+        layer_source(lp, TEST)

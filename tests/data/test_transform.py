@@ -167,3 +167,41 @@ def test_mean_file_flag_must_match_the_warp_and_layer_override(tmp_path):
     assert Preprocess.for_layer(lp, TRAIN, (8, 3, 227, 227)).resize is None
     lp.transform_param.crop_size = 0
     assert Preprocess.for_layer(lp, TRAIN, (8, 3, 32, 30)).resize == (32, 30)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scale": "2,3"}, "--scale expects one number, got '2,3'"),
+    ({"scale": "nan"}, "--scale nan: nan is not a finite float32 number"),
+    ({"scale": "inf"}, "--scale inf: inf is not a finite float32 number"),
+    ({"scale": "1e39"}, "--scale 1e39: 1e+39 is not a finite float32 number"),  # inf as Caffe's float
+    ({"mean_value": "1,nan,3"}, "--mean-value 1,nan,3: nan is not a finite float32 number"),
+    ({"mean_value": "-inf"}, "--mean-value -inf: -inf is not a finite float32 number"),
+    ({"mean_value": "104,1e39,123"}, "--mean-value 104,1e39,123: 1e+39 is not a finite float32 number"),
+])
+def test_scale_and_mean_flags_are_finite_float32_numbers(kwargs, message):
+    with pytest.raises(CaffeinitError) as e:
+        Preprocess.from_flags((1, 3, 8, 8), **kwargs)
+    assert str(e.value).startswith(message)
+    ok = Preprocess.from_flags((1, 3, 8, 8), scale="3e38", mean_value="-3e38")
+    assert (ok.scale, ok.mean_values) == (3e38, (-3e38,))
+
+
+@pytest.mark.parametrize("field, value", [("scale", float("nan")), ("scale", float("inf")),
+                                          ("mean_value", float("nan")), ("mean_value", -float("inf"))])
+def test_a_non_finite_transform_param_is_refused_naming_the_layer(field, value):
+    tp = caffe_pb2.TransformationParameter()
+    if field == "scale":
+        tp.scale = value
+    else:
+        tp.mean_value.extend([1, value])
+    with pytest.raises(CaffeinitError, match=rf"^layer 'data' \(Data\): transform_param {field}: {value:g} is not "
+                                             "a finite number"):
+        Preprocess.from_transform_param(tp, where="layer 'data' (Data)")
+
+
+def test_a_mean_file_with_nan_is_refused(tmp_path):
+    mean = np.zeros((3, 2, 2), np.float32)
+    mean[1, 0, 1] = np.nan
+    write_blobproto(tmp_path / "m.binaryproto", mean)
+    with pytest.raises(CaffeinitError, match=r"m\.binaryproto: the mean image has 1 non-finite values"):
+        read_mean_file(str(tmp_path / "m.binaryproto"))
