@@ -8,6 +8,7 @@ from caffeinit.errors import CaffeinitError
 
 METHODS = ("gaussian", "orthogonal", "pca", "zca", "kmeans", "rand")
 DATA_METHODS = ("pca", "zca", "kmeans", "rand")  # drawn from the layer's input patches
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max, without importing numpy here
 
 
 @dataclass
@@ -63,7 +64,12 @@ class InitConfig:
             raise CaffeinitError(f"pass-images must be at least 1, got {self.pass_images}")
         if not self.tolerance > 0:
             raise CaffeinitError(f"tolerance must be positive, got {self.tolerance}")
+        if not math.isfinite(self.tolerance):
+            raise CaffeinitError(f"tolerance must be a finite number, got {self.tolerance}")
         if not math.isfinite(self.bias):
             raise CaffeinitError(f"bias must be a finite number, got {self.bias}")
+        if abs(self.bias) > FLOAT32_MAX:
+            raise CaffeinitError(f"bias must be a finite float32 number (at most 3.4e38 in magnitude: the caffemodel "
+                                 f"holds floats), got {self.bias}")
         if not self.reinit:
             raise CaffeinitError("reinit must be 'missing', 'all' or a layer name")

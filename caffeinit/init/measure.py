@@ -109,5 +109,11 @@ def measure_table(measures: list[LayerMeasure]) -> str:
 
 
 def measures_to_dict(measures: list[LayerMeasure]) -> dict:
-    return {"layers": [{**asdict(m), "effective_rate": m.effective_rate} for m in measures],
-            "spread": spread(measures)}
+    """Plain data for JSON; a non-finite figure (std_cv of a layer whose outputs do not vary, statistics of weights
+    that overflow float32) becomes None, as in ``InitReport.to_dict``."""
+    def plain(value):
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    layers = [{key: plain(value) for key, value in {**asdict(m), "effective_rate": m.effective_rate}.items()}
+              for m in measures]
+    return {"layers": layers, "spread": plain(spread(measures))}

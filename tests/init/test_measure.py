@@ -70,3 +70,20 @@ def test_a_progress_bar_counts_the_forward_and_gradient_passes(capsys, monkeypat
     shown = measure(model(PLAIN), batches, progress=True)
     assert len(counts) == 3 and "stats" in capsys.readouterr().err  # one per batch's gradient pass
     assert [(m.rate, m.std) for m in shown] == [(m.rate, m.std) for m in quiet]
+
+
+def test_the_json_data_hold_no_nan_or_infinity():
+    """A layer whose outputs do not vary over the images (one image through an InnerProduct) has std 0 and so no
+    coefficient of variation: null in the JSON, never NaN (which json.dumps would write and JSON cannot hold)."""
+    import json
+    from caffeinit.init.measure import measures_to_dict
+    from tests.init.nets import HEAD, ip
+    m = model(HEAD.format(name="fc") + ip("fc1", "data", 3))
+    measures = measure(m, images(1, batch=1))
+    assert measures[0].std == 0 and math.isnan(measures[0].std_cv)
+    data = measures_to_dict(measures)
+    assert data["layers"][0]["std_cv"] is None and data["layers"][0]["std"] == 0
+    json.dumps(data, allow_nan=False)
+    overflow = measure(model(PLAIN.replace("std: 0.01", "std: 1e12")), images(1))
+    assert any(not math.isfinite(x.std) for x in overflow)
+    json.dumps(measures_to_dict(overflow), allow_nan=False)
