@@ -58,7 +58,9 @@ class Layer:
             bad("tops", n_tops, self.min_tops, self.max_tops)
 
     def error(self, message: str) -> CaffeinitError:
-        return layer_error(self.name, self.type_name, message)
+        # control characters in a name (a '\n' in a prototxt string) are escaped: the error stays one line
+        name = "".join(c if c.isprintable() else repr(c)[1:-1] for c in self.name)
+        return layer_error(name, self.type_name, message)
 
     def in_place_problem(self, index: int, bottom_shape: Shape, top_shape: Shape) -> str | None:
         """Why Caffe's numbers differ from this layer's when top ``index`` is the blob of bottom ``index`` (in
