@@ -38,6 +38,7 @@ class ExportResult:
     num_bytes: int
     export_seconds: float  # graph building and writing, without the verification
     verification: Verification | None  # None with check=False
+    batch_note: str | None = None  # why the graph's batch is static where a dynamic one was asked for
 
     def summary(self) -> str:
         text = f"wrote {self.path} (opset {self.opset}, {self.num_nodes} nodes, {self.num_bytes / 2**20:.1f} MiB)"
@@ -45,6 +46,8 @@ class ExportResult:
             v = self.verification
             text += (f"; onnx.checker passed; ONNX Runtime ({v.provider}) vs torch on random inputs: max relative "
                      f"error {v.max_rel_error:.3g}")
+        if self.batch_note:
+            text += f"; {self.batch_note}"
         return text
 
 
@@ -92,4 +95,6 @@ def export_onnx(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, s
                 worst = max(verification.errors, key=verification.errors.get)
                 raise CaffeinitError(f"ONNX Runtime ({provider}) disagrees with the torch graph: relative error "
                                      f"{verification.max_rel_error:.3g} on output '{worst}' exceeds {tolerance:g}")
-    return ExportResult(os.fspath(path), opset, len(graph.model.graph.node), len(data), seconds, verification)
+    return ExportResult(os.fspath(path), opset, len(graph.model.graph.node), len(data), seconds, verification,
+                        graph.fixed_batch_by and
+                        f"static batch {next(iter(graph.inputs.values()))[0]}: {graph.fixed_batch_by}")

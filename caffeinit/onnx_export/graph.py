@@ -69,6 +69,7 @@ class ExportGraph:
     value_names: dict[str, str]  # SSA value name (net.value_shapes keys) -> ONNX value name
     inputs: dict[str, tuple]  # graph input name -> declared shape ('N' for a dynamic batch)
     outputs: list[str] = field(default_factory=list)  # graph output names
+    fixed_batch_by: str | None = None  # why the batch is static although a dynamic one was asked for
 
 
 def build_model(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, opset: int = DEFAULT_OPSET,
@@ -84,6 +85,8 @@ def build_model(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, opset: i
     input_values = [v for node in net.layers if node.layer.is_data for v in node.top_values if v in consumers]
     batch = _batch_size(net, input_values)
     dynamic = not static_batch and batch is not None
+    fixed_by = _batch_pinned_by(net, batch) if dynamic else None
+    dynamic = dynamic and fixed_by is None
 
     output_blobs = [b for b in net.outputs if b not in net.feeds]
     names = _value_names(net, output_blobs, set(input_values))
@@ -122,7 +125,7 @@ def build_model(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, opset: i
     opset_ids = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opset_ids, producer_name="caffeinit",
                               ir_version=helper.find_min_ir_version_for(opset_ids))
-    return ExportGraph(model, names, graph_inputs, [names[v] for v in out_values])
+    return ExportGraph(model, names, graph_inputs, [names[v] for v in out_values], fixed_by)
 
 
 def check_exportable(net: Net) -> None:
@@ -146,6 +149,22 @@ def check_opset(opset: int) -> None:
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
         raise CaffeinitError(f"ONNX opset {opset} is not supported (use {MIN_OPSET} to {newest})")
+
+
+def _batch_pinned_by(net: Net, batch: int) -> str | None:
+    """Why the net runs only at its declared batch (the first layer whose parameters would change shape at another,
+    after a Reshape fixing the first dim), so that its graph gets a static batch; None where it follows the batch."""
+    from caffeinit.net import build_net
+    shapes = {b: (batch + 1,) + tuple(s[1:]) for b, s in net.feeds.items() if s}
+    try:
+        other = build_net(net.param, net.phase, input_shapes=shapes)
+    except CaffeinitError as e:
+        return f"the net cannot be set up for batch {batch + 1} ({e})"
+    for node, declared in zip(other.layers, net.layers):
+        if [tuple(s) for s in node.layer.blob_shapes] != [tuple(s) for s in declared.layer.blob_shapes]:
+            return (f"layer '{node.name}' ({node.type})'s parameters would change shape at another batch size (a "
+                    "fixed first dim before it)")
+    return None
 
 
 def _batch_size(net: Net, input_values: list[str]) -> int | None:

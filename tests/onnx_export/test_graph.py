@@ -50,6 +50,26 @@ def test_static_batch():
     assert dims(model.graph.output[1]) == [4, 5]
 
 
+def test_a_net_that_runs_only_at_its_declared_batch_gets_a_static_one(tmp_path):
+    """A Reshape fixing the first dim makes fc's weight depend on the batch: a dynamic 'N' would let ONNX Runtime
+    accept other batches and fail inside the graph (Caffe refuses them): the batch is static, and the result says
+    why."""
+    text = (input_layer(shape=(2, 3, 8, 8))
+            + layer("Convolution", tops=("conv1",), params="convolution_param { num_output: 4 kernel_size: 3 }")
+            + layer("Reshape", ("conv1",), ("r",), "reshape_param { shape { dim: 1 dim: -1 } }")
+            + layer("InnerProduct", ("r",), ("fc",), "inner_product_param { num_output: 5 }"))
+    net = build_net(parse_net_text(text), "test")
+    graph = build_model(net, random_blobs(net))
+    assert dims(graph.model.graph.input[0]) == [2, 3, 8, 8]
+    assert graph.fixed_batch_by == ("layer 'fc' (InnerProduct)'s parameters would change shape at another batch "
+                                    "size (a fixed first dim before it)")
+    result = caffeinit.export_onnx(caffeinit.load(parse_net_text(text)), tmp_path / "fixed.onnx")
+    assert result.summary().endswith("; static batch 2: layer 'fc' (InnerProduct)'s parameters would change shape "
+                                     "at another batch size (a fixed first dim before it)")
+    following = build_net(parse_net_text(NET), "test")
+    assert build_model(following, random_blobs(following)).fixed_batch_by is None
+
+
 @pytest.mark.parametrize("run_batch", [1, 3])
 def test_other_batch_size_than_the_prototxt(run_batch):
     net = NET + layer("Reshape", ("pool1",), ("r",), "reshape_param { shape { dim: 0 dim: -1 dim: 2 } }") \
