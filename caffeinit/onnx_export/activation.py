@@ -134,8 +134,11 @@ def threshold(g, node, inputs, outputs, blobs):
 @converter("Clip")
 def clip(g, node, inputs, outputs, blobs):
     p = node.param.clip_param
-    g.op("Clip", [inputs[0], _scalar(g, p.min, f"{node.name}/min"), _scalar(g, p.max, f"{node.name}/max")],
-         node.name, out=outputs[0])
+    low, high = _scalar(g, p.min, f"{node.name}/min"), _scalar(g, p.max, f"{node.name}/max")
+    if p.min <= p.max:
+        g.op("Clip", [inputs[0], low, high], node.name, out=outputs[0])
+    else:  # Caffe's max(min, min(x, max)) is min everywhere; ONNX's Clip would give max
+        g.op("Max", [g.op("Min", [inputs[0], high], f"{node.name}/upper"), low], node.name, out=outputs[0])
 
 
 @converter("Swish")

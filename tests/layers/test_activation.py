@@ -115,6 +115,8 @@ def test_threshold_is_strict(t):
 
 def test_clip():
     close(run(make("Clip", "clip_param { min: -1 max: 0.5 }"), X)[0], np.clip(X, -1, 0.5))
+    # Caffe's std::max(min, std::min(x, max)): min everywhere when min > max (np.clip would give max)
+    close(run(make("Clip", "clip_param { min: 0.5 max: -1 }"), X)[0], np.maximum(0.5, np.minimum(X, -1)))
     with pytest.raises(CaffeinitError, match="\\(Clip\\).*required"):
         make("Clip")
 

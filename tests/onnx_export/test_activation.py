@@ -17,7 +17,7 @@ CASES = {
     "Exp": ["", "exp_param { base: 2 scale: 0.5 shift: 1 }", "exp_param { scale: -1 shift: 0.5 }"],
     "Log": ["log_param { shift: 6 }", "log_param { base: 10 scale: 2 shift: 7 }", ""],
     "Threshold": ["", "threshold_param { threshold: 0.3 }"],
-    "Clip": ["clip_param { min: -0.5 max: 0.7 }"],
+    "Clip": ["clip_param { min: -0.5 max: 0.7 }", "clip_param { min: 0.7 max: -0.5 }"],  # min > max: min
     "Swish": ["", "swish_param { beta: 1.5 }"],
     "Dropout": ["dropout_param { dropout_ratio: 0.3 }"],
 }
