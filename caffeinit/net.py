@@ -10,6 +10,8 @@ from caffeinit.layers import Layer, Shape, layer_class
 from caffeinit.netstate import filter_net
 from caffeinit.proto import caffe_pb2
 
+LABEL_FOLLOWS_BATCH = ("Data", "ImageData")  # data layers whose label top Caffe shapes (batch size,)
+
 PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
 
 
@@ -106,6 +108,9 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
             bottom_shapes.append(value_shapes[value_of[blob]])
             available.discard(blob)
 
+        if layer.is_data and lp.type in LABEL_FOLLOWS_BATCH and len(lp.top) == 2 and lp.top[0] in overrides \
+                and lp.top[1] not in overrides:  # their label top is (batch,), as Caffe reshapes it
+            overrides[lp.top[1]] = overrides[lp.top[0]][:1]
         if layer.is_data and lp.top and all(t in overrides for t in lp.top):
             top_shapes = [overrides[t] for t in lp.top]  # no need to open the layer's source
         elif layer.is_data:

@@ -117,6 +117,18 @@ def test_input_shapes_override_batch():
     assert net.feeds == {"data": (5, 3, 8, 8)}
 
 
+def test_a_data_layers_label_follows_the_batch_given_for_its_data():
+    """MNIST's train_val with only data=N,C,H,W given: Caffe's Data layer shapes its label (N,), so its LMDB (not
+    here) need not be opened; HDF5Data's label shapes come from its files, so it still needs them."""
+    net = build_net(read_net(str(shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt"))), "train",
+                    input_shapes={"data": (2, 1, 28, 28)})
+    assert net.feeds == {"data": (2, 1, 28, 28), "label": (2,)}
+    hdf5 = ('name: "h" layer { name: "d" type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: '
+            '"absent.txt" batch_size: 2 } }\n')
+    with pytest.raises(CaffeinitError, match="absent.txt"):
+        build_net(parse_net_text(hdf5), input_shapes={"data": (2, 1, 28, 28)})
+
+
 @pytest.mark.parametrize("name,blob,shape", [
     ("kaiming__ResNet-50-deploy.prototxt", "pool1", (1, 64, 56, 56)),  # ceil: 56, not 55
     ("squeeze__SqueezeNet_v1.1_deploy.prototxt", "pool3", (10, 128, 28, 28)),  # ceil: 28, not 27
