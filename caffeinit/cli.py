@@ -9,6 +9,36 @@ import warnings
 from caffeinit.allocator import retain_freed_memory
 from caffeinit.errors import CaffeinitError
 
+DESCRIPTION = ("Data-dependent initialization of Caffe networks (Kraehenbuehl et al., ICLR 2016): set a net's weights "
+               "from real images, run it in PyTorch with Caffe's numbers, and write the result as a .caffemodel "
+               "and as ONNX.")
+
+SEED_MAX = 2**63 - 1
+INT32 = (-2**31, 2**31 - 1)
+
+
+def _seed(text: str) -> int:
+    """argparse type of --seed: an integer from 0 to 2**63-1 (every generator used takes it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63-1 ({SEED_MAX}), got '{text}'")
+    return value
+
+
+def _int32(text: str) -> int:
+    """argparse type of --level: an integer that fits Caffe's int32 NetState.level."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not INT32[0] <= value <= INT32[1]:
+        raise argparse.ArgumentTypeError(f"expected an integer from {INT32[0]} to {INT32[1]} (Caffe's int32), got "
+                                         f"'{text}'")
+    return value
+
 
 def _add_net_options(p: argparse.ArgumentParser, weights: bool = True, phase: str = "test") -> None:
     p.add_argument("net", help="network .prototxt (any Caffe format) or solver .prototxt")
@@ -16,7 +46,7 @@ def _add_net_options(p: argparse.ArgumentParser, weights: bool = True, phase: st
         p.add_argument("--weights", metavar="W.caffemodel", help="weights to load")
     p.add_argument("--phase", choices=("train", "test"), default=phase, help=f"net phase (default {phase})")
     p.add_argument("--stage", action="append", default=[], help="net state stage (repeatable)")
-    p.add_argument("--level", type=int, default=0, help="net state level")
+    p.add_argument("--level", type=_int32, default=0, help="net state level")
 
 
 def _add_image_options(p: argparse.ArgumentParser) -> None:
@@ -31,14 +61,37 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale", metavar="S", help="multiply after mean subtraction (default 1)")
     g.add_argument("--gray", action="store_true", help="decode as greyscale")
     g.add_argument("--skip-bad-images", action="store_true", help="skip (and count) unreadable images")
-    g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed for every random choice (0 to 2**63-1, default 0)")
 
 
 def _image_options(args):
+    """The data options, their values checked (before any work)."""
     from caffeinit.data.netinput import ImageOptions
-    return ImageOptions(images=args.images, root_folder=args.root_folder, resize=args.resize, crop=args.crop,
-                        mean_value=args.mean_value, mean_file=args.mean_file, scale=args.scale, gray=args.gray,
-                        skip_bad_images=args.skip_bad_images)
+    options = ImageOptions(images=args.images, root_folder=args.root_folder, resize=args.resize, crop=args.crop,
+                           mean_value=args.mean_value, mean_file=args.mean_file, scale=args.scale, gray=args.gray,
+                           skip_bad_images=args.skip_bad_images)
+    options.check()
+    return options
+
+
+def _input_files(args, net_param=None, options=None):
+    """Every file the command reads (``caffeinit.fileio.InputFiles``), which its outputs must not replace: the net
+    (and the net file a solver names), --weights, and with ``net_param`` the files its layers read (mean files,
+    databases, lists and the files they name) and those ``options`` name (--mean-file, --images and its images)."""
+    from caffeinit.data.sources import add_layer_inputs
+    from caffeinit.fileio import InputFiles
+    from caffeinit.prototxt import solver_net_file
+
+    files = InputFiles()
+    files.add(args.net, "the net")
+    files.add(solver_net_file(args.net), f"the net that solver {args.net} names")
+    files.add(getattr(args, "weights", None), "--weights")
+    if options is not None:
+        options.add_inputs(files, net_param)
+    elif net_param is not None:
+        for lp in net_param.layer:
+            add_layer_inputs(files, lp)
+    return files
 
 
 def _add_input_shape_option(p: argparse.ArgumentParser) -> None:
@@ -46,7 +99,16 @@ def _add_input_shape_option(p: argparse.ArgumentParser) -> None:
                    help="shape of a data-layer top (e.g. when a train net's LMDB is not here); repeatable")
 
 
-def _input_shapes(args) -> dict | None:
+def _input_shapes(args, net_param, phase) -> dict | None:
+    """The --input-shape values, each naming a top of one of the net's data layers (in ``phase``)."""
+    from caffeinit.layers import layer_class
+    from caffeinit.net import parse_phase
+    from caffeinit.netstate import filter_net
+
+    if not args.input_shape:
+        return None
+    net = filter_net(net_param, parse_phase(phase), level=args.level, stages=tuple(args.stage))
+    tops = [t for lp in net.layer if layer_class(lp.type, lp.name).is_data for t in lp.top]
     shapes = {}
     for item in args.input_shape:
         name, sep, dims = item.partition("=")
@@ -56,8 +118,13 @@ def _input_shapes(args) -> dict | None:
             shape = None
         if not shape or any(d <= 0 for d in shape):
             raise CaffeinitError(f"--input-shape '{item}': expected BLOB=N,C,H,W with positive integers")
+        if name in shapes:
+            raise CaffeinitError(f"--input-shape: '{name}' is given twice")
+        if name not in tops:
+            raise CaffeinitError(f"--input-shape '{item}': '{name}' is not a top of a data layer of net "
+                                 f"'{net_param.name}' (the tops it can give: {', '.join(tops) or 'none'})")
         shapes[name] = shape
-    return shapes or None
+    return shapes
 
 
 def cmd_inspect(args) -> int:
@@ -65,7 +132,8 @@ def cmd_inspect(args) -> int:
     from caffeinit.inspect_net import net_summary, net_table
     from caffeinit.net import build_net
 
-    net = build_net(read_net_param(args.net), args.phase, args.stage, args.level, _input_shapes(args))
+    net_param = read_net_param(args.net)
+    net = build_net(net_param, args.phase, args.stage, args.level, _input_shapes(args, net_param, args.phase))
     if args.weights:
         from caffeinit.executor import TorchNet
         from caffeinit.weights import load_weights
@@ -81,25 +149,96 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    from caffeinit.fileio import atomic_write_bytes, check_output_path
+    from caffeinit.fileio import atomic_write_bytes, check_outputs, staged_outputs
     from caffeinit.prototxt import format_net, read_net
     from caffeinit.weights import read_caffemodel, write_caffemodel
 
     if bool(args.weights) != bool(args.weights_out):
         raise CaffeinitError("--weights needs --weights-out for the upgraded caffemodel" if args.weights else
                              "--weights-out needs --weights (the caffemodel to upgrade)")
-    inputs = [args.net] + ([args.weights] if args.weights else [])
-    for path in (args.output, args.weights_out):
-        if path:
-            check_output_path(path, inputs)
+    inputs = _input_files(args)
+    check_outputs({"-o": args.output, "--weights-out": args.weights_out}, inputs)
     net = read_net(args.net)
     weights = read_caffemodel(args.weights) if args.weights else None  # read before anything is written
-    atomic_write_bytes(args.output, format_net(net).encode(), inputs=inputs)
+    with staged_outputs():  # both or neither
+        atomic_write_bytes(args.output, format_net(net).encode(), inputs=inputs)
+        if weights is not None:
+            write_caffemodel(args.weights_out, weights, inputs=inputs)
     print(f"wrote {args.output}")
     if weights is not None:
-        write_caffemodel(args.weights_out, weights, inputs=inputs)
         print(f"wrote {args.weights_out}")
     return 0
+
+
+def _input_specs(items: list[str]) -> dict[str, str]:
+    """{name: path} of the --input NAME=FILE options, each name once."""
+    specs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise CaffeinitError(f"--input '{item}': expected NAME=FILE.npy")
+        if name in specs:
+            raise CaffeinitError(f"--input {name} is given twice ('{specs[name]}' and '{path}')")
+        specs[name] = path
+    return specs
+
+
+def _read_input(name: str, path: str):
+    """The array of ``--input name=path``: an .npy, or an .npz holding exactly one array; real numbers that
+    float32 (the net's type) holds, all finite."""
+    import numpy as np
+    from caffeinit.init.config import FLOAT32_MAX
+
+    where = f"--input {name}: '{path}'"
+    try:
+        data = np.load(path)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                if len(data.files) != 1:
+                    raise CaffeinitError(f"{where} holds {len(data.files)} arrays "
+                                         f"({', '.join(data.files) or 'none'}): give an .npy, or an .npz with one "
+                                         "array")
+                data = data[data.files[0]]
+    except OSError as e:
+        raise CaffeinitError(f"--input {name}: cannot read '{path}': {e.strerror or e}") from None
+    except (ValueError, EOFError) as e:
+        raise CaffeinitError(f"--input {name}: cannot read '{path}': {e} (expected an .npy, or an .npz with one "
+                             "array)") from None
+    if not isinstance(data, np.ndarray):
+        raise CaffeinitError(f"{where} is not an .npy or .npz file")
+    if np.iscomplexobj(data):
+        raise CaffeinitError(f"{where} holds complex numbers ({data.dtype}): the net takes real ones")
+    if data.dtype.kind not in "biuf":
+        raise CaffeinitError(f"{where} holds {data.dtype} values, not numbers")
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        bad = data.size - int(np.count_nonzero(finite))
+        if bad:
+            raise CaffeinitError(f"{where} has {bad} non-finite values (NaN or inf)")
+        if data.dtype.itemsize > 4:
+            over = int(np.count_nonzero(np.abs(data) > FLOAT32_MAX))
+            if over:
+                raise CaffeinitError(f"{where} has {over} values beyond float32's range (+-3.4e38), the net's "
+                                     "type")
+    return data
+
+
+def _check_finite_blobs(net, blobs) -> None:
+    """No NaN or infinity reaches forward's .npz: the first blob (in net order) holding one is named."""
+    import numpy as np
+
+    from caffeinit.weights import count_non_finite
+
+    order: dict[str, int] = {}
+    for node in net.layers:
+        for blob in (*node.bottoms, *node.tops):
+            order.setdefault(blob, len(order))
+    for name in sorted(blobs, key=lambda b: order.get(b, len(order))):
+        array = np.asarray(blobs[name])
+        bad = count_non_finite(array) if array.dtype.kind == "f" else 0
+        if bad:
+            raise CaffeinitError(f"blob '{name}' has {bad} non-finite values (NaN or inf) after the forward pass "
+                                 "(from the weights or inputs); nothing was written")
 
 
 def cmd_forward(args) -> int:
@@ -109,22 +248,23 @@ def cmd_forward(args) -> int:
     from caffeinit.data import batches
     from caffeinit.data.netinput import image_feed_shapes, net_source
     from caffeinit.device import describe_device
-    from caffeinit.fileio import atomic_output
+    from caffeinit.fileio import atomic_output, check_outputs
     from caffeinit.net import parse_phase
 
     if args.images and args.input:
         raise CaffeinitError("use either --images or --input")
-    inputs = {}
-    for item in args.input:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise CaffeinitError(f"--input '{item}': expected NAME=FILE.npy")
-        try:
-            inputs[name] = np.load(path)
-        except (OSError, ValueError) as e:
-            raise CaffeinitError(f"--input {name}: cannot read '{path}': {e}") from None
+    if args.num_images is not None and args.num_images < 1:
+        raise CaffeinitError(f"--num-images must be at least 1, got {args.num_images}")
+    if args.input and args.num_images is not None:
+        raise CaffeinitError("--num-images applies to --images only: the --input arrays hold the images")
+    specs = _input_specs(args.input)
     options = _image_options(args)
     net_param = read_net_param(args.net)
+    files = _input_files(args, net_param, options)
+    for name, path in specs.items():
+        files.add(path, f"--input {name}")
+    check_outputs({"--out": args.out}, files)
+    inputs = {name: _read_input(name, path) for name, path in specs.items()}
     input_shapes = None
     if args.images:
         input_shapes = image_feed_shapes(net_param, parse_phase(args.phase), options, args.num_images or 1)
@@ -138,22 +278,21 @@ def cmd_forward(args) -> int:
         count = args.num_images or next(iter(model.net.feeds.values()))[0]
         inputs = next(batches(source, count, count, seed=args.seed, progress=not args.quiet))
     blobs = model.forward(inputs, args.blobs)
-    with atomic_output(args.out, inputs=[args.net] + ([args.weights] if args.weights else [])) as tmp:
+    _check_finite_blobs(model.net, blobs)
+    with atomic_output(args.out, inputs=files) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **blobs)
     print(f"wrote {len(blobs)} blobs to {args.out}")
     return 0
 
 
-def _model_and_images(args, say):
+def _model_and_images(args, say, net_param, options):
     """The model and its image source for `run` and `stats` (shared options), with what was chosen said once."""
-    from caffeinit.api import load, read_net_param
+    from caffeinit.api import load
     from caffeinit.data.netinput import image_feed_shapes, net_source
     from caffeinit.device import describe_device, select_device
     from caffeinit.net import parse_phase
 
-    options = _image_options(args)
-    net_param = read_net_param(args.net)
     phase = parse_phase(args.phase)
     shapes = image_feed_shapes(net_param, phase, options, args.batch_size)
     device = select_device(args.device, args.precision)
@@ -185,8 +324,9 @@ def _known_length(source) -> int | None:
 
 
 def cmd_run(args) -> int:
+    from caffeinit.api import read_net_param
     from caffeinit.data import batches
-    from caffeinit.fileio import check_output_path
+    from caffeinit.fileio import check_outputs, staged_outputs
     from caffeinit.init import InitConfig, initialize
 
     default_images = args.num_images is None
@@ -198,16 +338,17 @@ def cmd_run(args) -> int:
                         between_batches=args.between_batches, between_draws=args.between_draws,
                         measure_before=args.before, pass_images=args.pass_images)
     config.check()
-    inputs = [p for p in (args.net, args.weights, args.images) if p]
-    for path in (args.output, args.report, args.plot, args.onnx):
-        if path:
-            check_output_path(path, inputs)  # fail before the work, not after
+    options = _image_options(args)
+    net_param = read_net_param(args.net)
+    inputs = _input_files(args, net_param, options)
+    # fail before the work, not after
+    check_outputs({"-o": args.output, "--report": args.report, "--plot": args.plot, "--onnx": args.onnx}, inputs)
     if args.plot:
         from caffeinit.init.report import plot_format
         plot_format(args.plot)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
 
-    model, source = _model_and_images(args, say)
+    model, source = _model_and_images(args, say, net_param, options)
     deploy = _onnx_net(model, args.stage, args.level) if args.onnx else None  # refused now, not after the work
     if default_images and config.within:
         from caffeinit.init.pipeline import images_that_fit
@@ -223,32 +364,39 @@ def cmd_run(args) -> int:
 
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
     report = initialize(model, data, config, progress=not args.quiet)
-    model.save_caffemodel(args.output, inputs=inputs)
     if not args.quiet:
         print(report.table())
-    say(f"wrote {args.output}")
-    if args.report:
-        _write_json(args, args.report, report.to_dict(), inputs)
-        say(f"wrote {args.report}")
-    if args.plot:
-        report.plot(args.plot, inputs=inputs)
-        say(f"wrote {args.plot}")
-    if args.onnx:
-        # A TF32 torch run is itself ~1e-3 off IEEE fp32: compare with a matching tolerance.
-        _export_onnx(model, args.onnx, inputs, say, device="auto" if model.device.type == "cuda" else "cpu",
-                     tolerance=1e-4 if args.precision == "ieee" else 1e-2, deploy=deploy)
+    exported = None
+    with staged_outputs():  # all of them or, where one fails, none (existing files stay as they were)
+        model.save_caffemodel(args.output, inputs=inputs)
+        if args.report:
+            _write_json(args, args.report, report.to_dict(), inputs)
+        if args.plot:
+            report.plot(args.plot, inputs=inputs)
+        if args.onnx:
+            # A TF32 torch run is itself ~1e-3 off IEEE fp32: compare with a matching tolerance.
+            exported = _export_onnx(model, args.onnx, inputs, say,
+                                    device="auto" if model.device.type == "cuda" else "cpu",
+                                    tolerance=1e-4 if args.precision == "ieee" else 1e-2, deploy=deploy)
+    for path in (args.output, args.report, args.plot):
+        if path:
+            say(f"wrote {path}")
+    if exported is not None:
+        say(exported.summary())
     return 0
 
 
 def cmd_stats(args) -> int:
+    from caffeinit.api import read_net_param
     from caffeinit.data import batches
-    from caffeinit.fileio import check_output_path
+    from caffeinit.fileio import check_outputs
     from caffeinit.init.measure import measure, measure_table, measures_to_dict
 
-    inputs = [p for p in (args.net, args.weights, args.images) if p]
-    if args.json:
-        check_output_path(args.json, inputs)
-    model, source = _model_and_images(args, lambda *a: print(*a, file=sys.stderr))
+    options = _image_options(args)
+    net_param = read_net_param(args.net)
+    inputs = _input_files(args, net_param, options)
+    check_outputs({"--json": args.json}, inputs)
+    model, source = _model_and_images(args, lambda *a: print(*a, file=sys.stderr), net_param, options)
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
     measures = measure(model, data, draws=args.draws, seed=args.seed, pass_images=args.pass_images,
                        progress=not args.quiet)
@@ -262,7 +410,12 @@ def _write_json(args, path, data: dict, inputs) -> None:
     """``data`` as JSON at ``path`` (atomically), led by the command line that made it."""
     from caffeinit.fileio import atomic_write_bytes
     data = {"command": ["caffeinit", *args.argv], **data}
-    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode(), inputs=inputs)
+    try:
+        text = json.dumps(data, indent=1, allow_nan=False)  # the last guard: no NaN or Infinity in a written file
+    except ValueError:
+        raise CaffeinitError(f"{path}: a figure is NaN or infinite, which JSON cannot hold; nothing was "
+                             "written") from None
+    atomic_write_bytes(path, (text + "\n").encode(), inputs=inputs)
 
 
 def _onnx_net(model, stages, level):
@@ -287,26 +440,32 @@ def _say_inference_net(say, net) -> None:
 
 
 def _export_onnx(model, path, inputs, say, opset=None, static_batch=False, check=True, device="cpu",
-                 tolerance=1e-4, deploy=None) -> None:
-    """Export ``model``, or with ``deploy`` (from ``_onnx_net``) that net with ``model``'s weights."""
+                 tolerance=1e-4, deploy=None):
+    """Export ``model``, or with ``deploy`` (from ``_onnx_net``) that net with ``model``'s weights; the
+    ``ExportResult`` (its ``summary()`` is for the caller to say once the file is in place)."""
     from caffeinit.onnx_export import DEFAULT_OPSET, export_onnx
     if deploy is not None:
         from caffeinit.api import load
         model = load(deploy, model.module.blobs_numpy(copy=False), phase="test", device=model.device)
         _say_inference_net(say, model.net)
-    result = export_onnx(model, path, opset=opset or DEFAULT_OPSET, static_batch=static_batch, check=check,
-                         device=device, inputs=inputs, tolerance=tolerance)
-    say(result.summary())
+    return export_onnx(model, path, opset=DEFAULT_OPSET if opset is None else opset, static_batch=static_batch,
+                       check=check, device=device, inputs=inputs, tolerance=tolerance)
 
 
 def cmd_convert(args) -> int:
     from caffeinit.api import load, read_net_param
     from caffeinit.data import peek_top_shapes
     from caffeinit.deploy_net import deploy_param, losses_in_test_phase
+    from caffeinit.fileio import check_outputs
 
     say = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
+    if args.opset is not None:
+        from caffeinit.onnx_export.graph import check_opset
+        check_opset(args.opset)
     net = read_net_param(args.net)
-    shapes = _input_shapes(args)
+    inputs = _input_files(args, net)
+    check_outputs({"--onnx": args.onnx}, inputs)
+    shapes = _input_shapes(args, net, "test")
     inference_part = losses_in_test_phase(net, args.stage, args.level)
     if inference_part:  # a train/val net: only the shapes of the tops its inference part reads are needed
         def peek(lp):
@@ -326,9 +485,10 @@ def cmd_convert(args) -> int:
     elif model.module.missing:
         say(f"note: {len(model.module.missing)} layers without weights (filler values): "
             f"{_name_list(model.module.missing)}")
-    inputs = [p for p in (args.net, args.weights) if p]
-    _export_onnx(model, args.onnx, inputs, say, opset=args.opset, static_batch=args.static_batch,
-                 check=not args.no_check, device=args.ort_device, deploy=_onnx_net(model, args.stage, args.level))
+    result = _export_onnx(model, args.onnx, inputs, say, opset=args.opset, static_batch=args.static_batch,
+                          check=not args.no_check, device=args.ort_device,
+                          deploy=_onnx_net(model, args.stage, args.level))
+    say(result.summary())
     return 0
 
 
@@ -343,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     from caffeinit import __version__
     from caffeinit.init.config import InitConfig
 
-    parser = argparse.ArgumentParser(prog="caffeinit", description=__doc__.splitlines()[0].split(": ", 1)[-1])
+    parser = argparse.ArgumentParser(prog="caffeinit", description=DESCRIPTION,
+                                     epilog="'caffeinit COMMAND --help' describes each command.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"caffeinit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -363,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("forward", help="run a forward pass and save blobs to an .npz")
     _add_net_options(p)
-    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input array")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input array: an .npy, or an .npz holding one array (repeatable, one per input)")
     p.add_argument("--blobs", default="outputs", help="outputs | all | NAME,NAME,... (default outputs)")
     p.add_argument("--out", required=True, metavar="OUT.npz")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
@@ -379,13 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("net", help="network .prototxt (any Caffe format) or solver .prototxt")
     p.add_argument("--weights", metavar="W.caffemodel", help="weights (default: the prototxt's fillers)")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx")
-    p.add_argument("--opset", type=int, help="ONNX opset, 18 or newer (default 21)")
+    p.add_argument("--opset", type=int, help="ONNX opset, from 18 to the installed onnx's newest (default 21)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch dimension to the prototxt's")
     p.add_argument("--no-check", action="store_true", help="skip the checker and ONNX Runtime verification")
     p.add_argument("--ort-device", default="cpu", choices=("cpu", "cuda", "auto"),
                    help="ONNX Runtime execution provider for the check (default cpu)")
     p.add_argument("--stage", action="append", default=[], help="net state stage (repeatable)")
-    p.add_argument("--level", type=int, default=0, help="net state level")
+    p.add_argument("--level", type=_int32, default=0, help="net state level")
     _add_input_shape_option(p)
     p.set_defaults(func=cmd_convert)
 
@@ -447,7 +609,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line each, above any progress bar (Python's default adds the warning's source line)."""
     from tqdm.auto import tqdm
-    tqdm.write(f"caffeinit: warning: {message}", file=sys.stderr)
+    tqdm.write(f"caffeinit: warning: {_one_line(str(message))}", file=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped as Python writes them ('\\n'), so a message stays one line even
+    where it quotes a name that holds them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def main(argv=None) -> int:
@@ -467,7 +635,7 @@ def _run_command(args) -> int:
     except CaffeinitError as e:
         if args.debug:
             raise
-        print(f"caffeinit: error: {e}", file=sys.stderr)
+        print(f"caffeinit: error: {_one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("caffeinit: interrupted", file=sys.stderr)
@@ -475,8 +643,8 @@ def _run_command(args) -> int:
     except Exception as e:  # noqa: BLE001 — no traceback for users unless --debug
         if args.debug:
             raise
-        print(f"caffeinit: error: internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback",
-              file=sys.stderr)
+        print(f"caffeinit: error: internal error ({type(e).__name__}: {_one_line(str(e))}); rerun with --debug for "
+              "the traceback", file=sys.stderr)
         return 1
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from caffeinit.cli import main
 from tests.conftest import ROOT, shared_path
@@ -273,3 +274,178 @@ def test_every_command_starts_by_retaining_freed_memory(monkeypatch):
     monkeypatch.setattr(cli, "retain_freed_memory", lambda: calls.append(True))
     assert main(["inspect", str(LENET)]) == 0
     assert calls == [True]
+
+
+def test_help_says_what_caffeinit_does():
+    code, out, _ = run_cli("--help")
+    assert code == 0 and "Data-dependent initialization of Caffe networks" in " ".join(out.split())
+    assert "argparse" not in out and "thin" not in out
+
+
+def lenet_weights(tmp_path, nan=False):
+    from caffeinit.api import load
+    model = load(LENET)
+    blobs = model.blobs()
+    if nan:
+        blobs["conv1"][0][0, 0, 0, :2] = np.nan
+    path = tmp_path / ("nan.caffemodel" if nan else "w.caffemodel")
+    from caffeinit.weights import net_to_proto
+    path.write_bytes(net_to_proto(model.saved_net_param(), blobs).SerializeToString())  # no check on this path
+    return path
+
+
+def test_upgrade_writes_both_outputs_or_neither(tmp_path, capsys):
+    """NaN weights are refused: the prototxt written before them is not put in place either, so 'nothing was
+    written' is true; -o and --weights-out naming one file are refused before anything is read."""
+    existing = tmp_path / "existing.prototxt"
+    existing.write_text("keep")
+    weights = lenet_weights(tmp_path, nan=True)
+    assert main(["upgrade", str(LENET), "--weights", str(weights), "-o", str(existing), "--weights-out",
+                 str(tmp_path / "y.caffemodel")]) == 1
+    err = capsys.readouterr().err
+    assert err == "caffeinit: error: layer 'conv1' blob 0 has 2 non-finite values (NaN or inf); nothing was written\n"
+    assert sorted(os.listdir(tmp_path)) == ["existing.prototxt", "nan.caffemodel"] and existing.read_text() == "keep"
+    assert main(["upgrade", str(LENET), "--weights", str(weights), "-o", str(tmp_path / "x"), "--weights-out",
+                 str(tmp_path / "." / "x")]) == 1
+    assert capsys.readouterr().err == (f"caffeinit: error: -o and --weights-out name the same file "
+                                       f"'{tmp_path / '.' / 'x'}': give each output its own path\n")
+    good = lenet_weights(tmp_path)
+    assert main(["upgrade", str(LENET), "--weights", str(good), "-o", str(existing), "--weights-out",
+                 str(tmp_path / "y.caffemodel")]) == 0
+    assert "LeNet" in existing.read_text() and (tmp_path / "y.caffemodel").exists()
+
+
+def test_the_net_a_solver_names_is_an_input(tmp_path, capsys):
+    net = tmp_path / "net.prototxt"
+    net.write_text(LENET.read_text())
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "net.prototxt"\nbase_lr: 0.01\n')
+    for argv in (["upgrade", solver, "-o", net], ["convert", solver, "--onnx", net],
+                 ["forward", solver, "--input", f"data={tmp_path / 'x.npy'}", "--out", net]):
+        assert main([str(a) for a in argv]) == 1, argv
+        assert capsys.readouterr().err == (f"caffeinit: error: {net}: refusing to overwrite input file '{net}' (the "
+                                           f"net that solver {solver} names)\n")
+    assert net.read_text() == LENET.read_text()
+
+
+def forward(tmp_path, *args):
+    return main(["forward", str(LENET), "--out", str(tmp_path / "o.npz"), *map(str, args)])
+
+
+def test_forward_refuses_what_it_cannot_take_faithfully(tmp_path, capsys):
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "complex.npy", x.astype(np.complex64))
+    np.save(tmp_path / "big.npy", np.where(x > 2, 1e39, x))
+    np.save(tmp_path / "nan.npy", np.where(x > 2, np.nan, x))
+    np.save(tmp_path / "text.npy", np.array(["a", "b"]))
+    np.savez(tmp_path / "two.npz", a=x, b=x)
+    big = int(np.count_nonzero(x > 2))
+    cases = [
+        (["--num-images", "0", "--images", ROOT / "models" / "images" / "list.txt"], "--num-images must be at least 1, "
+         "got 0"),
+        (["--input", f"data={tmp_path / 'x.npy'}", "--num-images", "2"], "--num-images applies to --images only"),
+        (["--input", f"data={tmp_path / 'x.npy'}", "--input", f"data={tmp_path / 'big.npy'}"],
+         f"--input data is given twice ('{tmp_path / 'x.npy'}' and '{tmp_path / 'big.npy'}')"),
+        (["--input", f"data={tmp_path / 'complex.npy'}"], f"--input data: '{tmp_path / 'complex.npy'}' holds complex "
+         "numbers (complex64)"),
+        (["--input", f"data={tmp_path / 'big.npy'}"], f"--input data: '{tmp_path / 'big.npy'}' has {big} values beyond "
+         "float32's range"),
+        (["--input", f"data={tmp_path / 'nan.npy'}"], f"--input data: '{tmp_path / 'nan.npy'}' has {big} non-finite "
+         "values"),
+        (["--input", f"data={tmp_path / 'text.npy'}"], f"--input data: '{tmp_path / 'text.npy'}' holds <U1 values, "
+         "not numbers"),
+        (["--input", f"data={tmp_path / 'two.npz'}"], f"--input data: '{tmp_path / 'two.npz'}' holds 2 arrays (a, b): "
+         "give an .npy, or an .npz with one array"),
+    ]
+    for argv, message in cases:
+        assert forward(tmp_path, *argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"caffeinit: error: {message}") and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_forward_takes_a_one_array_npz_as_its_npy(tmp_path):
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", anything=x)
+    assert forward(tmp_path, "--input", f"data={tmp_path / 'x.npy'}", "--seed", 2**63 - 1) == 0
+    want = np.load(tmp_path / "o.npz")["prob"]
+    assert forward(tmp_path, "--input", f"data={tmp_path / 'x.npz'}", "--seed", 2**63 - 1) == 0  # the same fillers
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npz")["prob"], want)
+
+
+def test_forward_never_overwrites_an_input_array_or_image(tmp_path, capsys):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 1, 28, 28), np.float32))
+    before = x.read_bytes()
+    assert main(["forward", str(LENET), "--input", f"data={x}", "--out", str(x)]) == 1
+    assert capsys.readouterr().err == f"caffeinit: error: {x}: refusing to overwrite input file '{x}' (--input data)\n"
+    image = tmp_path / "a.jpg"
+    image.write_bytes((ROOT / "models" / "images" / IMAGES_FIRST).read_bytes())
+    assert main(["forward", str(LENET), "--images", str(image), "--gray", "--out", str(image)]) == 1
+    assert "refusing to overwrite input file" in capsys.readouterr().err
+    assert x.read_bytes() == before and image.read_bytes() == (ROOT / "models" / "images" / IMAGES_FIRST).read_bytes()
+
+
+IMAGES_FIRST = (ROOT / "models" / "images" / "list.txt").read_text().split()[0]
+
+
+def test_forward_refuses_non_finite_blobs_naming_the_first_in_net_order(tmp_path, capsys):
+    weights = lenet_weights(tmp_path, nan=True)
+    np.save(tmp_path / "x.npy", np.ones((1, 1, 28, 28), np.float32))
+    out = tmp_path / "o.npz"
+    out.write_bytes(b"keep")
+    assert forward(tmp_path, "--weights", weights, "--input", f"data={tmp_path / 'x.npy'}", "--blobs", "all") == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("caffeinit: error: blob 'conv1' has 576 non-finite values (NaN or inf)") and \
+        err.endswith("nothing was written")  # all 24 x 24 outputs of conv1's channel 0
+    assert forward(tmp_path, "--weights", weights, "--input", f"data={tmp_path / 'x.npy'}", "--blobs",
+                   "pool2,conv2") == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("caffeinit: error: blob 'conv2' has 3200 non-finite values")  # conv2 comes first in the net
+    assert out.read_bytes() == b"keep"
+
+
+def test_convert_refuses_an_opset_out_of_range_and_an_unknown_input_shape(tmp_path, capsys, monkeypatch):
+    from caffeinit import api
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("the work started"))
+    out = tmp_path / "o.onnx"
+    for args, message in [(["--opset", "0"], "ONNX opset 0 is not supported (use 18 to "),
+                          (["--opset", "99"], "ONNX opset 99 is not supported (use 18 to "),
+                          (["--input-shape", "nope=1,1,28,28"], "--input-shape 'nope=1,1,28,28': 'nope' is not a top "
+                           "of a data layer of net 'LeNet' (the tops it can give: data)"),
+                          (["--input-shape", "data=1,1,28,28", "--input-shape", "data=2,1,28,28"],
+                           "--input-shape: 'data' is given twice")]:
+        assert main(["convert", str(LENET), "--onnx", str(out), *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"caffeinit: error: {message}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_inspect_refuses_an_input_shape_for_a_blob_no_data_layer_gives(capsys):
+    net = shared_path("corpus", "bvlc__examples_mnist_lenet_train_test.prototxt")
+    assert main(["inspect", str(net), "--phase", "train", "--input-shape", "data=64,1,28,28", "--input-shape",
+                 "ip1=64,500"]) == 1
+    assert capsys.readouterr().err == ("caffeinit: error: --input-shape 'ip1=64,500': 'ip1' is not a top of a data "
+                                       "layer of net 'LeNet' (the tops it can give: data, label)\n")
+
+
+def test_control_characters_in_names_keep_errors_on_one_line(tmp_path):
+    net = tmp_path / "net.prototxt"
+    net.write_text('layer { name: "in\\nput" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }\n'
+                   'layer { name: "re\\nlu" type: "ReLU" bottom: "nowhere\\x1b" top: "r" }\n'
+                   'layer { name: "c\\nd" type: "Convolution" bottom: "data" top: "c" }\n')
+    code, _, err = run_cli("inspect", net)
+    assert code == 1 and err == "caffeinit: error: layer 're\\nlu' (ReLU): unknown bottom blob 'nowhere\\x1b'\n"
+
+
+def test_a_json_writer_never_writes_nan(tmp_path):
+    import argparse
+    import pytest
+    from caffeinit.cli import _write_json
+    from caffeinit.errors import CaffeinitError
+    with pytest.raises(CaffeinitError, match="r.json: a figure is NaN or infinite, which JSON cannot hold; nothing "
+                                             "was written"):
+        _write_json(argparse.Namespace(argv=["stats"]), tmp_path / "r.json", {"std_cv": float("nan")}, [])
+    assert os.listdir(tmp_path) == []

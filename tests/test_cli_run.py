@@ -1,10 +1,13 @@
 """`caffeinit run` end to end on a bundled net and images: outputs, determinism, bad input."""
 import hashlib
 import json
+import os
 
 import numpy as np
+import pytest
 
 from caffeinit.cli import main
+from caffeinit.errors import CaffeinitError
 from tests.conftest import ROOT
 
 CIFAR = ROOT / "models" / "cifar10_quick" / "deploy.prototxt"
@@ -238,3 +241,169 @@ def test_long_name_lists_are_elided_in_the_middle():
     names = [f"l{i}" for i in range(30)]
     assert _name_list(names[:12]) == ", ".join(names[:12])
     assert _name_list(names) == "l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, ... (18 more), l28, l29"
+
+
+def files_in(folder):
+    """{name: bytes} of every file in ``folder`` (temporaries included)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def copied_images(tmp_path, count=4):
+    """``count`` of the bundled images and a list naming them, in tmp_path/imgs."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = [line.split()[0] for line in IMAGES.read_text().splitlines()[:count]]
+    for name in names:
+        (folder / name).write_bytes((IMAGES.parent / name).read_bytes())
+    (folder / "list.txt").write_text("".join(f"{name} 0\n" for name in names))
+    return folder, names
+
+
+def test_no_image_the_run_reads_is_overwritten(tmp_path, capsys):
+    """An output naming one of the images --images names (a list, a folder or a glob) is refused before the work,
+    however it is spelled."""
+    folder, names = copied_images(tmp_path)
+    before = files_in(folder)
+    for images, out in [(folder / "list.txt", folder / names[0]), (folder, folder / names[1]),
+                        (f"{folder}/*.jpg", tmp_path / "imgs" / ".." / "imgs" / names[2])]:
+        code = main(["run", str(CIFAR), "--images", str(images), "-o", str(tmp_path / "o.caffemodel"),
+                     "--report", str(out), *FAST])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1, err
+        assert err.startswith(f"caffeinit: error: {out}: refusing to overwrite input file ") and f"--images {images}" \
+            in err
+    assert files_in(folder) == before and not (tmp_path / "o.caffemodel").exists()
+
+
+def test_the_mean_file_and_a_data_layers_files_are_inputs(tmp_path, capsys, monkeypatch):
+    """--mean-file, and what the net's own data layer reads (its image list and the images it names, its mean file)
+    are never overwritten."""
+    from caffeinit.weights import write_binaryproto
+    folder, names = copied_images(tmp_path)
+    mean = tmp_path / "mean.binaryproto"
+    write_binaryproto(mean, np.full((3, 32, 32), 100, np.float32))
+    code = main(["run", str(CIFAR), "--images", str(folder / "list.txt"), "--mean-file", str(mean), "-o", str(mean),
+                 *FAST])
+    assert code == 1 and f"refusing to overwrite input file '{mean}' (--mean-file)" in capsys.readouterr().err
+    net = tmp_path / "net.prototxt"
+    own_data = (f'layer {{ name: "data" type: "ImageData" top: "data" top: "label" transform_param {{ mean_file: '
+                f'"{mean}" }} image_data_param {{ source: "{folder / "list.txt"}" root_folder: "{folder}/" '
+                f'batch_size: 2 new_height: 32 new_width: 32 }} }}')
+    text = CIFAR.read_text()
+    net.write_text(text.replace(next(line for line in text.splitlines() if '"Input"' in line), own_data))
+    before = files_in(folder), mean.read_bytes()
+    for out, what in [(folder / names[3], "an image listed in"), (folder / "list.txt", "the image list of layer "
+                      "'data'"), (mean, "the mean_file of layer 'data'")]:
+        code = main(["run", str(net), "-o", str(out), *FAST])
+        err = capsys.readouterr().err
+        assert code == 1 and "refusing to overwrite input file" in err and what in err, err
+    assert (files_in(folder), mean.read_bytes()) == before
+
+
+def test_outputs_naming_the_same_file_are_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    from caffeinit import init
+    monkeypatch.setattr(init, "initialize", lambda *a, **k: pytest.fail("the work started"))
+    x = tmp_path / "x.caffemodel"
+    for extra, options in [(["--onnx", x], "-o and --onnx"), (["--report", tmp_path / "." / "x.caffemodel"],
+                           "-o and --report"), (["--report", tmp_path / "r", "--plot", tmp_path / "r"],
+                           "--report and --plot")]:
+        code = main(["run", str(CIFAR), "--images", str(IMAGES), "-o", str(x), *FAST, *map(str, extra)])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith(f"caffeinit: error: {options} name the same file") and \
+            err.count("\n") == 1, err
+    assert files_in(tmp_path) == {}
+
+
+@pytest.mark.parametrize("failure", ["onnx", "plot"])
+def test_a_failed_output_leaves_every_output_as_it_was(tmp_path, capsys, monkeypatch, failure):
+    """run's outputs are all-or-nothing: when the ONNX check fails or the disk fills while the plot is written,
+    the caffemodel and report written before it are not put in place, and no temporary file is left."""
+    import matplotlib.figure
+    import caffeinit.onnx_export as onnx_export
+    if failure == "onnx":
+        def check_model(path):
+            raise CaffeinitError("onnx.checker: the model is invalid")
+        monkeypatch.setattr(onnx_export, "check_model", check_model)
+        message = "caffeinit: error: onnx.checker: the model is invalid"
+    else:
+        def savefig(self, *args, **kwargs):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+        message = f"caffeinit: error: {tmp_path / 'r.png'}: cannot write: No space left on device"
+    for name in ("out.caffemodel", "r.json", "r.png", "init.onnx"):
+        (tmp_path / name).write_bytes(b"precious " + name.encode())
+    before = files_in(tmp_path)
+    code, _ = run(tmp_path, "--report", tmp_path / "r.json", "--plot", tmp_path / "r.png", "--onnx",
+                  tmp_path / "init.onnx")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1] == message and not any(line.startswith("wrote") for line in err)
+    assert files_in(tmp_path) == before
+
+
+def test_all_outputs_are_said_once_they_are_in_place(tmp_path, capsys):
+    out = tmp_path / "out.caffemodel"
+    code = main(["run", str(CIFAR), "--images", str(IMAGES), "-o", str(out), "--report", str(tmp_path / "r.json"),
+                 "--onnx", str(tmp_path / "i.onnx"), *[a for a in FAST if a != "--quiet"]])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 0 and sorted(files_in(tmp_path)) == ["i.onnx", "out.caffemodel", "r.json"]
+    assert err[-3:-1] == [f"wrote {out}", f"wrote {tmp_path / 'r.json'}"]
+    assert err[-1].startswith(f"wrote {tmp_path / 'i.onnx'} (opset ")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tolerance", "inf"], "tolerance must be a finite number, got inf"),
+    (["--bias", "1e39"], "bias must be a finite float32 number"),
+    (["--scale", "2,3"], "--scale expects one number, got '2,3'"),
+    (["--scale", "nan"], "--scale nan: nan is not a finite float32 number"),
+    (["--scale", "1e39"], "--scale 1e39: 1e+39 is not a finite float32 number"),
+    (["--mean-value", "inf"], "--mean-value inf: inf is not a finite float32 number"),
+    (["--mean-value", "104,1e39,123"], "--mean-value 104,1e39,123: 1e+39 is not a finite float32 number"),
+])
+def test_values_that_would_put_nan_or_inf_in_the_output_are_refused_up_front(
+        tmp_path, capsys, monkeypatch, extra, message):
+    from caffeinit import api
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("the net was loaded"))
+    code, out = run(tmp_path, *extra, "--report", tmp_path / "r.json")
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f"caffeinit: error: {message}") and err.count("\n") == 1, err
+    assert files_in(tmp_path) == {}
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--seed", "-1", "argument --seed: expected an integer from 0 to 2**63-1"),
+    ("--seed", "99999999999999999999", "argument --seed: expected an integer from 0 to 2**63-1"),
+    ("--seed", "x", "argument --seed: expected an integer from 0 to 2**63-1"),
+    ("--level", "99999999999999999999", "argument --level: expected an integer from -2147483648 to 2147483647"),
+])
+def test_out_of_range_seed_and_level_are_usage_errors(tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, flag, value)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_the_largest_seed_runs(tmp_path):
+    code, out = run(tmp_path, "--seed", str(2**63 - 1), "--no-between", "--no-before")
+    assert code == 0 and out.exists()
+
+
+def test_an_output_folder_that_cannot_be_written_to_is_found_before_the_work(tmp_path, capsys, monkeypatch):
+    """Simulated (a read-only file system refuses even root, but making one needs privileges): the output folder
+    refuses new files; the run stops before loading the net."""
+    from caffeinit import api, fileio
+    real = os.open
+
+    def read_only(path, flags, *mode):
+        if flags & os.O_CREAT and str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(30, "Read-only file system")
+        return real(path, flags, *mode)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(fileio.os, "open", read_only)
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("the net was loaded"))
+    code = main(["run", str(CIFAR), "--images", str(IMAGES), "-o", str(tmp_path / "o.caffemodel"), "--report",
+                 str(tmp_path / "ro" / "r.json"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 1 and err == (f"caffeinit: error: {tmp_path / 'ro' / 'r.json'}: cannot write in output folder "
+                                 f"'{tmp_path / 'ro'}': Read-only file system\n")
+    assert files_in(tmp_path) == {}

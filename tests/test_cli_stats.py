@@ -48,3 +48,26 @@ def test_bad_counts_are_one_line_errors(tmp_path, capsys):
         assert code != 0
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err == f"caffeinit: error: {flag[2:]} must be at least 1, got 0"
+
+
+def test_json_holds_null_where_a_figure_is_undefined(tmp_path):
+    """One image: an InnerProduct's outputs do not vary, so their std is 0 and the std's coefficient of variation
+    is undefined: null in the JSON, never NaN (which no JSON reader takes)."""
+    out = tmp_path / "s.json"
+    assert main(["stats", str(CIFAR), "--images", str(LIST), "--num-images", "1", "--batch-size", "1", "--quiet",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    layers = {layer["name"]: layer for layer in json.loads(text)["layers"]}
+    assert layers["ip1"]["std"] == 0 and layers["ip1"]["std_cv"] is None
+
+
+def test_json_never_replaces_an_image_it_reads(tmp_path, capsys):
+    image = tmp_path / "a.jpg"
+    first = LIST.read_text().split()[0]
+    image.write_bytes((LIST.parent / first).read_bytes())
+    (tmp_path / "list.txt").write_text("a.jpg 0\n")
+    assert main(["stats", str(CIFAR), "--images", str(tmp_path / "list.txt"), "--num-images", "1", "--quiet",
+                 "--device", "cpu", "--json", str(image)]) == 1
+    assert "refusing to overwrite input file" in capsys.readouterr().err
+    assert image.read_bytes() == (LIST.parent / first).read_bytes()

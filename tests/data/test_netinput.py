@@ -303,13 +303,15 @@ def test_every_file_the_options_and_the_nets_data_layers_read_is_an_input(tmp_pa
     net = parse_net_text(
         'layer { name: "d" type: "Data" top: "data" include { phase: TRAIN } transform_param { mean_file: '
         '"mean.binaryproto" } data_param { source: "db" batch_size: 1 } }\n'
-        'layer { name: "i" type: "ImageData" top: "x" include { phase: TEST } image_data_param { source: "own.txt" } }\n'
+        'layer { name: "i" type: "ImageData" top: "x" include { phase: TEST } '
+        'image_data_param { source: "own.txt" } }\n'
         'layer { name: "h" type: "HDF5Data" top: "y" hdf5_data_param { source: "h5.txt" batch_size: 1 } }\n')
     options = ImageOptions(images="images.txt", mean_file="flag_mean.binaryproto")
     files = InputFiles()
     options.add_inputs(files, net)
     for path, what in [("flag_mean.binaryproto", "--mean-file"), ("images.txt", "--images"),
-                       ("listed.jpg", "an image of --images images.txt"), ("mean.binaryproto", "the mean_file of layer 'd'"),
+                       ("listed.jpg", "an image of --images images.txt"),
+                       ("mean.binaryproto", "the mean_file of layer 'd'"),
                        ("own.txt", "the image list of layer 'i'"), ("own.jpg", "an image listed in own.txt:1"),
                        ("h5.txt", "the HDF5 list of layer 'h'"), ("a.h5", "a file listed in 'h5.txt'")]:
         message = _protected(files, tmp_path / path)
