@@ -303,7 +303,7 @@ def _model_and_images(args, say, net_param, options):
     say(f"data: {source.describe()}" + (f"; {source.preprocess.describe()}" if hasattr(source, "preprocess") else ""))
     missing = model.module.missing
     if missing and not args.weights:
-        say(f"weights: none given: all {len(missing)} layers with parameters start from their fillers")
+        say(f"weights: none given: {len(missing)} layers with parameters start from their fillers")
     elif missing:
         say(f"weights: {len(missing)} layers not in {args.weights} (filler values): {_name_list(missing)}")
     return model, source
@@ -362,6 +362,9 @@ def cmd_run(args) -> int:
         say(f"note: {distinct} images for --num-images {args.num_images}: cycled as Caffe's data layers do (batches "
             "repeat images)")
 
+    if config.within:  # refused before the images are loaded, not after
+        from caffeinit.init.pipeline import check_memory
+        check_memory(model.net, model.device, args.num_images, args.batch_size, warn=False)
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
     report = initialize(model, data, config, progress=not args.quiet)
     if not args.quiet:
@@ -640,6 +643,12 @@ def _run_command(args) -> int:
     except KeyboardInterrupt:
         print("caffeinit: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as e:
+        if args.debug:
+            raise
+        print(f"caffeinit: error: out of memory{': ' + _one_line(str(e)) if str(e) else ''} (fewer images, a smaller "
+              "--batch-size or smaller inputs need less)", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 — no traceback for users unless --debug
         if args.debug:
             raise

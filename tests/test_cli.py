@@ -66,7 +66,7 @@ def test_debug_shows_traceback(tmp_path):
 
 def test_an_unexpected_failure_is_one_line_without_a_traceback_unless_debug(monkeypatch, capsys):
     """A bug (any exception that is not a CaffeinitError) still gives one line and exit 1; --debug re-raises it;
-    Ctrl-C gives one line and exit 130."""
+    Ctrl-C gives one line and exit 130; running out of memory says so."""
     import pytest
     from caffeinit import cli
 
@@ -86,6 +86,14 @@ def test_an_unexpected_failure_is_one_line_without_a_traceback_unless_debug(monk
     monkeypatch.setattr(cli, "cmd_inspect", interrupted)
     assert main(["inspect", str(LENET)]) == 130
     assert capsys.readouterr().err == "caffeinit: interrupted\n"
+
+    def exhausted(args):
+        raise MemoryError("Unable to allocate 279. GiB for an array")
+
+    monkeypatch.setattr(cli, "cmd_inspect", exhausted)
+    assert main(["inspect", str(LENET)]) == 1
+    assert capsys.readouterr().err == ("caffeinit: error: out of memory: Unable to allocate 279. GiB for an array "
+                                       "(fewer images, a smaller --batch-size or smaller inputs need less)\n")
 
 
 def _lenet_input(tmp_path, shape=(2, 1, 28, 28)):

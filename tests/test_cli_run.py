@@ -223,7 +223,7 @@ def test_the_weights_line_says_what_starts_from_fillers(tmp_path, capsys):
     args = ["run", str(CIFAR), "--images", str(IMAGES), "-o", str(out), "--num-images", "8", "--batch-size", "4",
             "--between-iters", "1", "--device", "cpu"]
     assert main(args) == 0
-    assert "weights: none given: all 5 layers with parameters start from their fillers" in capsys.readouterr().err
+    assert "weights: none given: 5 layers with parameters start from their fillers" in capsys.readouterr().err
     from caffeinit.api import read_net_param
     from caffeinit.weights import load_weights, write_caffemodel
     partial = tmp_path / "partial.caffemodel"
@@ -407,3 +407,16 @@ def test_an_output_folder_that_cannot_be_written_to_is_found_before_the_work(tmp
     assert code == 1 and err == (f"caffeinit: error: {tmp_path / 'ro' / 'r.json'}: cannot write in output folder "
                                  f"'{tmp_path / 'ro'}': Read-only file system\n")
     assert files_in(tmp_path) == {}
+
+
+def test_an_image_count_that_cannot_fit_is_refused_before_any_image_is_loaded(tmp_path, monkeypatch, capsys):
+    import caffeinit.data
+    from caffeinit.init import pipeline
+
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2 ** 20)
+    monkeypatch.setattr(caffeinit.data, "batches", lambda *a, **k: pytest.fail("images were loaded"))
+    args = ["run", str(CIFAR), "--images", str(IMAGES), "-o", str(tmp_path / "out.caffemodel"), "--num-images",
+            "100000", "--device", "cpu"]
+    assert main(args) == 1
+    assert "for 100000 images it needs about" in capsys.readouterr().err
+    assert not (tmp_path / "out.caffemodel").exists()
