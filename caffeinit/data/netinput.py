@@ -74,7 +74,9 @@ def net_source(net: Net, options: ImageOptions) -> Source:
             raise CaffeinitError(f"net '{net.name}' has several data layers ({names}): caffeinit feeds one")
         if options.has_preprocess_flags():
             raise CaffeinitError("--resize/--crop/--mean-value/--mean-file/--scale/--gray apply to --images only")
-        return layer_source(data_layers[0].param, net.phase, options.root_folder, options.skip_bad_images)
+        # a layer's own phase (filter_net gave the net's to those without one) decides its crop and mirror
+        return layer_source(data_layers[0].param, data_layers[0].param.phase, options.root_folder,
+                            options.skip_bad_images)
 
     images = [(node, blob) for node in data_layers for blob in node.tops if len(net.feeds[blob]) == 4]
     if len(images) != 1:
@@ -89,9 +91,9 @@ def net_source(net: Net, options: ImageOptions) -> Source:
                              f"also needs input '{other[0]}'")
     if node.type == "Input":
         preprocess = Preprocess.from_flags(shape, options.resize, options.crop, options.mean_value,
-                                           options.mean_file, options.scale, options.gray, phase=net.phase)
+                                           options.mean_file, options.scale, options.gray, phase=node.param.phase)
     else:
-        preprocess = replaced_layer_preprocess(node.param, net.phase, options, top_shape=shape)
+        preprocess = replaced_layer_preprocess(node.param, node.param.phase, options, top_shape=shape)
     item = preprocess.output_shape(1 if preprocess.force_gray else 3, *(preprocess.resize or shape[2:]))
     if preprocess.resize is not None and item != tuple(shape[1:]):
         hint = ""
@@ -183,7 +185,7 @@ def image_feed_shapes(net_param, phase, options: ImageOptions, batch_size: int) 
     if len(data) != 1 or data[0].type == "Input":
         return {}
     lp = data[0]
-    preprocess = replaced_layer_preprocess(lp, phase, options)
+    preprocess = replaced_layer_preprocess(lp, lp.phase, options)
     source = ImageSource(options.image_entries(), preprocess, lp.top[0],
                          name=options.images)
     first = source.load_pixels(source.entries[0])

@@ -264,6 +264,22 @@ def test_mean_file_says_where_the_replaced_layers_mean_file_is(tmp_path):
         image_feed_shapes(lenet, "train", options, 2)
 
 
+def test_a_data_layer_with_its_own_phase_transforms_as_that_phase(tmp_path):
+    """AlexNet's TEST data layer given `phase: TRAIN` in a TEST-phase net: Caffe gives it its own phase, so its
+    crop is random (and it may mirror), not the centre crop."""
+    from caffeinit.proto import caffe_pb2
+    from caffeinit.weights import write_binaryproto
+    mean = np.zeros((3, 256, 256), np.float32)
+    write_binaryproto(tmp_path / "mean.binaryproto", mean)
+    param = read_net(shared_path("corpus", "bvlc__models_bvlc_alexnet_train_val.prototxt"))
+    options = ImageOptions(images=str(IMAGES), mean_file=str(tmp_path / "mean.binaryproto"))
+    centre = _replaced(param, options, phase="test")[1]["data"]
+    data = next(lp for lp in param.layer if lp.type == "Data" and lp.include[0].phase == caffe_pb2.TEST)
+    data.phase = caffe_pb2.TRAIN
+    own = _replaced(param, options, phase="test")[1]["data"]
+    assert own.shape == centre.shape and not np.array_equal(own, centre)
+
+
 @pytest.mark.parametrize("options, message", [
     (ImageOptions(scale="2,3"), "--scale expects one number, got '2,3'"),
     (ImageOptions(scale="1e39"), "--scale 1e39: 1e+39 is not a finite float32 number"),
