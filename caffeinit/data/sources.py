@@ -435,6 +435,7 @@ class DummySource(Source):
     """DummyData: each top filled batch by batch with its filler (Caffe's fillers, seeded per batch)."""
 
     def __init__(self, layer_param: caffe_pb2.LayerParameter, shapes: Sequence[Shape]):
+        self.name = layer_param.name
         self.tops = tuple(layer_param.top)
         self.shapes = [tuple(s) for s in shapes]
         fillers = list(layer_param.dummy_data_param.data_filler)
@@ -453,7 +454,8 @@ class DummySource(Source):
         out = {}
         for top, shape, filler in zip(self.tops, self.shapes, self.fillers):
             shape = (batch_size,) + shape[1:] if shape else shape
-            out[top] = np.asarray(fill(filler, shape, rng), np.float32)
+            where = f"layer '{self.name}' (DummyData), top '{top}'"
+            out[top] = np.asarray(fill(filler, shape, rng, where=where), np.float32)
         return out
 
 

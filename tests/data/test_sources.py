@@ -344,3 +344,14 @@ def test_a_folder_in_an_hdf5_list_is_named_as_one(tmp_path):
     lp.hdf5_data_param.source = str(tmp_path / "files.txt")
     with pytest.raises(CaffeinitError, match="files.txt:1: HDF5 file 'p0.h5' is a directory$"):
         layer_source(lp, TEST)
+
+
+def test_a_dummydata_filler_that_cannot_fill_its_top_names_the_layer_and_top():
+    """Caffe's bilinear filler needs a square 4-D blob: the error names the layer and the top (it said 'filler')."""
+    param = caffe_pb2.LayerParameter(name="noise", type="DummyData", top=["x"])
+    param.dummy_data_param.shape.add().dim.extend([2, 3, 8, 6])
+    param.dummy_data_param.data_filler.add(type="bilinear")
+    source = layer_source(param)
+    with pytest.raises(CaffeinitError, match=r"^layer 'noise' \(DummyData\), top 'x': the bilinear filler needs a "
+                                             r"square kernel, got shape \[2, 3, 8, 6\]$"):
+        source.batch(2, np.random.default_rng(0))
