@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 _API = {
     "CaffeModel": "caffeinit.api", "load": "caffeinit.api", "read_net_param": "caffeinit.api",
     "CaffeinitError": "caffeinit.errors", "export_onnx": "caffeinit.onnx_export",
-    "initialize": "caffeinit.init", "InitConfig": "caffeinit.init", "Net": "caffeinit.net", "build_net": "caffeinit.net",
+    "initialize": "caffeinit.init", "InitConfig": "caffeinit.init", "Net": "caffeinit.net",
+    "build_net": "caffeinit.net",
 }
 __all__ = sorted(_API)
 

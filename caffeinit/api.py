@@ -102,8 +102,9 @@ class CaffeModel:
                 new_shapes[name] = got
         if new_shapes:
             self.reshape({**self.net.feeds, **new_shapes})
-        return {self.net.feed_values[name]: torch.as_tensor(np.asarray(a, np.float32) if not torch.is_tensor(a) else a,
-                                                         dtype=torch.float32, device=self.device)
+        return {self.net.feed_values[name]: torch.as_tensor(
+                    np.asarray(a, np.float32) if not torch.is_tensor(a) else a, dtype=torch.float32,
+                    device=self.device)
                 for name, a in inputs.items()}
 
     def _blob_names(self, blobs) -> list[str]:

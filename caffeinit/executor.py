@@ -26,10 +26,10 @@ class TorchNet(torch.nn.Module):
     ``requires_grad=False``. A layer starts from its arrays in ``blobs`` (a caffemodel's), else from the blobs written
     in its prototxt definition, else from its fillers (``missing`` lists those layers); a shared blob holds what the
     last of its layers in ``blobs``' order brings (Caffe copies a caffemodel's layers in file order into memory the
-    sharers share), else its first user's values. ``forward`` can run any slice of layers from cached values, call a tap after every layer
-    (the taps see each layer's tops before any in-place successor replaces them), and free values after their last
-    use. Without autograd, taps and with ``keep`` given, a layer that can (``Layer.forward_inplace``) overwrites a
-    bottom that dies there, as Caffe does, when no other value, input or parameter shares its memory.
+    sharers share), else its first user's values. ``forward`` can run any slice of layers from cached values, call a tap
+    after every layer (the taps see each layer's tops before any in-place successor replaces them), and free values
+    after their last use. Without autograd, taps and with ``keep`` given, a layer that can (``Layer.forward_inplace``)
+    overwrites a bottom that dies there, as Caffe does, when no other value, input or parameter shares its memory.
 
     On that same inference path on the CPU, layers with a ``forward_inference`` (Convolution, InnerProduct) run
     through oneDNN, and a ReLU that alone reads such a layer's top, which nobody asked to keep, runs fused into it

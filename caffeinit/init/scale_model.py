@@ -16,13 +16,13 @@ one level per channel: no factor can preserve a sum of differently scaled terms)
 channels joins or splits blocks (along another axis: bottoms equal per channel); Flatten, Reshape, Tile, Crop, LRN
 and the other layers that mix channels need one level over all channels (constrained) and pass it on; Eltwise PROD
 and two-bottom Scale add; BatchNorm resets every channel to 0 (its mean is multiplied by exp(l_c) and var + eps
-by exp(2 l_c) per channel: its TEST-phase output is unchanged exactly), MVN (variance) to 0 from one common level; a Bias layer passes l on, its bias multiplied
-by exp(l_in). An affine top has one level: l_top = mean_c l_in,c + x_k (channel-weighted); its bias is multiplied
-by exp(l_top) and its weight's input-channel block b by exp(z_b), z_b = l_top - l_in,b (= x_k on an input of one
-block). A layer that reads a split input compensates each block in its own weight this way: Convolution,
-Deconvolution and InnerProduct with axis 1 (an InnerProduct's input channel c owns the columns c x inner), and a
-one-bottom Scale on axis 1; other affine layers, and layers with pretrained weights (whose direction is kept),
-need one level. Frozen affine layers (weight lr_mult 0) keep their weight: one whose bias is absent, learnable or
+by exp(2 l_c) per channel: its TEST-phase output is unchanged exactly), MVN (variance) to 0 from one common level;
+a Bias layer passes l on, its bias multiplied by exp(l_in). An affine top has one level: l_top = mean_c l_in,c + x_k
+(channel-weighted); its bias is multiplied by exp(l_top) and its weight's input-channel block b by exp(z_b),
+z_b = l_top - l_in,b (= x_k on an input of one block). A layer that reads a split input compensates each block in its
+own weight this way: Convolution, Deconvolution and InnerProduct with axis 1 (an InnerProduct's input channel c owns
+the columns c x inner), and a one-bottom Scale on axis 1; other affine layers, and layers with pretrained weights
+(whose direction is kept), need one level. Frozen affine layers (weight lr_mult 0) keep their weight: one whose bias is absent, learnable or
 zero passes one level over all channels on (its bias scaled with it); one with a fixed nonzero bias, and layers the
 model does not know (Embed, recurrent, ...), are left untouched: their bottoms are constrained to l = 0. Every end
 value is constrained to l = 0, so on a positively homogeneous net the function is preserved exactly. Backward:

@@ -47,8 +47,8 @@ class Layer:
     def check_counts(self, n_bottoms: int, n_tops: int) -> None:
         """Caffe's blob-count checks (layer.hpp CheckBlobCounts)."""
         def bad(what, n, lo, hi):
-            want = f"exactly {lo}" if lo == hi else (f"at least {lo}" if hi is None else
-                                                      f"at most {hi}" if lo is None else f"{lo} to {hi}")
+            want = (f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None
+                    else f"at most {hi}" if lo is None else f"{lo} to {hi}")
             raise self.error(f"takes {want} {what}, got {n}")
         if (self.min_bottoms is not None and n_bottoms < self.min_bottoms) or \
                 (self.max_bottoms is not None and n_bottoms > self.max_bottoms):

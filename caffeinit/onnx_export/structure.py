@@ -190,4 +190,3 @@ def parameter(g, node, inputs, outputs, blobs):
 @converter("Silence", "HDF5Output")
 def sink(g, node, inputs, outputs, blobs):
     """No output: nothing to compute."""
-
