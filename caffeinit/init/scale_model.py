@@ -22,10 +22,10 @@ a Bias layer passes l on, its bias multiplied by exp(l_in). An affine top has on
 z_b = l_top - l_in,b (= x_k on an input of one block). A layer that reads a split input compensates each block in its
 own weight this way: Convolution, Deconvolution and InnerProduct with axis 1 (an InnerProduct's input channel c owns
 the columns c x inner), and a one-bottom Scale on axis 1; other affine layers, and layers with pretrained weights
-(whose direction is kept), need one level. Frozen affine layers (weight lr_mult 0) keep their weight: one whose bias is absent, learnable or
-zero passes one level over all channels on (its bias scaled with it); one with a fixed nonzero bias, and layers the
-model does not know (Embed, recurrent, ...), are left untouched: their bottoms are constrained to l = 0. Every end
-value is constrained to l = 0, so on a positively homogeneous net the function is preserved exactly. Backward:
+(whose direction is kept), need one level. Frozen affine layers (weight lr_mult 0) keep their weight: one whose bias
+is absent, learnable or zero passes one level over all channels on (its bias scaled with it); one with a fixed nonzero
+bias, and layers the model does not know (Embed, recurrent, ...), are left untouched: their bottoms are constrained to
+l = 0. Every end value is constrained to l = 0, so on a positively homogeneous net the function is preserved exactly. Backward:
 m = 0 at the ends (the injected gradients do not change); an affine layer's input block b gets m_out + z_b,
 BatchNorm subtracts l_in per channel, a product adds the other factors' levels; a value read by several layers
 takes the per-channel mean of their contributions.
