@@ -6,29 +6,29 @@ End values: the inputs of loss layers and Accuracy (labels excluded) and the net
 Softmax / ArgMax layers stripped; nothing computed from a loss's output counts (the net proper stops at its last
 non-loss layer). Only layers that feed an end value take part.
 
-Scale model. Each learnable affine weight W_k (Convolution, Deconvolution, InnerProduct, one-bottom Scale; a
-weight shared through a ParamSpec name is one W_k) gets a variable x_k. Every value v of the net then becomes about
-exp(l_v) times its old self (forward level, RMS), and the gradient reaching v about exp(m_v) times its old self
-(backward level); both are linear in x. A level is kept per block of channels (axis 1): a Concat along the channels
-joins its bottoms' blocks, so each branch keeps its own level. Forward: data 0; ReLU, PReLU, pooling, Dropout,
-Split, AbsVal, Eltwise SUM/MAX act per channel and pass the blocks on (the bottoms of an Eltwise are constrained to
-one level per channel: no factor can preserve a sum of differently scaled terms); a Concat or Slice along the
-channels joins or splits blocks (along another axis: bottoms equal per channel); Flatten, Reshape, Tile, Crop, LRN
-and the other layers that mix channels need one level over all channels (constrained) and pass it on; Eltwise PROD
-and two-bottom Scale add; BatchNorm resets every channel to 0 (its mean is multiplied by exp(l_c) and var + eps
-by exp(2 l_c) per channel: its TEST-phase output is unchanged exactly), MVN (variance) to 0 from one common level;
-a Bias layer passes l on, its bias multiplied by exp(l_in). An affine top has one level: l_top = mean_c l_in,c + x_k
-(channel-weighted); its bias is multiplied by exp(l_top) and its weight's input-channel block b by exp(z_b),
-z_b = l_top - l_in,b (= x_k on an input of one block). A layer that reads a split input compensates each block in its
-own weight this way: Convolution, Deconvolution and InnerProduct with axis 1 (an InnerProduct's input channel c owns
-the columns c x inner), and a one-bottom Scale on axis 1; other affine layers, and layers with pretrained weights
-(whose direction is kept), need one level. Frozen affine layers (weight lr_mult 0) keep their weight: one whose bias
-is absent, learnable or zero passes one level over all channels on (its bias scaled with it); one with a fixed nonzero
-bias, and layers the model does not know (Embed, recurrent, ...), are left untouched: their bottoms are constrained to
-l = 0. Every end value is constrained to l = 0, so on a positively homogeneous net the function is preserved exactly. Backward:
-m = 0 at the ends (the injected gradients do not change); an affine layer's input block b gets m_out + z_b,
-BatchNorm subtracts l_in per channel, a product adds the other factors' levels; a value read by several layers
-takes the per-channel mean of their contributions.
+Scale model. Each learnable affine weight W_k (Convolution, Deconvolution, InnerProduct, one-bottom Scale; a weight
+shared through a ParamSpec name is one W_k) gets a variable x_k. Every value v of the net then becomes about exp(l_v)
+times its old self (forward level, RMS), and the gradient reaching v about exp(m_v) times its old self (backward
+level); both are linear in x. A level is kept per block of channels (axis 1): a Concat along the channels joins its
+bottoms' blocks, so each branch keeps its own level. Forward: data 0; ReLU, PReLU, pooling, Dropout, Split, AbsVal,
+Eltwise SUM/MAX act per channel and pass the blocks on (the bottoms of an Eltwise are constrained to one level per
+channel: no factor can preserve a sum of differently scaled terms); a Concat or Slice along the channels joins or
+splits blocks (along another axis: bottoms equal per channel); Flatten, Reshape, Tile, Crop, LRN and the other layers
+that mix channels need one level over all channels (constrained) and pass it on; Eltwise PROD and two-bottom Scale
+add; BatchNorm resets every channel to 0 (its mean is multiplied by exp(l_c) and var + eps by exp(2 l_c) per channel:
+its TEST-phase output is unchanged exactly), MVN (variance) to 0 from one common level; a Bias layer passes l on, its
+bias multiplied by exp(l_in). An affine top has one level: l_top = mean_c l_in,c + x_k (channel-weighted); its bias is
+multiplied by exp(l_top) and its weight's input-channel block b by exp(z_b), z_b = l_top - l_in,b (= x_k on an input
+of one block). A layer that reads a split input compensates each block in its own weight this way: Convolution,
+Deconvolution and InnerProduct with axis 1 (an InnerProduct's input channel c owns the columns c x inner), and a
+one-bottom Scale on axis 1; other affine layers, and layers with pretrained weights (whose direction is kept), need
+one level. Frozen affine layers (weight lr_mult 0) keep their weight: one whose bias is absent, learnable or zero
+passes one level over all channels on (its bias scaled with it); one with a fixed nonzero bias, and layers the model
+does not know (Embed, recurrent, ...), are left untouched: their bottoms are constrained to l = 0. Every end value is
+constrained to l = 0, so on a positively homogeneous net the function is preserved exactly. Backward: m = 0 at the
+ends (the injected gradients do not change); an affine layer's input block b gets m_out + z_b, BatchNorm subtracts
+l_in per channel, a product adds the other factors' levels; a value read by several layers takes the per-channel mean
+of their contributions.
 
 Rates. The gradient of W_k's block b is (input block b) x (output gradient), so it moves by exp(l_in,b + m_out)
 while the block moves by exp(z_b): with s_b and w_b the blocks' shares of |dL/dW_k|^2 and |W_k|^2 (per input
