@@ -482,7 +482,8 @@ def test_a_layer_whose_output_ignores_its_input_passes_no_gradient_and_breaks_no
     """Power with scale 0 computes a constant: its scale probe finds no gradient (it raised an internal error), the
     layer before it is named as unreached, and every weight stays finite."""
     text = (HEAD.format(name="constant") + conv("conv1", "data", 8) + relu("relu1", "conv1")
-            + layer("const", "Power", "conv1", "const", "power_param { scale: 0 shift: 1 }") + conv("conv2", "const", 4))
+            + layer("const", "Power", "conv1", "const", "power_param { scale: 0 shift: 1 }")
+            + conv("conv2", "const", 4))
     m = model(text)
     with pytest.warns(UserWarning, match=r"no gradient reaches 1 learnable layer from the net's outputs \(conv1\)"):
         report = initialize(m, images(2), InitConfig(), progress=False)
