@@ -75,6 +75,7 @@ class TorchNet(torch.nn.Module):
         shared_values = _shared_values(net, starting)
         shared: dict[str, torch.nn.Parameter] = {}
         self.layer_blobs = torch.nn.ModuleList()
+        self._parameters_finite: bool | None = None  # see ``_finite``
         for node in net.layers:
             plist = torch.nn.ParameterList()
             start = starting.get(node.index)
@@ -149,6 +150,8 @@ class TorchNet(torch.nn.Module):
             top_values, last = node.top_values, node  # last: the layer whose tops these are (fused ones: the end)
             if fusible and hasattr(node.layer, "forward_inference"):
                 relu = self._fusible_relu(node, layers, keep_set)
+                if relu is not None and not self._finite(bottoms[0]):
+                    relu = None  # oneDNN's fused ReLU turns NaN into 0, where Caffe's (and torch's) keeps it
                 tops = node.layer.forward_inference(bottoms, blobs, None if relu is None else relu.layer.negative_slope)
                 if tops is not None and relu is not None:
                     fused_away.add(relu.index)
@@ -188,6 +191,15 @@ class TorchNet(torch.nn.Module):
             values = {v: t.contiguous() if fusible and torch.is_tensor(t) else t
                       for v, t in values.items() if v in keep_set}
         return values
+
+    def _finite(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` and every parameter hold no NaN or infinity. The parameters are looked at once, on the
+        first fused call (weights set to NaN later through ``.data`` are not seen)."""
+        if self._parameters_finite is None:
+            self._parameters_finite = all(bool(torch.isfinite(p).all()) for p in self.parameters())
+        # one reduction pass: NaN or infinity makes the sum non-finite (so does an overflowing sum of huge values,
+        # which then just runs unfused)
+        return self._parameters_finite and math.isfinite(float(x.sum()))
 
     def _fusible_relu(self, node: LayerNode, layers: list[LayerNode], keep: set[str]) -> LayerNode | None:
         """The ReLU that may run fused into ``node``: in this run and the only reader of ``node``'s single top,

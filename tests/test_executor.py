@@ -580,6 +580,30 @@ def test_fused_path_matches_the_plain_path_on_corpus_nets(name):
         assert_close(got[v], want[v], (name, v))
 
 
+def test_non_finite_values_are_not_fused_away():
+    """oneDNN's fused ReLU turns NaN into 0; Caffe's ReLU (max(x, 0) + slope min(x, 0)) keeps it: a NaN in the input
+    or in a weight reaches the output as on the plain path, whichever blobs are asked for."""
+    from caffeinit.layers import conv
+    if not conv._CONV_POINTWISE.available:
+        pytest.skip("this torch build has no oneDNN pointwise convolution")
+    net, module = small_net()
+    nan_input = x()
+    nan_input[0, 0, 5, 5] = float("nan")
+    calls = count_fused_calls(module)
+    with torch.no_grad():
+        got = module({"data": nan_input}, keep={"prob"})
+    assert ("conv1", 0.0) not in calls and torch.isnan(got["prob"][0]).all()
+    torch.testing.assert_close(got["prob"], unfused(module, {"data": nan_input}, {"prob"})["prob"], equal_nan=True)
+    net, module = small_net()  # a NaN weight (a caffemodel's): no fusion anywhere
+    module.layer_blobs[net.layer("conv1").index][0].data[0, 0, 0, 0] = float("nan")
+    calls = count_fused_calls(module)
+    with torch.no_grad():
+        got = module({"data": x()}, keep={"prob"})
+    assert not [call for call in calls if call[1] is not None]
+    torch.testing.assert_close(got["prob"], unfused(module, {"data": x()}, {"prob"})["prob"], equal_nan=True)
+    assert torch.isnan(got["prob"]).any()
+
+
 def test_fusion_never_hides_a_kept_pre_activation():
     net, module = small_net()
     calls = count_fused_calls(module)
