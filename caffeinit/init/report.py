@@ -17,7 +17,7 @@ MAX_PLOT_LABELS = 50  # layer names along the x axis at most
 class LayerRecord:
     """What happened to one layer. Statistics are channel averages of the layer's own output (before any
     nonlinearity): mean of the per-channel means, mean of the per-channel stds. ``rate_*`` is the effective change
-    rate lr_mult x RMS(dL/dW) / RMS(W) under N(0,1) gradients at the net's end."""
+    rate |lr_mult| x RMS(dL/dW) / RMS(W) under N(0,1) gradients at the net's end."""
     name: str
     type: str
     method: str = "kept"  # gaussian | orthogonal | pca | zca | kmeans | rand | scale | batchnorm | kept | frozen
@@ -163,7 +163,7 @@ class InitReport:
         spread = [[a - a / (1 + n) for a, n in zip(after, noise)], [a * n for a, n in zip(after, noise)]]
         rate_ax.bar(at, after, width, label="after (+- standard error)", yerr=spread, capsize=2, color="C1")
         rate_ax.set_yscale("log")
-        rate_ax.set_ylabel("lr_mult x RMS(dL/dW) / RMS(W)")
+        rate_ax.set_ylabel("|lr_mult| x RMS(dL/dW) / RMS(W)")
         after_spread = self.spread("after")
         rate_ax.set_title(f"{self.net} ({self.method}): change rate per layer"
                           + (f", spread {after_spread:.2f}x after" if after_spread else ""), fontsize=10)
