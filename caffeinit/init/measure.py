@@ -94,7 +94,7 @@ def spread(measures: list[LayerMeasure]) -> float | None:
 
 
 def measure_table(measures: list[LayerMeasure]) -> str:
-    rows = [("layer", "type", "channels", "mean", "std", "std CV", "rate", "lr_mult x rate")]
+    rows = [("layer", "type", "channels", "mean", "std", "std CV", "rate", "|lr_mult| x rate")]
     for m in measures:
         rows.append((m.name, m.type, str(m.channels), f"{m.mean:.4g}", f"{m.std:.4g}", f"{m.std_cv:.3g}",
                      "-" if m.rate is None else f"{m.rate:.4g}",
