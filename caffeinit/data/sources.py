@@ -4,13 +4,14 @@ ImageData lists, HDF5 files, DummyData fillers).
 A source has ``tops`` (the blob names it fills), ``tasks(seed)`` (an endless, cheap, sequential stream of records in
 Caffe's order, wrapping around at the end as Caffe does) and ``decode(task, rng)`` (the expensive part: decoding and
 transforming one record into one array per top; run in a thread pool by :func:`caffeinit.data.batches`).
-Randomness (shuffle, rand_skip, crops, mirrors) comes from ``seed`` only, so a run is reproducible.
+Randomness (ImageData's shuffle and rand_skip, crops, mirrors) comes from ``seed`` only, so a run is reproducible.
 """
 from __future__ import annotations
 
 import glob
 import itertools
 import os
+import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -72,7 +73,8 @@ class ImageEntry:
 def parse_image_list(list_path: str, root_folder: str | None = None, relative_to_list: bool = True) -> list[ImageEntry]:
     """Caffe's ImageData list: ``path [label]`` a line, split at the last whitespace (paths may hold spaces).
 
-    A missing or non-integer label means label 0 and the whole line is the path. Blank lines and surrounding
+    The label is read as Caffe's atoi does (its leading integer: "3.0" is 3); a last field that does not start
+    with one means label 0 and the whole line is the path. Blank lines and surrounding
     whitespace (including Windows line ends) are ignored, where Caffe would keep them and then fail on the path.
     ``root_folder`` is prepended by plain concatenation, as Caffe does; without it relative paths are taken
     against the list's own folder (``relative_to_list``) or the working directory (Caffe).
@@ -90,8 +92,9 @@ def parse_image_list(list_path: str, root_folder: str | None = None, relative_to
             continue
         path, label = text, 0
         head, sep, tail = text.replace("\t", " ").rpartition(" ")
-        if sep and _is_int(tail):
-            path, label = text[:len(head)].rstrip(), int(tail)
+        number = _LABEL.match(tail)
+        if sep and number:  # Caffe's atoi: the leading integer ("3.0" and "3abc" are 3)
+            path, label = text[:len(head)].rstrip(), int(number.group())
         if root_folder:
             path = root_folder + path
         elif relative_to_list and not os.path.isabs(path):
@@ -102,13 +105,7 @@ def parse_image_list(list_path: str, root_folder: str | None = None, relative_to
     return entries
 
 
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-        return True
-    except ValueError:
-        return False
-
+_LABEL = re.compile(r"[+-]?[0-9]+")  # what atoi reads at the start of a label
 
 def find_images(spec: str, root_folder: str | None = None) -> list[ImageEntry]:
     """Entries for ``--images``: a list file, a directory (recursive, image extensions) or a glob."""
@@ -213,9 +210,9 @@ class DatumDBSource(Source):
     """A Data layer's database of Datum records (raw uint8 C x H x W, float_data, or encoded JPEG/PNG) in key order."""
 
     def __init__(self, path: str, backend: int, preprocess: Preprocess, tops: Sequence[str] = ("data",),
-                 rand_skip: int = 0, skip_bad: bool = False, expected_shape: Shape | None = None):
+                 skip_bad: bool = False, expected_shape: Shape | None = None):
         self.path, self.preprocess, self.tops = path, preprocess, tuple(tops)
-        self.rand_skip, self.skip_bad = rand_skip, skip_bad
+        self.skip_bad = skip_bad
         self.kind = _db_kind(path, backend)
         self.expected_shape = expected_shape  # one transformed item (C, h, w); set from the first record if None
         self._count = None
@@ -254,15 +251,10 @@ class DatumDBSource(Source):
         raise CaffeinitError(f"{self.describe()} is empty")
 
     def tasks(self, seed: int) -> Iterator[DatumRecord]:
-        skip = int(np.random.default_rng([int(seed) & 0xFFFFFFFF, 3]).integers(self.rand_skip)) if self.rand_skip \
-            else 0
-        while True:
+        while True:  # from the first record, wrapping around, whatever the seed (as Caffe's cursor)
             found = False
             for record in self._records():
                 found = True
-                if skip:
-                    skip -= 1
-                    continue
                 yield record
             if not found:
                 raise CaffeinitError(f"{self.describe()} is empty")
@@ -342,7 +334,8 @@ def _open_leveldb(path: str):
 
 # -- HDF5 ---------------------------------------------------------------------------------------------------------
 class HDF5Source(Source):
-    """HDF5Data: ``source`` lists .h5 files (one a line); each top is a dataset of that name, rows are items.
+    """HDF5Data: ``source`` lists .h5 files (separated by any whitespace, as Caffe reads them with ``>>``: a name
+    with a space is two); each top is a dataset of that name, rows are items.
 
     Files are read whole when first needed, as Caffe does; ``shuffle`` permutes files and rows (from the seed).
     """
@@ -351,13 +344,11 @@ class HDF5Source(Source):
         self.list_path, self.tops, self.shuffle = list_path, tuple(tops), shuffle
         try:
             with open(list_path, encoding="utf-8") as f:
-                lines = [(n, line.strip()) for n, line in enumerate(f, 1)]
+                names = [(n, name) for n, line in enumerate(f, 1) for name in line.split()]
         except OSError as e:
             raise CaffeinitError(f"HDF5 list '{list_path}': {e.strerror}") from None
         self.files = []
-        for line_no, name in lines:
-            if not name:
-                continue
+        for line_no, name in names:
             path = _hdf5_path(name, list_path)
             if not os.path.isfile(path):
                 why = "does not exist" if not os.path.exists(path) else why_not_a_file(path)
@@ -372,7 +363,7 @@ class HDF5Source(Source):
     def listed_files(list_path: str) -> list[str]:
         """The paths of the files an HDF5 list names (as ``HDF5Source`` resolves them)."""
         with open(list_path, encoding="utf-8") as f:
-            return [_hdf5_path(name, list_path) for name in (line.strip() for line in f) if name]
+            return [_hdf5_path(name, list_path) for name in f.read().split()]
 
     def load(self, file_index: int) -> list[np.ndarray]:
         """The tops' datasets of one file as float32 arrays (Caffe loads HDF5 data as float)."""
@@ -474,7 +465,9 @@ def layer_source(layer_param: caffe_pb2.LayerParameter, phase: int = caffe_pb2.T
             raise CaffeinitError(f"{where}: data_param.source is not set")
         preprocess = Preprocess.from_transform_param(layer_param.transform_param, phase, where=where)
         shapes = peek_top_shapes(layer_param, phase)
-        return DatumDBSource(dp.source, dp.backend, preprocess, tops, rand_skip=dp.rand_skip, skip_bad=skip_bad,
+        # data_param.rand_skip is not read: Caffe's Data layer stopped skipping records when it dropped its
+        # DataReader (BVLC master reads from the first record)
+        return DatumDBSource(dp.source, dp.backend, preprocess, tops, skip_bad=skip_bad,
                              expected_shape=shapes[0][1:])
     if kind == "ImageData":
         ip = layer_param.image_data_param

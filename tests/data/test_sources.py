@@ -8,6 +8,7 @@ from PIL import Image
 
 from caffeinit.data import (ImageSource, Preprocess, batches, find_images, layer_source, parse_image_list,
                             peek_top_shapes)
+from caffeinit.data.sources import HDF5Source
 from caffeinit.errors import CaffeinitError
 from caffeinit.proto import caffe_pb2
 from tests.conftest import ROOT
@@ -34,6 +35,15 @@ def test_list_parsing_odd_whitespace_missing_labels_and_relative_paths(tmp_path)
     # root_folder: plain concatenation, as Caffe does
     rooted = parse_image_list(str(tmp_path / "list.txt"), root_folder="/data/pre_")
     assert rooted[0].path == "/data/pre_a.jpg" and rooted[3].path == "/data/pre_/abs/e.jpg"
+
+
+def test_labels_are_read_as_caffes_atoi_reads_them(tmp_path):
+    """image_data_layer.cpp: label = atoi(text after the last space): its leading integer ("3.0" is 3, "1_0" is 1,
+    not Python's 10); a last field without one leaves the whole line as the path (label 0)."""
+    (tmp_path / "list.txt").write_text("a.jpg 3.0\nb.jpg 5abc\nc.jpg 1_0\nd.jpg -2\ne f.jpg\n")
+    entries = parse_image_list(str(tmp_path / "list.txt"), relative_to_list=False)
+    assert [(e.path, e.label) for e in entries] == [("a.jpg", 3), ("b.jpg", 5), ("c.jpg", 1), ("d.jpg", -2),
+                                                    ("e f.jpg", 0)]
 
 
 def test_empty_list_folder_and_glob_errors(tmp_path):
@@ -170,6 +180,17 @@ def test_lmdb_raw_datums_with_crop_mean_scale(tmp_path):
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in out]), [0, 1, 2, 0])
 
 
+def test_a_data_layer_feeds_from_the_first_record_whatever_its_rand_skip(tmp_path):
+    """BVLC master's Data layer reads from the first record: rand_skip went with its DataReader (ImageData still
+    skips, after its shuffle)."""
+    path = write_lmdb(tmp_path / "db", [raw_datum(np.full((1, 2, 2), i), i) for i in range(10)])
+    lp = data_layer(path)
+    lp.data_param.rand_skip = 8
+    for seed in range(4):
+        out = next(batches(layer_source(lp, TEST), 3, 3, seed=seed, progress=False))
+        np.testing.assert_array_equal(out["label"], [0, 1, 2])
+
+
 def test_lmdb_encoded_and_float_datums(tmp_path):
     rgb = np.random.default_rng(1).integers(0, 256, (5, 4, 3)).astype(np.uint8)
     make_png(tmp_path / "x.png", rgb)
@@ -250,6 +271,21 @@ def test_hdf5_files_in_order_with_shapes_and_errors(tmp_path):
     lp.transform_param.scale = 2
     with pytest.raises(CaffeinitError, match="does not transform"):
         layer_source(lp, TEST)
+
+
+def test_an_hdf5_list_names_files_separated_by_any_whitespace(tmp_path):
+    """hdf5_data_layer.cpp reads its list with `source_file >> line`: two names on one line are two files."""
+    for k in (1, 2):
+        with h5py.File(tmp_path / f"p{k}.h5", "w") as f:
+            f["data"], f["label"] = np.full((2, 1), k), np.full(2, k)
+    (tmp_path / "files.txt").write_text("p1.h5 \tp2.h5\n")
+    lp = caffe_pb2.LayerParameter(name="h5", type="HDF5Data", top=["data", "label"])
+    lp.hdf5_data_param.source = str(tmp_path / "files.txt")
+    lp.hdf5_data_param.batch_size = 4
+    out = next(batches(layer_source(lp, TEST), 4, 4, progress=False))
+    np.testing.assert_array_equal(out["label"], [1, 1, 2, 2])
+    assert HDF5Source.listed_files(str(tmp_path / "files.txt")) == [str(tmp_path / "p1.h5"),
+                                                                     str(tmp_path / "p2.h5")]
 
 
 # -- shapes of the other data layers -------------------------------------------------------------------------------
