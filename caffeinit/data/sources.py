@@ -107,6 +107,7 @@ def parse_image_list(list_path: str, root_folder: str | None = None, relative_to
 
 _LABEL = re.compile(r"[+-]?[0-9]+")  # what atoi reads at the start of a label
 
+
 def find_images(spec: str, root_folder: str | None = None) -> list[ImageEntry]:
     """Entries for ``--images``: a list file, a directory (recursive, image extensions) or a glob."""
     spec = os.fspath(spec)

@@ -284,8 +284,8 @@ def test_an_hdf5_list_names_files_separated_by_any_whitespace(tmp_path):
     lp.hdf5_data_param.batch_size = 4
     out = next(batches(layer_source(lp, TEST), 4, 4, progress=False))
     np.testing.assert_array_equal(out["label"], [1, 1, 2, 2])
-    assert HDF5Source.listed_files(str(tmp_path / "files.txt")) == [str(tmp_path / "p1.h5"),
-                                                                     str(tmp_path / "p2.h5")]
+    listed = HDF5Source.listed_files(str(tmp_path / "files.txt"))
+    assert listed == [str(tmp_path / "p1.h5"), str(tmp_path / "p2.h5")]
 
 
 # -- shapes of the other data layers -------------------------------------------------------------------------------
