@@ -10,7 +10,7 @@ import torch
 from caffeinit.device import select_device, set_precision
 from caffeinit.errors import CaffeinitError
 from caffeinit.executor import TorchNet
-from caffeinit.net import Net, build_net, parse_phase
+from caffeinit.net import Net, build_net, changed_parameters, parse_phase, shapes_text
 from caffeinit.proto import caffe_pb2
 
 
@@ -57,14 +57,16 @@ class CaffeModel:
         """Re-infer every shape for new input shapes (Caffe's Net::Reshape); weights are kept, so every layer's
         parameters must keep their shapes (Caffe CHECKs them too)."""
         net = build_net(self.net_param, self.phase, self.stages, self.level, input_shapes)
-        for node, current in zip(net.layers, self.net.layers):
-            for k, (new, old) in enumerate(zip(node.layer.blob_shapes, current.layer.blob_shapes)):
-                if tuple(new) != tuple(old):
-                    given = ", ".join(f"{b} {'x'.join(map(str, s))}" for b, s in input_shapes.items())
-                    raise CaffeinitError(f"layer '{node.name}' ({node.type}): for inputs {given} its parameter blob "
-                                         f"{k} would have to be {'x'.join(map(str, new))}, not "
-                                         f"{'x'.join(map(str, old))}: the net does not follow that input shape (e.g. "
-                                         "a Reshape with a fixed first dim runs only at its declared batch)")
+        changed = changed_parameters(net, self.net)
+        if changed is not None:
+            node, twin = changed
+            k, new, old = next((k, a, b) for k, (a, b) in enumerate(zip(node.layer.blob_shapes, twin.layer.blob_shapes))
+                               if tuple(a) != tuple(b))
+            given = ", ".join(f"{b} {shapes_text([s])}" for b, s in input_shapes.items())
+            raise CaffeinitError(f"layer '{node.name}' ({node.type}): for inputs {given} its parameter blob {k} would "
+                                 f"have to be {shapes_text([new])}, not {shapes_text([old])}: the net does not follow "
+                                 "that input shape (e.g. a Reshape with a fixed first dim runs only at its declared "
+                                 "batch)")
         self.net = self.module.net = net
 
     # -- running ------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from caffeinit.errors import CaffeinitError, layer_error
 from caffeinit.layers.activation import ReLU
 from caffeinit.layers.normalization import BatchNorm, Scale, batchnorm_scale
 from caffeinit.layers.base import Layer
-from caffeinit.net import LayerNode, Net
+from caffeinit.net import LayerNode, Net, changed_parameters, shapes_text
 from caffeinit.proto import caffe_pb2
 
 Tap = Callable[[LayerNode, list], None]
@@ -255,21 +255,17 @@ class TorchNet(torch.nn.Module):
             from caffeinit.net import build_net
             shapes = {b: (batch,) + tuple(s[1:]) for b, s in self.net.feeds.items() if s}
             net = build_net(self.net.param, self.net.phase, input_shapes=shapes)
-            for node, declared_node in zip(net.layers, self.net.layers):
-                if list(node.layer.blob_shapes) != list(declared_node.layer.blob_shapes):
-                    # e.g. a Reshape that fixes the first axis: Caffe stops here too (its CHECK on the shapes)
-                    raise CaffeinitError(
-                        f"layer '{node.name}' ({node.type}): with batches of {batch} its parameters would have to be "
-                        f"{_shapes_text(node.layer.blob_shapes)}, not {_shapes_text(declared_node.layer.blob_shapes)}"
-                        f": a layer before it does not follow the batch size (a fixed first dim), so the net runs "
-                        f"only with batches of exactly {declared} images (--batch-size {declared} and a --num-images "
-                        "that is a multiple of it)")
+            changed = changed_parameters(net, self.net)
+            if changed is not None:
+                node, twin = changed
+                raise CaffeinitError(
+                    f"layer '{node.name}' ({node.type}): with batches of {batch} its parameters would have to be "
+                    f"{shapes_text(node.layer.blob_shapes)}, not {shapes_text(twin.layer.blob_shapes)}: a layer "
+                    f"before it does not follow the batch size (a fixed first dim), so the net runs only with "
+                    f"batches of exactly {declared} images (--batch-size {declared} and a --num-images that is a "
+                    "multiple of it)")
             cached[1][batch] = net
         return net
-
-
-def _shapes_text(shapes) -> str:
-    return ", ".join("x".join(map(str, s)) for s in shapes)
 
 
 def tap_needs(tap: Tap | None, node: LayerNode) -> bool:

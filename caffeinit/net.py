@@ -153,6 +153,21 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
                feed_values=feed_values)
 
 
+def changed_parameters(net: Net, declared: Net) -> tuple[LayerNode, LayerNode] | None:
+    """The first layer of ``net`` (the same definition set up for other input shapes) whose parameter shapes differ
+    from those in ``declared``, with its declared twin; None where all are the same (Caffe CHECKs them when it
+    reshapes a net: a Reshape fixing the first dim ties the next layer's weights to the declared batch)."""
+    for node, twin in zip(net.layers, declared.layers):
+        if [tuple(s) for s in node.layer.blob_shapes] != [tuple(s) for s in twin.layer.blob_shapes]:
+            return node, twin
+    return None
+
+
+def shapes_text(shapes) -> str:
+    """Shapes as Caffe's logs write them: 5x288, 5."""
+    return ", ".join("x".join(map(str, s)) for s in shapes)
+
+
 MAX_BLOB_COUNT = 2**31 - 1  # Caffe's Blob::Reshape: "blob size exceeds INT_MAX"
 
 

@@ -154,17 +154,17 @@ def check_opset(opset: int) -> None:
 def _batch_pinned_by(net: Net, batch: int) -> str | None:
     """Why the net runs only at its declared batch (the first layer whose parameters would change shape at another,
     after a Reshape fixing the first dim), so that its graph gets a static batch; None where it follows the batch."""
-    from caffeinit.net import build_net
+    from caffeinit.net import build_net, changed_parameters
     shapes = {b: (batch + 1,) + tuple(s[1:]) for b, s in net.feeds.items() if s}
     try:
-        other = build_net(net.param, net.phase, input_shapes=shapes)
+        changed = changed_parameters(build_net(net.param, net.phase, input_shapes=shapes), net)
     except CaffeinitError as e:
         return f"the net cannot be set up for batch {batch + 1} ({e})"
-    for node, declared in zip(other.layers, net.layers):
-        if [tuple(s) for s in node.layer.blob_shapes] != [tuple(s) for s in declared.layer.blob_shapes]:
-            return (f"layer '{node.name}' ({node.type})'s parameters would change shape at another batch size (a "
-                    "fixed first dim before it)")
-    return None
+    if changed is None:
+        return None
+    node = changed[0]
+    return (f"layer '{node.name}' ({node.type})'s parameters would change shape at another batch size (a fixed "
+            "first dim before it)")
 
 
 def _batch_size(net: Net, input_values: list[str]) -> int | None:
