@@ -89,8 +89,8 @@ class Affine:
         if self.kind == "ip":
             return x.numel() // layer.inputs
         lead = math.prod(x.shape[:layer.axis])
-        out = [(size + 2 * p - (d * (k - 1) + 1)) // s + 1 for size, k, s, p, d in
-               zip(x.shape[layer.axis + 1:], layer.kernel, layer.stride, layer.pad, layer.dilation)]
+        out = [(size + 2 * p + e - (d * (k - 1) + 1)) // s + 1 for size, k, s, p, e, d in
+               zip(x.shape[layer.axis + 1:], layer.kernel, layer.stride, layer.pad, layer.extra, layer.dilation)]
         return lead * math.prod(out)
 
     def patches(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,12 +101,15 @@ class Affine:
             flat = x.reshape(-1, layer.inputs)
             return (flat if rows is None else flat[rows.to(x.device)])[None]
         x = x.reshape((-1,) + tuple(x.shape[layer.axis:]))
+        (eh, ew) = layer.extra  # zeros past the end that Caffe's last window reads (a window past a small input)
         if rows is None:
+            if eh or ew:
+                x = F.pad(x, (0, ew, 0, eh))
             cols = F.unfold(x, layer.kernel, dilation=layer.dilation, padding=layer.pad, stride=layer.stride)
             cols = cols.reshape(cols.shape[0], self.groups, -1, cols.shape[2])  # (image, group, column, place)
             return cols.permute(1, 0, 3, 2).reshape(self.groups, -1, cols.shape[2])
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel, layer.stride, layer.pad, layer.dilation
-        padded = F.pad(x, (pw, pw, ph, ph))
+        padded = F.pad(x, (pw, pw + ew, ph, ph + eh))
         channels, height, width = padded.shape[1:]
         out_h = (height - dh * (kh - 1) - 1) // sh + 1
         out_w = (width - dw * (kw - 1) - 1) // sw + 1

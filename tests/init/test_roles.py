@@ -34,6 +34,33 @@ def test_selected_patch_rows_equal_the_unfolded_rows(geometry):
         assert torch.equal(affine.patches(x)[group], oracle)
 
 
+@pytest.mark.parametrize("geometry", [dict(group=2, kh=3, kw=2, sh=2, sw=1, ph=1, pw=2, d=2),
+                                      # windows past the padded input (25 > 23, 21 > 19 by less than the stride):
+                                      # Caffe's one output per axis reads zeros beyond the end
+                                      dict(group=1, kh=25, kw=21, sh=4, sw=3, ph=0, pw=0, d=1),
+                                      dict(group=2, kh=13, kw=5, sh=4, sw=5, ph=1, pw=0, d=2)])
+def test_patches_times_the_weight_give_the_layers_output(geometry):
+    """The patch rows are what the layer multiplies with its weight: patches @ W_g^T is the group's output, in
+    (image, y, x) order, for every geometry the layer accepts."""
+    m = model(CONV.format(**geometry))
+    node = m.net.layer("conv")
+    affine = affine_of(node)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 23, 19, generator=gen)
+    weight = torch.randn(node.layer.blob_shapes[0], generator=gen)
+    out = node.layer.forward([x], [weight, torch.zeros(4)])[0]
+    rows = out.permute(0, 2, 3, 1).reshape(-1, 4)
+    assert affine.patch_count(x) == rows.shape[0]
+    groups, per = geometry["group"], 4 // geometry["group"]
+    patches = affine.patches(x)
+    chosen = torch.arange(rows.shape[0]).flip(0)
+    for group in range(groups):
+        w = weight[group * per:(group + 1) * per].reshape(per, -1)
+        expected = rows[:, group * per:(group + 1) * per]  # sums of up to 2,100 products of ~1: float32 rounding
+        torch.testing.assert_close(patches[group] @ w.t(), expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(affine.patches(x, chosen)[group] @ w.t(), expected[chosen], rtol=1e-5, atol=1e-4)
+
+
 SCALED = """
 input: "data" input_shape { dim: 2 dim: 4 dim: 6 dim: 6 }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"

@@ -376,3 +376,20 @@ def test_non_finite_values_on_the_init_images_are_traced_to_where_they_start(met
     with pytest.raises(CaffeinitError, match=r"^layer 'conv1' \(Convolution\): .* from the data itself \(input "
                                              r"'data'\) on init batch 2: nothing can be set from it$"):
         initialize(model(PLAIN), batches, InitConfig(method=method), progress=False)
+
+
+@pytest.mark.parametrize("method", ["pca", "kmeans"])
+def test_a_window_past_a_small_input_draws_from_its_patches(method):
+    """conv1's 13 x 13 window is larger than the 12 x 12 input by less than the stride: Caffe gives one output per
+    image (reading zeros past the end), so 64 images give 64 patches for 4 filters (no fallback to gaussian)."""
+    net = (HEAD.format(name="small") + 'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" '
+           'convolution_param { num_output: 4 kernel_size: 13 stride: 2 } }\n')
+    m = model(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = initialize(m, images(8), InitConfig(method=method, between=False, measure_before=False),
+                            progress=False)
+    assert report.layer("conv1").method == method
+    mean, std = _channel_stats(m, images(8), ["conv1"], {})["conv1"]
+    np.testing.assert_allclose(mean, BETA, atol=1e-4)
+    np.testing.assert_allclose(std, 1.0, rtol=1e-4)
