@@ -78,8 +78,9 @@ DAMPING = 0.03  # Tikhonov weight on x for non-homogeneous nets (a direct direct
 SOLVER_ITERS = 50  # Gauss-Newton iterations of one solve (a net without compensated blocks needs one)
 
 
-def end_values(net: Net) -> list[str]:
-    """Values that receive the injected gradients (see the module docstring)."""
+def end_values(net: Net, after_loss: set[str] | None = None) -> list[str]:
+    """Values that receive the injected gradients (see the module docstring); ``after_loss``: the net's
+    ``values_after_loss`` where the caller has them."""
     producer = {v: node for node in net.layers for v in node.top_values}
     consumers = net.consumers()
     ends: list[str] = []
@@ -95,7 +96,8 @@ def end_values(net: Net) -> list[str]:
         if v not in ends:
             ends.append(v)
 
-    after_loss = values_after_loss(net)
+    if after_loss is None:
+        after_loss = values_after_loss(net)
     for node in net.layers:
         if any(v in after_loss for v in node.bottom_values):
             continue
@@ -481,7 +483,8 @@ def build_scale_model(module: TorchNet, whole: Iterable[str] = ()) -> ScaleModel
     """The scale model of ``module``'s net; the layers named in ``whole`` (pretrained weights) are only scaled as a
     whole, so the blocks of a split input they read share one level."""
     net = module.net
-    ends = end_values(net)
+    after_loss = values_after_loss(net)
+    ends = end_values(net, after_loss)
     if not ends:
         raise CaffeinitError(f"net '{net.name}': no output to inject gradients at (every layer is a data or loss "
                              "layer)")
@@ -512,7 +515,6 @@ def build_scale_model(module: TorchNet, whole: Iterable[str] = ()) -> ScaleModel
         model.group_nodes[index_of_weight[id(weight)]].append(node)
     # Layers that feed no end (a branch into Silence, layers after a loss) are not constrained: what they compute
     # reaches no output. Their own learnable weights are not measured.
-    after_loss = values_after_loss(net)
     model.unreached = [node.name for node in net.layers if node.index not in active_idx
                        and affine_of(node) is not None and not is_frozen(node)
                        and not any(v in after_loss for v in node.bottom_values)
