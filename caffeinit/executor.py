@@ -241,20 +241,34 @@ class TorchNet(torch.nn.Module):
 
     def _net_for_batch(self, feeds: Mapping[str, torch.Tensor]) -> Net:
         """The net set up for the batch size of ``feeds`` (Caffe reshapes every layer on each forward): layers
-        whose shape bookkeeping depends on the batch (losses, ArgMax, ...) then see the right one. Nets for other
-        batch sizes are built once and cached."""
-        batch = next((int(t.shape[0]) for v, t in feeds.items() if self.net.value_shapes.get(v) and t.dim()), None)
-        declared = next((s[0] for s in self.net.feeds.values() if s), None)
-        if batch is None or declared is None or batch == declared:
+        whose shape bookkeeping depends on the batch (losses, ArgMax, ...) then see the right one. The batch is the
+        first dim of the first fed value whose first dim differs from its declared one (an input with a first dim of
+        its own, such as a 1x3 image-info blob, fed as declared, changes nothing); each fed data-layer top takes
+        the first dim it is fed with, the others that follow the declared batch the new one. Nets for other batch
+        sizes are built once (in the net's own state: phase, stages, level) and cached."""
+        batch = declared = None
+        for v, t in feeds.items():
+            shape = self.net.value_shapes.get(v)
+            if shape and torch.is_tensor(t) and t.dim() and int(t.shape[0]) != shape[0]:
+                batch, declared = int(t.shape[0]), shape[0]
+                break
+        if batch is None:
             return self.net
+        shapes = {}
+        for blob, s in self.net.feeds.items():
+            t = feeds.get(self.net.feed_values.get(blob))
+            if s and torch.is_tensor(t) and t.dim():
+                shapes[blob] = (int(t.shape[0]),) + tuple(s[1:])
+            elif s:
+                shapes[blob] = ((batch,) if s[0] == declared else s[:1]) + tuple(s[1:])
+        key = tuple(sorted(shapes.items()))
         cached = getattr(self, "_nets_by_batch", None)
         if cached is None or cached[0] is not self.net:
             cached = self._nets_by_batch = (self.net, {})
-        net = cached[1].get(batch)
+        net = cached[1].get(key)
         if net is None:
             from caffeinit.net import build_net
-            shapes = {b: (batch,) + tuple(s[1:]) for b, s in self.net.feeds.items() if s}
-            net = build_net(self.net.param, self.net.phase, input_shapes=shapes)
+            net = build_net(self.net.param, self.net.phase, level=self.net.param.state.level, input_shapes=shapes)
             changed = changed_parameters(net, self.net)
             if changed is not None:
                 node, twin = changed
@@ -264,7 +278,7 @@ class TorchNet(torch.nn.Module):
                     f"before it does not follow the batch size (a fixed first dim), so the net runs only with "
                     f"batches of exactly {declared} images (--batch-size {declared} and a --num-images that is a "
                     "multiple of it)")
-            cached[1][batch] = net
+            cached[1][key] = net
         return net
 
 

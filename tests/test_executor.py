@@ -253,6 +253,24 @@ def test_a_net_whose_shapes_do_not_follow_the_batch_size_is_refused_naming_the_l
         module(three)
 
 
+def test_another_batch_size_keeps_the_nets_level():
+    """The net set up for another batch size is the same net: a layer kept by the level (min_level 1) stays."""
+    net = build_net(parse_net_text(SMALL.replace('top: "prob"', 'top: "prob" include { min_level: 1 }')), level=1)
+    module = TorchNet(net, seed=1)
+    assert module({"data": torch.zeros(3, 3, 12, 12)}, keep={"prob"})["prob"].shape == (3, 5)
+
+
+def test_an_input_with_its_own_first_dim_fed_as_declared_does_not_change_the_batch():
+    """An image-info input of shape 1x3 beside the data: fed first, as declared, it is not the batch (the net with
+    a fixed batch of 2 runs at 2, and at 3 the data's batch is the one named)."""
+    text = FIXED_BATCH + 'layer { name: "info" type: "Input" top: "info" input_param { shape { dim: 1 dim: 3 } } }\n'
+    module = TorchNet(build_net(parse_net_text(text)), seed=1)
+    info = torch.zeros(1, 3)
+    assert module({"info": info, "data": x()}, keep={"fc"})["fc"].shape == (2, 5)
+    with pytest.raises(CaffeinitError, match=r"^layer 'fc' \(InnerProduct\): with batches of 3 .* exactly 2 images"):
+        module({"info": info, "data": torch.zeros(3, 3, 12, 12)})
+
+
 def test_real_caffe_model_gives_finite_outputs():
     model = load(shared_path("corpus", "htshinichi__resnet50_stem.prototxt"),
                  weights=shared_path("corpus", "htshinichi__resnet50_stem.caffemodel"))
