@@ -42,7 +42,9 @@ class GraphBuilder:
     def constant(self, array, hint: str, dtype=np.float32) -> str:
         """An initializer holding ``array`` (float32 unless ``dtype`` says otherwise); returns its name."""
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(array, dtype)), name))
+        # np.array, not np.ascontiguousarray, which makes a 0-d array 1-d: a scalar stays rank 0 so that it
+        # cannot give a rank-0 value (a Reduction over all axes) a dimension
+        self.initializers.append(numpy_helper.from_array(np.array(array, dtype, order="C"), name))
         return name
 
     def ints(self, values: Sequence[int], hint: str) -> str:

@@ -141,3 +141,12 @@ def test_a_layer_with_its_own_train_phase():
     drop = input_layer() + layer("Dropout", params="phase: TRAIN")
     with pytest.raises(CaffeinitError, match=r"layer 'out' \(Dropout\): sets its own phase TRAIN"):
         build_model(build_net(parse_net_text(drop), "test"), {})
+
+
+def test_scalar_constants_keep_a_rank_0_value_rank_0():
+    """A Reduction over every axis gives Caffe a 0-axis top; its coeff, a MEAN's divisor and a Power after it are
+    scalar constants, which must not give it a dimension (an initializer of shape [1] would)."""
+    text = (input_layer(shape=(2, 3)) + layer("Reduction", tops=("mean",), params="reduction_param { operation: MEAN }")
+            + layer("Power", ("mean",), ("p",), "power_param { scale: 2 shift: 1 }"))
+    _, _, results = export_and_compare(text)
+    assert results["mean"].shape == () and results["p"].shape == ()
