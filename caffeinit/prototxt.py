@@ -1,9 +1,11 @@
 """Reading Caffe's text formats: nets (any historic version, upgraded) and solvers.
 
-Text is parsed like Caffe's C++ TextFormat::Parse: a non-repeated field given twice keeps its last value. Syntax
-errors and unknown fields become one-line CaffeinitErrors ``FILE:LINE:COL: message``; fields that only exist in
-well-known Caffe forks name the fork. The fork spelling ``pooling_param { ceil_mode: true|false }`` is accepted as
-BVLC's ``round_mode: CEIL|FLOOR``.
+Text is parsed like Caffe's C++ ``TextFormat::Parse`` (``util/io.cpp``), which forbids singular overwrites: a
+non-repeated field (a scalar or a message such as ``convolution_param``) given twice in one message is an error, not
+"the last one wins" (that is ``TextFormat::Merge``). Syntax errors and unknown fields become one-line
+CaffeinitErrors ``FILE:LINE:COL: message``; fields that only exist in well-known Caffe forks name the fork. Comments
+may hold bytes that are not UTF-8 (GBK or Latin-1 comments are common, and Caffe skips them unread). The fork
+spelling ``pooling_param { ceil_mode: true|false }`` is accepted as BVLC's ``round_mode: CEIL|FLOOR``.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ FORK_FIELDS = {
 }
 
 _NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
+_TWICE = re.compile(r'Message type "([\w.]+)" should not have multiple "(\w+)" (?:fields|extensions)')
 
 # Tokens of protobuf text format that matter for finding `ceil_mode` inside `pooling_param`.
 _TOKEN = re.compile(r'''
@@ -81,9 +84,13 @@ def rewrite_ceil_mode(text: str) -> str:
     return "".join(pieces)
 
 
-def _layer_name_at(text: str, line: int) -> str | None:
-    """The name of the layer block enclosing ``line`` (1-based) of ``text``, if any (best effort)."""
-    end = sum(len(row) for row in text.splitlines(keepends=True)[:line])
+def _layer_name_at(text: str, line: int, column: int = 0) -> str | None:
+    """The name of the layer block enclosing ``line`` (1-based) of ``text`` at ``column`` (1-based; 0: the end of
+    the line), if any (best effort)."""
+    rows = text.splitlines(keepends=True)
+    end = sum(len(row) for row in rows[:line])
+    if column > 0 and line <= len(rows):
+        end -= len(rows[line - 1]) - min(column - 1, len(rows[line - 1]))
     blocks: list[tuple[str, str | None]] = []  # (block name, layer name seen in it)
     last_ident = ""
     for match in _TOKEN.finditer(text, 0, end):
@@ -104,7 +111,7 @@ def _parse_error(error: text_format.ParseError, filename: str, text: str) -> Caf
     """One line ``FILE:LINE:COL: message``, naming the layer and, for fork-only fields, the fork."""
     line, column = error.GetLine(), error.GetColumn()
     where = f"{filename}:{line}:{column}" if line else filename
-    layer = _layer_name_at(text, line) if line else None
+    layer = _layer_name_at(text, line, column) if line else None
     if layer:
         where += f": layer '{layer}'"
     message = str(error)
@@ -116,12 +123,17 @@ def _parse_error(error: text_format.ParseError, filename: str, text: str) -> Caf
         message = f"unknown field '{field}' in {message_type}"
         if field in FORK_FIELDS:
             message += f": it is not in BVLC Caffe, it comes from the {FORK_FIELDS[field]} fork"
+    twice = _TWICE.search(message)
+    if twice:
+        message_type, field = twice.groups()
+        message = (f"non-repeated field '{field}' of {message_type} is given more than once (Caffe's parser refuses "
+                   "this: keep one)")
     return CaffeinitError(f"{where}: {message}")
 
 
 def _merge_text(text: str, message, filename: str):
     try:
-        text_format.Merge(text, message)
+        text_format.Parse(text, message)
     except text_format.ParseError as e:
         raise _parse_error(e, filename, text) from None
     return message
@@ -153,13 +165,36 @@ def _read_text(path: str | os.PathLike, what: str) -> str:
         raise CaffeinitError(f"{path}: no such {what} file") from None
     except OSError as e:
         raise CaffeinitError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    if b"\x00" in data:
+        raise CaffeinitError(f"{path}: binary data, not a text {what} (a .caffemodel? pass weights separately)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        text = None
-    if text is None or "\x00" in text:
-        raise CaffeinitError(f"{path}: binary data, not a text {what} (a .caffemodel? pass weights separately)")
+        text = _decode_legacy_comments(data, path)
     return text.removeprefix("\ufeff")
+
+
+# The code part of a line: anything but quotes and '#', and whole strings (which never span lines).
+_CODE = re.compile(r'''(?:[^"'#\n]|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')*''')
+
+
+def _decode_legacy_comments(data: bytes, path) -> str:
+    """Text whose bytes are not all UTF-8: Caffe's parser reads bytes and skips comments unread, so bytes of another
+    encoding (GBK, Latin-1) in a comment are fine and become U+FFFD here; elsewhere (in a string: a layer name or a
+    path) no decoding could give the bytes Caffe would use, so the line is named."""
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    for number, line in enumerate(lines, 1):
+        if not any("\udc80" <= c <= "\udcff" for c in line):
+            continue
+        code = _CODE.match(line).group()
+        if not line.startswith("#", len(code)):  # an unterminated string: the whole line is code
+            code = line
+        if any("\udc80" <= c <= "\udcff" for c in code):
+            column = next(i for i, c in enumerate(code, 1) if "\udc80" <= c <= "\udcff")
+            raise CaffeinitError(f"{path}:{number}:{column}: bytes that are not UTF-8 outside a comment (a binary "
+                                 "file? a text net or solver must be UTF-8 outside its comments)")
+        lines[number - 1] = code + "".join("\ufffd" if "\udc80" <= c <= "\udcff" else c for c in line[len(code):])
+    return "\n".join(lines)
 
 
 def resolve_solver_net_path(net_path: str, solver_path: str | os.PathLike) -> Path:
@@ -223,7 +258,7 @@ def solver_net_file(path: str | os.PathLike) -> Path | None:
     try:
         text = rewrite_ceil_mode(_read_text(path, "net"))
         solver = caffe_pb2.SolverParameter()
-        text_format.Merge(text, solver)
+        text_format.Parse(text, solver)
         if not solver.ListFields():
             return None  # an empty file: read_net takes it as an empty net
         _, source = _solver_net(solver, os.fspath(path))
@@ -248,7 +283,7 @@ def read_net(path: str | os.PathLike) -> caffe_pb2.NetParameter:
     text = rewrite_ceil_mode(_read_text(path, "net"))
     net = caffe_pb2.NetParameter()
     try:
-        text_format.Merge(text, net)
+        text_format.Parse(text, net)
     except text_format.ParseError as e:
         unknown = _NO_FIELD.search(str(e))
         if not (unknown and unknown.group(1) == "caffe.NetParameter"

@@ -124,9 +124,62 @@ def test_caffemodel_given_as_net_is_refused():
         read_net(path)
 
 
-def test_repeated_singular_field_keeps_the_last_value_like_caffe():
-    net = parse_net_text('name: "first"\nname: "second"\n')
-    assert net.name == "second"
+@pytest.mark.parametrize("text, line, field", [
+    ('name: "first"\nname: "second"\n', 2, "name"),
+    ('layer { name: "ip" type: "InnerProduct"\n  inner_product_param { num_output: 3 num_output: 5 } }', 2,
+     "num_output"),
+    # a message field too: C++ TextFormat::Parse refuses it where Python's Merge would merge the two
+    ('layer { name: "ip" type: "InnerProduct" inner_product_param { num_output: 3 }\n'
+     '  inner_product_param { bias_term: false } }', 2, "inner_product_param"),
+])
+def test_non_repeated_field_given_twice_is_refused_like_caffe(text, line, field):
+    # Caffe reads text with TextFormat::Parse (util/io.cpp), which forbids singular overwrites: "Non-repeated field
+    # ... is specified multiple times" (OpenCV's Caffe reader, the same parser, refuses these nets too).
+    with pytest.raises(CaffeinitError) as info:
+        parse_net_text(text, "net.prototxt")
+    message = str(info.value)
+    assert message.startswith(f"net.prototxt:{line}:") and f"'{field}'" in message and "more than once" in message
+    assert "\n" not in message
+
+
+def test_solver_field_given_twice_is_refused(tmp_path):
+    solver = write(tmp_path / "solver.prototxt", 'net: "a.prototxt"\nbase_lr: 0.1\nbase_lr: 0.2\n')
+    with pytest.raises(CaffeinitError, match=r"solver.prototxt:3:.*'base_lr'.*more than once"):
+        read_solver(solver)
+    with pytest.raises(CaffeinitError, match=r"solver.prototxt:3:.*'base_lr'.*more than once"):
+        read_net(solver)
+
+
+def test_repeated_fields_may_repeat():
+    net = parse_net_text('layer { name: "c" type: "Convolution" top: "t" top: "u"\n'
+                         '  convolution_param { kernel_size: 2 kernel_size: 3 pad: [1, 0] } }')
+    assert list(net.layer[0].top) == ["t", "u"]
+    assert list(net.layer[0].convolution_param.kernel_size) == [2, 3]
+    assert list(net.layer[0].convolution_param.pad) == [1, 0]
+
+
+def test_error_on_a_one_line_layer_names_the_layer():
+    with pytest.raises(CaffeinitError, match=r"^net.prototxt:3:\d+: layer 'pool': .*number 7"):
+        parse_net_text(TINY_NET.replace("pool: MAX", "pool: 7"), "net.prototxt")
+
+
+# -- encodings -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("encoding", ["gbk", "latin-1"])
+def test_comments_in_another_encoding_are_skipped_as_caffe_does(tmp_path, encoding):
+    # Chinese repositories often carry GBK comments; Caffe's tokenizer skips a comment's bytes unread.
+    comment = "# 卷积层 (conv)" if encoding == "gbk" else "# Übung"
+    text = TINY_NET.replace("\nlayer", f"\n{comment}\nlayer", 1) + f"{comment} 'quote\n"
+    path = tmp_path / "net.prototxt"
+    path.write_bytes(text.encode(encoding))
+    net = read_net(path)
+    assert [layer.name for layer in net.layer] == ["data", "pool"]
+
+
+def test_a_string_in_another_encoding_names_its_line(tmp_path):
+    path = tmp_path / "net.prototxt"
+    path.write_bytes(TINY_NET.replace('name: "pool"', 'name: "池化"').encode("gbk"))
+    with pytest.raises(CaffeinitError, match=r"net.prototxt:3:\d+: bytes that are not UTF-8 outside a comment"):
+        read_net(path)
 
 
 # -- output ----------------------------------------------------------------------------------------------------------
@@ -150,7 +203,7 @@ def test_solver_naming_a_net_file_beside_it(tmp_path, monkeypatch):
                    'net: "train_val.prototxt"\nbase_lr: 0.01\nsolver_type: NESTEROV\n')
     monkeypatch.chdir(tmp_path)  # not the solver's folder
     net = read_net(solver)
-    assert net.name == "tiny" and [l.name for l in net.layer] == ["data", "pool"]
+    assert net.name == "tiny" and [layer.name for layer in net.layer] == ["data", "pool"]
     parsed = read_solver(solver)
     assert parsed.type == "Nesterov" and parsed.base_lr == pytest.approx(0.01)
 
