@@ -1,7 +1,8 @@
 """The inference part of a train/val net, as a deploy net: what ONNX export (and any runtime) needs.
 
 A train_val prototxt's TEST phase still reads a database and ends in loss and accuracy layers, which need labels
-and mean nothing at inference. ``deploy_param`` keeps the TEST-phase layers but those, turns each data layer into an
+and mean nothing at inference. ``deploy_param`` keeps the TEST-phase layers but those (and any layer reading what
+they compute, as one removes by hand a Silence of the accuracy), turns each data layer into an
 Input layer declaring the tops that a kept layer reads (so a label read only by a loss disappears), and leaves the
 rest as it is: the net's outputs become what the removed layers read (fc8 instead of loss and accuracy).
 """
@@ -23,13 +24,19 @@ def losses_in_test_phase(net_param: caffe_pb2.NetParameter, stages: Iterable[str
 
 def deploy_param(net_param: caffe_pb2.NetParameter, input_shapes: Mapping[str, Sequence[int]],
                  stages: Iterable[str] = (), level: int = 0, peek=None) -> caffe_pb2.NetParameter:
-    """The TEST-phase layers of ``net_param`` without loss/accuracy layers, data layers replaced by Input layers.
+    """The TEST-phase layers of ``net_param`` without loss/accuracy layers (nor the layers reading what those
+    compute), data layers replaced by Input layers.
 
     ``input_shapes``: the shape of each data top a kept layer reads, by blob name (the shapes the net was run
     with: a database that is not here cannot say them). ``peek(layer)``, where given, supplies the shapes of a data
     layer's tops that ``input_shapes`` lacks (e.g. ``data.peek_top_shapes`` from its source)."""
     test = filter_net(net_param, caffe_pb2.TEST, level, stages)
-    kept = [lp for lp in test.layer if not layer_class(lp.type, lp.name).is_loss]
+    kept, gone = [], set()  # gone: blobs of the removed layers, whose readers go too (a Silence of the accuracy)
+    for lp in test.layer:
+        if layer_class(lp.type, lp.name).is_loss or gone.intersection(lp.bottom):
+            gone.update(lp.top)
+        else:
+            kept.append(lp)
     read = {b for lp in kept if not layer_class(lp.type, lp.name).is_data for b in lp.bottom}
     deploy = caffe_pb2.NetParameter()
     deploy.CopyFrom(test)

@@ -51,3 +51,21 @@ def test_onnx_of_a_train_val_net_computes_what_the_net_computes(tmp_path):
     assert [i.name for i in session.get_inputs()] == ["data"]
     got = session.run(["ip2"], {"data": x})[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_layers_reading_what_a_loss_or_accuracy_computes_go_with_it():
+    """A Power scaling the loss and a Silence of the accuracy read blobs the inference part no longer has: they go
+    too, as one removes them by hand (before, the deploy net named an unknown bottom 'loss')."""
+    from caffeinit.prototxt import parse_net_text
+    param = parse_net_text(
+        'name: "tv"\n'
+        'layer { name: "data" type: "Input" top: "data" top: "label" '
+        'input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } shape { dim: 2 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 5 } }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n'
+        'layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc" }\n'
+        'layer { name: "scaled" type: "Power" bottom: "loss" top: "scaled" power_param { scale: 2 } }\n'
+        'layer { name: "sil" type: "Silence" bottom: "acc" }\n')
+    deploy = deploy_param(param, {"data": (2, 3, 4, 4), "label": (2,)})
+    assert [lp.name for lp in deploy.layer] == ["data", "ip"]
+    assert build_net(deploy).outputs == ["ip"]
