@@ -10,7 +10,7 @@ import numpy as np
 from caffeinit.onnx_export.registry import converter
 from caffeinit.proto import caffe_pb2
 
-INT64_MIN = np.iinfo(np.int64).min
+INT64_MIN, INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
 
 def _axis(axis: int, rank: int) -> int:
@@ -39,6 +39,15 @@ def slice_(g, node, inputs, outputs, blobs):
         g.op("Identity", inputs, node.name, out=outputs[0])
         return
     sizes = [shape[axis] for shape in node.top_shapes]
+    if axis == 0 and p.slice_point:
+        # the batch axis: at another batch size Caffe's last top takes what its slice points leave
+        bounds = list(p.slice_point)
+        for i, out in enumerate(outputs):
+            begin = bounds[i - 1] if i else 0
+            end = bounds[i] if i < len(bounds) else INT64_MAX
+            g.op("Slice", [inputs[0], g.ints([begin], f"{node.name}/starts"), g.ints([end], f"{node.name}/ends"),
+                           g.ints([0], f"{node.name}/axes")], node.name, out=out)
+        return
     g.op("Split", [inputs[0], g.ints(sizes, f"{node.name}/sizes")], node.name, out=outputs, axis=axis)
 
 
@@ -63,6 +72,11 @@ def reshape(g, node, inputs, outputs, blobs):
     p = node.param.reshape_param
     start = p.axis if p.axis >= 0 else len(shape) + p.axis + 1
     end = len(shape) if p.num_axes == -1 else start + p.num_axes
+    if end == 0:  # dims inserted before the batch axis: the input's own shape follows them, whatever its batch
+        target = g.op("Concat", [g.ints(list(p.shape.dim), f"{node.name}/dims"),
+                                 g.op("Shape", inputs, f"{node.name}/input_shape")], f"{node.name}/shape", axis=0)
+        g.op("Reshape", [inputs[0], target], node.name, out=outputs[0])
+        return
     reshape_keep_leading(g, inputs[0], start, list(p.shape.dim) + list(shape[end:]), node.name, out=outputs[0])
 
 
@@ -74,10 +88,14 @@ def crop(g, node, inputs, outputs, blobs):
     offsets = list(p.offset)
     axes = list(range(start, len(big)))
     begins = [0 if not offsets else offsets[0] if len(offsets) == 1 else offsets[i - start] for i in axes]
-    ends = [b + small[i] for b, i in zip(begins, axes)]
     name = node.name
-    g.op("Slice", [inputs[0], g.ints(begins, f"{name}/starts"), g.ints(ends, f"{name}/ends"),
-                   g.ints(axes, f"{name}/axes")], name, out=outputs[0])
+    if start == 0:  # the batch axis: the second bottom's own sizes, whatever its batch
+        ends = g.op("Add", [g.op("Shape", [inputs[1]], f"{name}/reference_shape"), g.ints(begins, f"{name}/offsets")],
+                    f"{name}/ends")
+    else:
+        ends = g.ints([b + small[i] for b, i in zip(begins, axes)], f"{name}/ends")
+    g.op("Slice", [inputs[0], g.ints(begins, f"{name}/starts"), ends, g.ints(axes, f"{name}/axes")], name,
+         out=outputs[0])
 
 
 @converter("Eltwise")
@@ -122,10 +140,17 @@ def reduction(g, node, inputs, outputs, blobs):
     ops = {caffe_pb2.ReductionParameter.SUM: "ReduceSum", caffe_pb2.ReductionParameter.MEAN: "ReduceSum",
            caffe_pb2.ReductionParameter.ASUM: "ReduceL1", caffe_pb2.ReductionParameter.SUMSQ: "ReduceSumSquare"}
     coeff = float(p.coeff)
-    if p.operation == caffe_pb2.ReductionParameter.MEAN:
-        coeff /= int(np.prod(shape[axis:], dtype=np.int64))
     flat = reshape_keep_leading(g, inputs[0], axis, [-1], f"{name}/flat")
     last = g.ints([-1], f"{name}/axes")
+    if p.operation == caffe_pb2.ReductionParameter.MEAN and axis == 0:
+        # the count includes the batch axis: Caffe's coeff / count (in float) at the batch the graph runs
+        count = g.op("Cast", [g.op("Size", inputs, f"{name}/size")], f"{name}/count", to=1)  # 1 = FLOAT
+        factor = g.op("Div", [g.constant(np.float32(coeff), f"{name}/coeff"), count], f"{name}/factor")
+        total = g.op(ops[p.operation], [flat, last], f"{name}/total", keepdims=0)
+        g.op("Mul", [total, factor], name, out=outputs[0])
+        return
+    if p.operation == caffe_pb2.ReductionParameter.MEAN:
+        coeff /= int(np.prod(shape[axis:], dtype=np.int64))
     if coeff == 1:
         g.op(ops[p.operation], [flat, last], name, out=outputs[0], keepdims=0)
     else:
@@ -140,7 +165,12 @@ def _top_k_last_index_first(g, x, axis, size, k, hint):
                              g.ints([axis], f"{hint}/axis"), g.ints([-1], f"{hint}/step")], f"{hint}/flipped")
     values, order = g.op("TopK", [flipped, g.ints([k], f"{hint}/k")], f"{hint}/topk", n_out=2, axis=axis,
                          largest=1, sorted=1)
-    index = g.op("Sub", [g.constant(np.int64(size - 1), f"{hint}/last", np.int64), order], f"{hint}/index")
+    if axis == 0:  # the batch axis: its last index at the batch the graph runs
+        last = g.op("Sub", [g.op("Shape", [x], f"{hint}/size", start=0, end=1), g.ints([1], f"{hint}/one")],
+                    f"{hint}/last")
+    else:
+        last = g.constant(np.int64(size - 1), f"{hint}/last", np.int64)
+    index = g.op("Sub", [last, order], f"{hint}/index")
     return values, g.op("Cast", [index], f"{hint}/index_float", to=1)
 
 

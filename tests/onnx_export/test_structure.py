@@ -85,3 +85,25 @@ def test_batch_reindex_and_filter():
     feeds = {"data": np.random.default_rng(0).standard_normal((4, 3, 2, 2)).astype(np.float32),
              "index": np.array([3, 0, 0, 2, 1], np.float32), "keep": np.array([[1], [0], [2], [0]], np.float32)}
     export_and_compare(net, feeds=feeds)
+
+
+ON_THE_BATCH_AXIS = {
+    "Reshape-before-batch": input_layer(shape=(2, 3, 4)) + layer(
+        "Reshape", params="reshape_param { shape { dim: 1 } axis: 0 num_axes: 0 }"),
+    "Crop-axis-0": input_layer(shape=(2, 3, 6, 6)) + input_layer("data2", (2, 2, 3, 4))
+    + layer("Crop", DATA2, params="crop_param { axis: 0 offset: 0 offset: 1 offset: 2 offset: 1 }"),
+    "Slice-axis-0": input_layer(shape=(3, 2)) + layer(
+        "Slice", tops=("a", "b", "c"), params="slice_param { axis: 0 slice_point: 1 slice_point: 2 }"),
+    "Reduction-MEAN-axis-0": input_layer(shape=(2, 3)) + layer(
+        "Reduction", params="reduction_param { operation: MEAN axis: 0 coeff: 3 }"),
+    "ArgMax-axis-0": input_layer(shape=(2, 3, 4)) + layer("ArgMax", params="argmax_param { axis: 0 top_k: 2 }"),
+}
+
+
+@pytest.mark.parametrize("net", [pytest.param(net, id=name) for name, net in ON_THE_BATCH_AXIS.items()])
+def test_layer_on_the_batch_axis_follows_a_dynamic_batch(net):
+    """Sizes on axis 0 come from the input at run time, never the prototxt's batch: at batch 5 the graph (declared
+    with a dynamic N) gives the torch graph's numbers and shapes (Caffe reshaped to 5)."""
+    _, graph, _ = export_and_compare(net)
+    assert graph.inputs["data"][0] == "N"
+    export_and_compare(net, run_batch=5)
