@@ -7,6 +7,7 @@ writing a model costs little memory beyond the arrays themselves.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -90,9 +91,22 @@ def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
     return tuple(blob.shape.dim)
 
 
+# Blob::Reshape's limits: at most kMaxBlobAxes axes, each >= 0, and at most INT_MAX values.
+MAX_BLOB_AXES = 32
+MAX_BLOB_COUNT = 2**31 - 1
+
+
 def blob_to_array(blob: caffe_pb2.BlobProto, where: str = "blob") -> np.ndarray:
-    """A BlobProto's values as a float32 array (``double_data`` when non-empty, as Caffe prefers)."""
+    """A BlobProto's values as a float32 array (``double_data`` when non-empty, as Caffe prefers). Shapes that
+    Caffe's Blob::Reshape refuses (a negative dimension, more than 32 axes or 2**31 - 1 values) are refused."""
     shape = blob_shape(blob)
+    if len(shape) > MAX_BLOB_AXES:
+        raise CaffeinitError(f"{where}: shape has {len(shape)} axes; Caffe's blobs have at most {MAX_BLOB_AXES}")
+    if any(d < 0 for d in shape):
+        raise CaffeinitError(f"{where}: shape {list(shape)} has a negative dimension")
+    if math.prod(shape) > MAX_BLOB_COUNT:
+        raise CaffeinitError(f"{where}: shape {list(shape)} holds {math.prod(shape):,} values; Caffe's blobs hold "
+                             f"at most {MAX_BLOB_COUNT:,}")
     if len(blob.double_data):
         with np.errstate(over="ignore"):  # out-of-range doubles become +-inf, as Caffe's cast gives
             values = np.array(blob.double_data, np.float64).astype(np.float32)

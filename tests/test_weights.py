@@ -209,7 +209,7 @@ def test_round_trip_write_read(tmp_path):
     # BatchNorm's set-up adds lr_mult 0 specs; other layers keep their parameters; no legacy dims are written.
     assert [p.lr_mult for p in saved.layer[3].param] == [0, 0, 0]
     assert [p.lr_mult for p in saved.layer[1].param] == [1]
-    assert not any(b.HasField("num") for l in saved.layer for b in l.blobs)
+    assert not any(b.HasField("num") for layer in saved.layer for b in layer.blobs)
     assert not saved.layer[2].blobs[0].HasField("shape")
     # The streamed writer and net_to_proto agree byte for byte.
     assert out.read_bytes() == weights.net_to_proto(net, blobs).SerializeToString()
@@ -287,7 +287,6 @@ def test_bad_mean_files(tmp_path):
         weights.read_mean_binaryproto(path)
 
 
-
 # -- old formats ------------------------------------------------------------------------------------------------
 
 def test_v1_model_is_upgraded_and_legacy_blobs_fit(tmp_path):
@@ -300,13 +299,12 @@ def test_v1_model_is_upgraded_and_legacy_blobs_fit(tmp_path):
     path = tmp_path / "v1.caffemodel"
     path.write_bytes(old.SerializeToString())
     net = weights.read_caffemodel(path)
-    assert len(net.layers) == 0 and [(l.name, l.type) for l in net.layer] == [("input", "Input"),
-                                                                               ("fc", "InnerProduct")]
+    assert len(net.layers) == 0
+    assert [(layer.name, layer.type) for layer in net.layer] == [("input", "Input"), ("fc", "InnerProduct")]
     arrays = weights.load_weights(net)
     assert [a.shape for a in arrays["fc"]] == [(1, 1, 6, 20), (1, 1, 1, 6)]
     np.testing.assert_array_equal(weights.fit_blob(arrays["fc"][0], (6, 20), "fc", 0), weight.reshape(6, 20))
     np.testing.assert_array_equal(weights.fit_blob(arrays["fc"][1], (6,), "fc", 1), np.arange(6))
-
 
 
 def test_non_finite_blobs_are_never_written(tmp_path):
@@ -351,3 +349,40 @@ def test_count_non_finite_agrees_with_numpy():
     for array in (values, values[:7 * 28000].reshape(7, -1)[:, ::3], values[:1].reshape(()), values[:0]):
         assert weights.count_non_finite(array) == array.size - np.isfinite(array).sum()
     assert weights.count_non_finite(np.float32([1e38, -3.4e38, 0])) == 0  # large but finite is fine
+
+
+# -- shapes Caffe's Blob::Reshape refuses ---------------------------------------------------------------------------
+@pytest.mark.parametrize("fields, values, message", [
+    (dict(num=-1, channels=-1, height=1, width=1), 1, r"shape \[-1, -1, 1, 1\] has a negative dimension"),
+    (dict(num=-1, channels=1, height=1, width=1), 1, r"shape \[-1, 1, 1, 1\] has a negative dimension"),
+    (dict(shape=caffe_pb2.BlobShape(dim=[-2, -3])), 6, r"shape \[-2, -3\] has a negative dimension"),
+    # 2**64 values: a product taken in int64 wraps around to 0, which an empty blob then "matched"
+    (dict(shape=caffe_pb2.BlobShape(dim=[2**32, 2**32])), 0,
+     r"shape .* holds 18,446,744,073,709,551,616 values; .* at most"),
+    (dict(shape=caffe_pb2.BlobShape(dim=[1] * 33)), 1, r"shape has 33 axes; Caffe's blobs have at most 32"),
+])
+def test_shapes_caffe_cannot_hold_are_refused(fields, values, message):
+    # Blob::Reshape: CHECK_LE(axes, kMaxBlobAxes), CHECK_GE(dim, 0), CHECK_LE(count, INT_MAX)
+    blob = caffe_pb2.BlobProto(**fields)
+    blob.data.extend([0.5] * values)
+    with pytest.raises(CaffeinitError, match=f"^layer 'fc' blob 0: {message}"):
+        weights.blob_to_array(blob, "layer 'fc' blob 0")
+
+
+def test_a_caffemodel_with_a_negative_dimension_is_one_error_line(tmp_path, capsys):
+    from caffeinit.cli import main
+    net = caffe_pb2.NetParameter(name="n")
+    layer = net.layer.add(name="fc", type="InnerProduct")
+    layer.blobs.add(num=-1, channels=-1, height=1, width=1, data=[1.0])
+    path = tmp_path / "bad.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    with pytest.raises(CaffeinitError, match="bad.caffemodel: layer 'fc' blob 0: shape .* negative dimension"):
+        weights.load_weights(path)
+    prototxt = tmp_path / "net.prototxt"
+    prototxt.write_text('name: "n"\nlayer { name: "fc" type: "InnerProduct" }\n')
+    assert main(["upgrade", str(prototxt), "-o", str(tmp_path / "out.prototxt"), "--weights", str(path),
+                 "--weights-out", str(tmp_path / "out.caffemodel")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("caffeinit: error: layer 'fc' blob 0: shape [-1, -1, 1, 1] has a negative dimension")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "out.caffemodel").exists() and not (tmp_path / "out.prototxt").exists()
