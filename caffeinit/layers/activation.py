@@ -65,7 +65,8 @@ class ReLU(_Elementwise):
 
 @register_layer
 class PReLU(_Elementwise):
-    """Learned slopes on axis 1: one per channel, or one 0-axis blob when ``channel_shared``."""
+    """Learned slopes on axis 1 (a bottom of 2 to 4 axes): one per channel, or one 0-axis blob when
+    ``channel_shared``."""
     type_name = "PReLU"
 
     def __init__(self, param, phase=caffe_pb2.TEST):
@@ -76,6 +77,8 @@ class PReLU(_Elementwise):
         shape = tuple(bottom_shapes[0])
         if len(shape) < 2:
             raise self.error(f"bottom must have at least 2 axes, got shape {list(shape)}")
+        if len(shape) > 4:  # Caffe reads the channels with the legacy accessor, which refuses more than 4 axes
+            raise self.error(f"bottom must have at most 4 axes, got shape {list(shape)}")
         self.blob_shapes = [()] if self.channel_shared else [(shape[1],)]
         return [shape]
 

@@ -75,7 +75,7 @@ def test_power(power, scale, shift):
 
 
 @pytest.mark.parametrize("power, scale, shift, value", [(3, 0, 2, 8.0), (0, 5, 7, 1.0), (0, 0, -2, 1.0),
-                                                         (2, 0, -3, 9.0)])
+                                                        (2, 0, -3, 9.0)])
 def test_power_constant_case(power, scale, shift, value):
     """power * scale == 0 makes the top constant: 1 if power == 0, else shift ^ power (power_layer.cpp)."""
     text = f"power_param {{ power: {power} scale: {scale} shift: {shift} }}"
@@ -140,6 +140,12 @@ def test_prelu_channel_and_shared():
     close(run(shared, x, blobs=[np.array(0.3, np.float32)])[0], np.maximum(x, 0) + 0.3 * np.minimum(x, 0))
     with pytest.raises(CaffeinitError, match="\\(PReLU\\).*at least 2 axes"):
         make("PReLU").setup([(5,)])
+
+
+def test_prelu_refuses_more_than_four_axes():
+    """prelu_layer.cpp reads bottom[0]->channels(), a legacy accessor that CHECK-fails beyond 4 axes."""
+    with pytest.raises(CaffeinitError, match="\\(PReLU\\).*at most 4 axes"):
+        make("PReLU").setup([(2, 3, 4, 5, 6)])
 
 
 def test_dropout_test_is_identity_and_train_scales():
