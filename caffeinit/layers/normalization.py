@@ -118,9 +118,9 @@ class BatchNorm(Layer):
 
     def setup(self, bottom_shapes):
         shape = tuple(bottom_shapes[0])
-        if not shape:
-            raise self.error("bottom must have at least one axis")
-        self.channels = 1 if len(shape) == 1 else shape[1]
+        if len(shape) < 2:  # Caffe's LayerSetUp takes 1 channel there, but its Reshape then reads axis 1
+            raise self.error(f"bottom must have at least 2 axes, got shape {list(shape)}")
+        self.channels = shape[1]
         self.blob_shapes = [(self.channels,), (self.channels,), (1,)]
         return [shape]
 
@@ -144,7 +144,7 @@ class BatchNorm(Layer):
         x = bottoms[0]
         mean, var = self._global_stats(blobs, x.dtype)
         shape = [1] * x.dim()
-        shape[min(1, x.dim() - 1)] = self.channels  # broadcast: any memory layout (the init runs channels-last)
+        shape[1] = self.channels  # broadcast: any memory layout (the init runs channels-last)
         x.sub_(mean.reshape(shape)).div_(torch.sqrt(var + self.eps).reshape(shape))
         return [x]
 

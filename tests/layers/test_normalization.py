@@ -146,12 +146,11 @@ def test_batchnorm_global_stats(factor):
         close(top, x / np.sqrt(1e-5), rtol=2e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape, channels_last", [((3, 4, 2, 5), False), ((3, 4, 2, 5), True), ((6, 4), False),
-                                                   ((8,), False)])
+@pytest.mark.parametrize("shape, channels_last", [((3, 4, 2, 5), False), ((3, 4, 2, 5), True), ((6, 4), False)])
 def test_batchnorm_in_place_is_the_forward_in_any_layout(shape, channels_last):
     """forward_inplace overwrites its bottom with bitwise forward's numbers, also on a channels-last bottom (the
     within-layer step runs channels-last)."""
-    channels = shape[1] if len(shape) > 1 else 1
+    channels = shape[1]
     blobs = [rand(channels, seed=1), np.abs(rand(channels, seed=2)) + 0.5, np.array([2.0], np.float32)]
     layer = make("BatchNorm")
     layer.setup([shape])
@@ -163,13 +162,13 @@ def test_batchnorm_in_place_is_the_forward_in_any_layout(shape, channels_last):
     assert got is x and torch.equal(got, want)
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 5), (6, 2), (8,), (2, 3, 2, 2, 2)])
+@pytest.mark.parametrize("shape", [(4, 3, 5), (6, 2), (2, 3, 2, 2, 2)])
 def test_batchnorm_batch_stats_in_train(shape):
     x = rand(*shape) * 2 + 3
     layer = make("BatchNorm", "batch_norm_param { eps: 1e-3 }", phase=caffe_pb2.TRAIN)
-    blobs = [np.zeros(1 if len(shape) == 1 else shape[1], np.float32)] * 2 + [np.array([0], np.float32)]
+    blobs = [np.zeros(shape[1], np.float32)] * 2 + [np.array([0], np.float32)]
     top = run(layer, x, blobs=blobs)[0]
-    channels = 1 if len(shape) == 1 else shape[1]
+    channels = shape[1]
     grouped = x.astype(np.float64).reshape(shape[0], channels, -1)
     mean = grouped.mean(axis=(0, 2), keepdims=True)
     var = ((grouped - mean) ** 2).mean(axis=(0, 2), keepdims=True)  # biased, as Caffe normalizes
@@ -184,6 +183,14 @@ def test_batchnorm_use_global_stats_overrides_phase():
     close(top, caffe_batchnorm_global(x, blobs[0], blobs[1], 1.0))
     top = run(make("BatchNorm", "batch_norm_param { use_global_stats: false }"), x, blobs=blobs)[0]
     close(top.mean(axis=(0, 2)), np.zeros(3), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(8,), ()])
+def test_batchnorm_needs_two_axes(shape):
+    """batch_norm_layer.cpp: LayerSetUp takes 1 channel for a 1-D bottom, but Reshape then checks bottom
+    shape(1), which fails for fewer than 2 axes."""
+    with pytest.raises(CaffeinitError, match="\\(BatchNorm\\).*at least 2 axes"):
+        make("BatchNorm").setup([shape])
 
 
 def test_batchnorm_rejects_learned_statistics():
