@@ -192,8 +192,11 @@ class Exp(_Elementwise):
         base, scale, shift = float(p.base), float(p.scale), float(p.shift)
         if base != -1 and not base > 0:
             raise self.error(f"exp_param.base must be strictly positive (or -1 for e), got {base:g}")
-        log_base = 1.0 if base == -1 else math.log(base)
-        self.inner_scale = np.float32(log_base * scale)
+        if math.isinf(base):
+            raise self.error("exp_param.base inf gives an infinite log(base)")
+        # float arithmetic, as Caffe's Dtype: log(base) rounded to float before the product
+        log_base = np.float32(1.0 if base == -1 else math.log(base))
+        self.inner_scale = log_base * np.float32(scale)
         if shift == 0:
             self.outer_scale = np.float32(1)
         else:
@@ -216,9 +219,12 @@ class Log(_Elementwise):
         base = float(p.base)
         if base != -1 and not base > 0:
             raise self.error(f"log_param.base must be strictly positive (or -1 for e), got {base:g}")
+        if math.isinf(base):
+            raise self.error("log_param.base inf gives an infinite log(base)")
         if base == 1:
             raise self.error("log_param.base 1 gives an infinite 1/log(base)")
-        self.base_scale = np.float32(1.0 if base == -1 else 1.0 / math.log(base))
+        # float arithmetic, as Caffe's Dtype: log(base) rounded to float before the division
+        self.base_scale = np.float32(1) / np.float32(1.0 if base == -1 else math.log(base))
         self.scale, self.shift = np.float32(p.scale), np.float32(p.shift)
 
     def apply(self, x):

@@ -99,8 +99,21 @@ def test_log(base, scale, shift):
     close(run(make("Log", f"log_param {{ base: {base} scale: {scale} shift: {shift} }}"), x)[0], want, rtol=2e-6)
 
 
+@pytest.mark.parametrize("base, scale", [(10, 1), (7, 0.3), (1.5, -0.7), (20, 2.5)])
+def test_exp_log_constants_are_computed_in_float(base, scale):
+    """exp_layer.cpp / log_layer.cpp compute their constants in Dtype: log(base) is a float before Exp multiplies
+    it by scale and before Log divides 1 by it (double arithmetic differs by an ulp, e.g. Log base 10)."""
+    f = np.float32
+    log_base = f(np.log(f(base).astype(np.float64)))
+    exp = make("Exp", f"exp_param {{ base: {base} scale: {scale} }}")
+    assert exp.inner_scale == log_base * f(scale) and exp.inner_scale.dtype == np.float32
+    log = make("Log", f"log_param {{ base: {base} }}")
+    assert log.base_scale == f(1) / log_base and log.base_scale.dtype == np.float32
+
+
 @pytest.mark.parametrize("type_name, text", [("Exp", "exp_param { base: -2 }"), ("Log", "log_param { base: 0 }"),
-                                             ("Log", "log_param { base: 1 }")])
+                                             ("Log", "log_param { base: 1 }"), ("Exp", "exp_param { base: inf }"),
+                                             ("Log", "log_param { base: inf }")])
 def test_exp_log_base_checks(type_name, text):
     with pytest.raises(CaffeinitError, match=f"layer 'L' \\({type_name}\\).*base"):
         make(type_name, text)
