@@ -90,7 +90,9 @@ def build_model(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, opset: i
     fixed_by = _batch_pinned_by(net, batch) if dynamic else None
     dynamic = dynamic and fixed_by is None
 
-    output_blobs = [b for b in net.outputs if b not in net.feeds]
+    # a fed blob is an output only where an in-place layer changed it (keeping its SSA name, as the input has
+    # the blob's)
+    output_blobs = [b for b in net.outputs if b not in net.feeds or net.value_of[b] != net.feed_values.get(b, b)]
     names = _value_names(net, output_blobs, set(input_values))
     g = GraphBuilder(opset)
     g.reserve(list(names.values()))
@@ -181,18 +183,21 @@ def _value_names(net: Net, output_blobs: list[str], input_values: set[str]) -> d
     """SSA value -> ONNX name. A net output gets its Caffe blob name even when in-place layers renamed its final
     value (``conv1@relu1`` -> ``conv1``); the value that held that name before gets ``conv1@<producer>``."""
     names = {v: v for v in net.value_shapes}
+    holder = {v: v for v in net.value_shapes}  # ONNX name -> the value that has it now
     taken = set(names)
     producer = {v: node.name for node in net.layers for v in node.top_values}
     for blob in output_blobs:
         final = net.value_of[blob]
-        if final == blob or blob in input_values:
+        if names[final] == blob or blob in input_values:
             continue
-        if blob in names:
-            alt, k = f"{blob}@{producer[blob]}", 1
+        previous = holder.get(blob)
+        if previous is not None:  # a value (the blob's first, or an SSA name equal to this blob's) gives it up
+            alt, k = f"{blob}@{producer[previous]}", 1
             while alt in taken:
                 k += 1
-                alt = f"{blob}@{producer[blob]}#{k}"
+                alt = f"{blob}@{producer[previous]}#{k}"
             taken.add(alt)
-            names[blob] = alt
-        names[final] = blob
+            names[previous], holder[alt] = alt, previous
+        del holder[names[final]]
+        names[final], holder[blob] = blob, final
     return names

@@ -150,3 +150,28 @@ def test_scalar_constants_keep_a_rank_0_value_rank_0():
             + layer("Power", ("mean",), ("p",), "power_param { scale: 2 shift: 1 }"))
     _, _, results = export_and_compare(text)
     assert results["mean"].shape == () and results["p"].shape == ()
+
+
+def test_output_names_when_a_blob_is_named_like_an_ssa_value():
+    """Blob 'x', made in place by layer 'r', has the SSA value 'x@r'; a blob literally named 'x@r' is a second
+    output. Each graph output carries its own Caffe blob's name and values."""
+    text = (input_layer(shape=(2, 3)) + layer("ReLU", tops=("x",), name="a")
+            + layer("Sigmoid", ("x",), ("x",), name="r") + layer("TanH", tops=("x@r",), name="q"))
+    net = build_net(parse_net_text(text), "test")
+    graph = build_model(net, {})
+    assert sorted(graph.outputs) == ["x", "x@r"]
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    results = dict(zip(graph.outputs, session(graph.model).run(graph.outputs, {"data": x})))
+    assert rel_err(results["x"], 1 / (1 + np.exp(-np.maximum(x, 0)))) <= 1e-6
+    assert rel_err(results["x@r"], np.tanh(x)) <= 1e-6
+
+
+def test_an_input_changed_in_place_is_an_output():
+    """Caffe's output 'data' is the input after the in-place ReLU; the graph input keeps the name 'data', the
+    output its SSA name."""
+    net = build_net(parse_net_text(input_layer(shape=(2, 3)) + layer("ReLU", ("data",), ("data",), name="relu")),
+                    "test")
+    graph = build_model(net, {})
+    assert list(graph.inputs) == ["data"] and graph.outputs == ["data@relu"]
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    assert rel_err(session(graph.model).run(["data@relu"], {"data": x})[0], np.maximum(x, 0)) == 0
