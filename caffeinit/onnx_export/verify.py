@@ -111,6 +111,10 @@ def compare_with_torch(session, provider: str, export_graph, module, inputs: Map
     onnx_to_value = {name: value for value, name in export_graph.value_names.items()}
     feeds = {onnx_to_value[name]: torch.from_numpy(np.ascontiguousarray(a)).to(module.device)
              for name, a in inputs.items()}
+    for node in module.net.layers:  # the torch graph wants every data-layer top, also those no layer reads
+        for value in node.top_values if node.layer.is_data else ():
+            if value not in feeds:
+                feeds[value] = torch.zeros(module.net.value_shapes[value], device=module.device)
     wanted = [onnx_to_value[name] for name in export_graph.outputs]
     with torch.no_grad():
         reference = module(feeds, keep=wanted)

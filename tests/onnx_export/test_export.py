@@ -96,3 +96,12 @@ def test_index_inputs_cannot_be_verified_on_random_data(tmp_path):
         export_onnx(model, tmp_path / "embed.onnx")
     assert not (tmp_path / "embed.onnx").exists()
     assert export_onnx(model, tmp_path / "embed.onnx", check=False).verification is None
+
+
+def test_an_input_no_layer_reads_does_not_stop_the_verification(tmp_path):
+    """A deploy net declaring a 'label' input that nothing reads: the graph has no such input, and the check
+    still runs the torch graph (which is fed something for it)."""
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(input_layer(shape=(2, 3)) + input_layer("label", (2,)) + layer("ReLU", tops=("relu",)))
+    result = export_onnx(caffeinit.load(path), tmp_path / "net.onnx")
+    assert result.verification.errors == {"relu": 0.0}
