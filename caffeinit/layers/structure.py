@@ -351,11 +351,12 @@ class BatchReindex(Layer):
 
     def forward(self, bottoms, blobs):
         data, permut = bottoms
-        index = permut.to(torch.int64)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= data.shape[0]):
+        # Caffe checks the float values (so -0.5 and NaN fail) before truncating them to ints
+        bad = ~((permut >= 0) & (permut < data.shape[0]))
+        if bool(bad.any()):
             raise self.error(f"index out of range [0, {data.shape[0]}) in bottom 1: "
-                             f"{[int(i) for i in index if not 0 <= int(i) < data.shape[0]][:5]}")
-        return [data.index_select(0, index)]
+                             f"{[float(i) for i in permut[bad][:5]]}")
+        return [data.index_select(0, permut.to(torch.int64))]
 
 
 @register_layer

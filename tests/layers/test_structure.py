@@ -153,8 +153,8 @@ def test_reshape_checks(text, message):
     ("", (slice(None), slice(None), slice(0, 3), slice(0, 2))),
     ("crop_param { offset: 1 }", (slice(None), slice(None), slice(1, 4), slice(1, 3))),
     ("crop_param { offset: 2 offset: 3 }", (slice(None), slice(None), slice(2, 5), slice(3, 5))),
-    ("crop_param { axis: 1 offset: 0 offset: 2 offset: 1 }", (slice(None), slice(0, 2), slice(2, 5),
-                                                                slice(1, 3))),
+    ("crop_param { axis: 1 offset: 0 offset: 2 offset: 1 }",
+     (slice(None), slice(0, 2), slice(2, 5), slice(1, 3))),
     ("crop_param { axis: -1 offset: 4 }", (slice(None), slice(None), slice(None), slice(4, 6))),
 ])
 def test_crop_offsets(text, want):
@@ -285,6 +285,19 @@ def test_batch_reindex():
     np.testing.assert_array_equal(run(make("BatchReindex", n_bottoms=2), x, index)[0], x[[3, 0, 0, 2, 1]])
     with pytest.raises(CaffeinitError, match="index out of range"):
         run(make("BatchReindex", n_bottoms=2), x, np.array([4], np.float32))
+
+
+@pytest.mark.parametrize("value", [-0.5, float("nan"), 3.5])
+def test_batch_reindex_checks_the_float_indices(value):
+    """batch_reindex_layer.cpp checks 0 <= index < N on the float values before static_cast<int>: -0.5 (which
+    truncates to 0) and NaN fail, 3.5 with N = 4 passes and gives item 3."""
+    x = rand(4, 2)
+    layer = make("BatchReindex", n_bottoms=2)
+    if value == 3.5:
+        np.testing.assert_array_equal(run(layer, x, np.array([value], np.float32))[0], x[[3]])
+        return
+    with pytest.raises(CaffeinitError, match="\\(BatchReindex\\).*index out of range"):
+        run(layer, x, np.array([1, value], np.float32))
     with pytest.raises(CaffeinitError, match="exactly 1 axis"):
         make("BatchReindex", n_bottoms=2).setup([(4, 2), (2, 1)])
 
