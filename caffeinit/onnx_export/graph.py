@@ -142,6 +142,9 @@ def check_exportable(net: Net) -> None:
     if not any(v in consumers for node in net.layers if node.layer.is_data for v in node.top_values):
         raise CaffeinitError(f"net '{net.name}' has no consumed input blob to export")
     for node in net.layers:
+        if "" in node.tops:  # every blob is some layer's top
+            raise layer_error(node.name, node.type, "has a top with an empty name, which ONNX reserves for an "
+                              "omitted value; give the blob a name")
         if not node.layer.is_data:
             converter_for(node)
         if node.type == "Dropout" and node.layer.phase == caffe_pb2.TRAIN:

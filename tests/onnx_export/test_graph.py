@@ -175,3 +175,10 @@ def test_an_input_changed_in_place_is_an_output():
     assert list(graph.inputs) == ["data"] and graph.outputs == ["data@relu"]
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     assert rel_err(session(graph.model).run(["data@relu"], {"data": x})[0], np.maximum(x, 0)) == 0
+
+
+def test_a_blob_with_an_empty_name_is_refused():
+    """Caffe takes top: "" as a blob name; ONNX reads an empty name as an omitted value (an invalid graph)."""
+    text = input_layer(shape=(2, 3)) + layer("ReLU", tops=("",), name="relu") + layer("Sigmoid", ("",), ("s",))
+    with pytest.raises(CaffeinitError, match=r"^layer 'relu' \(ReLU\): has a top with an empty name"):
+        build_model(build_net(parse_net_text(text), "test"), {})
