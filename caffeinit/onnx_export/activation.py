@@ -2,8 +2,6 @@
 Dropout (TEST phase: identity)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from onnx import numpy_helper
 
@@ -96,12 +94,9 @@ def power(g, node, inputs, outputs, blobs):
 
 @converter("Exp")
 def exp(g, node, inputs, outputs, blobs):
-    """base ^ (shift + scale x) = exp(ln(base) scale x) * base ^ shift, as Caffe computes it."""
-    p = node.param.exp_param
-    base, scale, shift = float(p.base), float(p.scale), float(p.shift)
-    log_base = 1.0 if base == -1 else math.log(base)
-    inner = np.float32(log_base * scale)
-    outer = np.float32(1 if shift == 0 else (math.exp(shift) if base == -1 else base ** shift))
+    """base ^ (shift + scale x) = exp(ln(base) scale x) * base ^ shift, as Caffe computes it (the layer's float
+    constants, so that ONNX multiplies by exactly the torch graph's and Caffe's numbers)."""
+    inner, outer = np.float32(node.layer.inner_scale), np.float32(node.layer.outer_scale)
     name = node.name
     y = _affine(g, inputs[0], inner, 0, name)
     if outer == 1:
@@ -112,11 +107,10 @@ def exp(g, node, inputs, outputs, blobs):
 
 @converter("Log")
 def log(g, node, inputs, outputs, blobs):
-    p = node.param.log_param
-    base = float(p.base)
-    base_scale = np.float32(1.0 if base == -1 else 1.0 / math.log(base))
+    layer = node.layer  # its constants are Caffe's float arithmetic (1 / log(base) rounded twice)
+    base_scale = np.float32(layer.base_scale)
     name = node.name
-    y = _affine(g, inputs[0], np.float32(p.scale), np.float32(p.shift), name)
+    y = _affine(g, inputs[0], np.float32(layer.scale), np.float32(layer.shift), name)
     if base_scale == 1:
         g.op("Log", [y], name, out=outputs[0])
     else:

@@ -45,3 +45,19 @@ def test_bnll_over_a_wide_range_matches_torch():
     """Softplus against the layer's float64 form of Caffe's formula, on inputs from -40 to 40."""
     x = np.linspace(-40, 40, 2 * 3 * 6 * 6, dtype=np.float32).reshape(2, 3, 6, 6)
     export_and_compare(input_layer() + layer("BNLL"), feeds={"data": x})
+
+
+@pytest.mark.parametrize("params,name,expected", [
+    # Caffe's Dtype arithmetic: log(base) rounded to float, then the float product / quotient
+    ("exp_param { base: 10 scale: 0.7 }", "out/scale", np.float32(np.log(10)) * np.float32(0.7)),
+    ("log_param { base: 10 }", "out/base_scale", np.float32(1) / np.float32(np.log(10))),
+    ("log_param { base: 7 scale: 2 }", "out/base_scale", np.float32(1) / np.float32(np.log(7))),
+])
+def test_exp_and_log_constants_are_caffes_float_ones(params, name, expected):
+    """Rounding log(base) * scale or 1 / log(base) once from double gives another float for these bases."""
+    from onnx import numpy_helper
+
+    type_name = "Exp" if params.startswith("exp") else "Log"
+    _, graph, _ = export_and_compare(input_layer(shape=(2, 5)) + layer(type_name, params=params))
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.model.graph.initializer}
+    assert constants[name] == expected
