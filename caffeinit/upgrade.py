@@ -245,6 +245,17 @@ def upgrade_v0_layer(connection: caffe_pb2.V1LayerParameter, source: str = "<net
     return out
 
 
+def _warn_v1_layer_in_v0_net(connection: caffe_pb2.V1LayerParameter, index: int, source: str) -> None:
+    """A V1 layer (no V0 ``layer`` inside) in a net that another layer makes V0: UpgradeV0LayerParameter keeps only
+    its bottoms and tops, silently; say what goes (a caffemodel's blobs among them)."""
+    lost = [field.name for field, _ in connection.ListFields() if field.name not in ("bottom", "top")]
+    if lost:
+        name = f"'{connection.name}'" if connection.name else f"#{index}"
+        warnings.warn(f"{source}: layer {name} is in the V1 format in a net whose other layers are V0: Caffe's V0 "
+                      f"upgrade keeps only its bottoms and tops and drops its {', '.join(lost)} (write it as "
+                      "'layers { layer { ... } bottom top }' like the others)", stacklevel=3)
+
+
 def upgrade_v0_net(net: caffe_pb2.NetParameter, source: str = "<net>") -> caffe_pb2.NetParameter:
     """V0 ``net`` as a V1 net (UpgradeV0Net): padding layers folded, every layer mapped. Like Caffe, only the name,
     inputs and force_backward of the net survive besides the layers."""
@@ -252,7 +263,9 @@ def upgrade_v0_net(net: caffe_pb2.NetParameter, source: str = "<net>") -> caffe_
     out = caffe_pb2.NetParameter()
     if padded.HasField("name"):
         out.name = padded.name
-    for connection in padded.layers:
+    for i, connection in enumerate(padded.layers):
+        if not connection.HasField("layer"):
+            _warn_v1_layer_in_v0_net(connection, i, source)
         out.layers.add().CopyFrom(upgrade_v0_layer(connection, source))
     out.input.extend(padded.input)
     out.input_dim.extend(padded.input_dim)

@@ -170,7 +170,7 @@ def test_v0_lenet_from_the_corpus():
     param = net(shared_path("corpus", "v0__lenet.prototxt").read_text())
     assert net_needs_v0_to_v1_upgrade(param)
     assert upgrade_net_as_needed(param, "v0__lenet.prototxt")
-    assert [(l.name, l.type) for l in param.layer] == [
+    assert [(layer.name, layer.type) for layer in param.layer] == [
         ("input", "Input"), ("conv1", "Convolution"), ("pool1", "Pooling"), ("conv2", "Convolution"),
         ("pool2", "Pooling"), ("ip1", "InnerProduct"), ("relu1", "ReLU"), ("ip2", "InnerProduct"),
         ("prob", "Softmax")]
@@ -271,9 +271,22 @@ def test_any_v0_layer_makes_the_whole_net_v0():
     param.layers.add(name="b", type=caffe_pb2.V1LayerParameter.RELU).layer.SetInParent()
     # Having a `layer` inside makes the net V0 for Caffe's check; the V0 upgrade then rebuilds both layers.
     assert net_needs_v0_to_v1_upgrade(param)
-    upgrade_net_as_needed(param)
-    # V0 -> V1 keeps only bottom/top and what the V0 `layer` holds: layer 'a' loses its V1 name and type.
-    assert [(l.name, l.type) for l in param.layer] == [("", ""), ("", "")]
+    # V0 -> V1 keeps only bottom/top and what the V0 `layer` holds: layer 'a' loses its V1 name and type, which
+    # Caffe does silently; here a warning names the layer and what it loses.
+    with pytest.warns(UserWarning, match=r"net.prototxt: layer 'a' is in the V1 format .* drops its name, type"):
+        upgrade_net_as_needed(param, "net.prototxt")
+    assert [(layer.name, layer.type) for layer in param.layer] == [("", ""), ("", "")]
+
+
+def test_v1_layer_blobs_lost_in_a_v0_caffemodel_are_named():
+    param = caffe_pb2.NetParameter()
+    param.layers.add(bottom=["x"], top=["y"]).layer.type = "relu"
+    v1 = param.layers.add(name="fc", type=caffe_pb2.V1LayerParameter.INNER_PRODUCT, bottom=["y"], top=["z"])
+    v1.blobs.add(data=[1.0], num=1, channels=1, height=1, width=1)
+    param.input.append("x")
+    with pytest.warns(UserWarning, match=r"layer 'fc' .* drops its name, type, blobs"):
+        upgrade_net_as_needed(param, "w.caffemodel")
+    assert not param.layer[1].blobs
 
 
 def test_v1_alexnet_deploy_from_the_corpus():
