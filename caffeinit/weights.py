@@ -75,12 +75,25 @@ def read_caffemodel(path: PathLike) -> caffe_pb2.NetParameter:
     try:
         net.ParseFromString(data)
     except DecodeError:
-        raise CaffeinitError(f"{path}: not a valid caffemodel (truncated or corrupt protobuf data)") from None
-    del data
+        raise CaffeinitError(f"{path}: not a valid caffemodel (truncated or corrupt protobuf data)"
+                             f"{_text_hint(data)}") from None
     if not net.layer and not net.layers:
-        raise CaffeinitError(f"{path}: not a valid caffemodel (no layers)")
+        raise CaffeinitError(f"{path}: not a valid caffemodel (no layers){_text_hint(data)}")
+    del data
     upgrade_net_as_needed(net, str(path))
     return net
+
+
+def _text_hint(data: bytes) -> str:
+    """A note for a text file given where a binary one belongs (a prototxt passed as the weights)."""
+    head = data[:4096]
+    try:
+        text = head.decode("utf-8", "strict" if len(data) <= len(head) else "ignore")
+    except UnicodeDecodeError:
+        return ""
+    if head and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "; it is text, a .prototxt? (weights are a binary .caffemodel)"
+    return ""
 
 
 def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:

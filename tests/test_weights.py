@@ -89,6 +89,18 @@ def test_corrupt_truncated_empty_and_missing_files(tmp_path):
         weights.load_weights(tmp_path / "absent.caffemodel")
 
 
+def test_a_prototxt_given_as_weights_says_it_is_text(tmp_path):
+    for name in ["bvlc__models_bvlc_alexnet_deploy.prototxt", "v0__lenet.prototxt"]:
+        with pytest.raises(CaffeinitError, match=f"{name}: not a valid caffemodel .*; it is text, a .prototxt"):
+            weights.read_caffemodel(shared_path("corpus", name))
+    # the hint is for text only: corrupt binary data gets none
+    good = shared_path("conformance", "lenet", "weights.caffemodel").read_bytes()
+    (tmp_path / "cut.caffemodel").write_bytes(good[:len(good) // 2])
+    with pytest.raises(CaffeinitError) as info:
+        weights.read_caffemodel(tmp_path / "cut.caffemodel")
+    assert str(info.value).endswith("(truncated or corrupt protobuf data)")
+
+
 def test_files_over_2_gib_are_refused(tmp_path):
     huge = tmp_path / "huge.caffemodel"
     with open(huge, "wb") as f:
