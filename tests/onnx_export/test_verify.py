@@ -1,6 +1,5 @@
 """verify: the relative error, the checker's one-line errors and the detection of ORT's silent CPU fallback."""
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
@@ -17,6 +16,18 @@ def test_relative_error_hand_computed():
     assert verify.relative_error(nan, nan) == 0.0
     assert verify.relative_error(np.array([0.0, 1.0]), nan) == float("inf")
     assert verify.relative_error(np.zeros(2), np.zeros(3)) == float("inf")
+
+
+def test_relative_error_is_not_swamped_by_an_empty_max_window():
+    """Caffe's -FLT_MAX (an empty max-pooling window) must match exactly and not scale the other cells' error."""
+    flt_max = float(np.finfo(np.float32).max)
+    ref = np.array([-flt_max, 1.0, -2.0], np.float32)
+    assert verify.relative_error(np.array([-flt_max, 1.0, -3.0]), ref) == pytest.approx(0.5)
+    assert verify.relative_error(np.array([-np.inf, 1.0, -2.0]), ref) == float("inf")
+    assert verify.relative_error(np.array([-flt_max, 1.0, -2.0]), ref) == 0.0
+    inf = np.array([np.inf, -np.inf, 2.0])
+    assert verify.relative_error(inf, inf) == 0.0
+    assert verify.relative_error(np.array([np.inf, np.inf, 2.0]), inf) == float("inf")
 
 
 def _identity_model(declare_output_shape=True):
