@@ -7,10 +7,12 @@ from typing import Mapping, Sequence
 
 from caffeinit.errors import CaffeinitError, layer_error
 from caffeinit.layers import Layer, Shape, layer_class
+from caffeinit.layers.loss import _Loss as LossLayer
 from caffeinit.netstate import filter_net
 from caffeinit.proto import caffe_pb2
 
-LABEL_FOLLOWS_BATCH = ("Data", "ImageData")  # data layers whose label top Caffe shapes (batch size,)
+LABEL_FOLLOWS_BATCH = ("Data", "ImageData")
+ANONYMOUS_TOP = "(automatic)"  # the name Caffe gives the top it adds to a loss layer without one (AppendTop)
 
 PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
 
@@ -97,16 +99,27 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
     feed_values: dict[str, str] = {}
     used_values: set[str] = set()
 
+    uses: dict[str, list[str]] = {}  # value -> what used it so far: its readers' names, a loss weight on it
+
     for index, lp in enumerate(filtered.layer):
+        if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+            raise layer_error(lp.name, lp.type, f"has {len(lp.propagate_down)} propagate_down for {len(lp.bottom)} "
+                              "bottoms: Caffe takes none or one per bottom")
         layer = layer_class(lp.type, lp.name)(lp, lp.phase)  # filter_net gave the net's phase to layers without one
-        layer.check_counts(len(lp.bottom), len(lp.top))
+        tops = list(lp.top)
+        if isinstance(layer, LossLayer) and len(tops) < layer.min_tops:
+            # Caffe's LossLayer::AutoTopBlobs: the loss gets an anonymous top that no layer can read
+            tops += [ANONYMOUS_TOP] * (layer.min_tops - len(tops))
+        layer.check_counts(len(lp.bottom), len(tops))
         bottom_values, bottom_shapes = [], []
         for blob in lp.bottom:
             if blob not in value_of:
                 raise layer_error(lp.name, lp.type, f"unknown bottom blob '{blob}'")
             bottom_values.append(value_of[blob])
             bottom_shapes.append(value_shapes[value_of[blob]])
+            uses.setdefault(value_of[blob], []).append(f"layer '{lp.name}' also reads")
             available.discard(blob)
+        _check_tops(layer, lp, value_of, uses)
 
         if layer.is_data and lp.type in LABEL_FOLLOWS_BATCH and len(lp.top) == 2 and lp.top[0] in overrides \
                 and lp.top[1] not in overrides:  # their label top is (batch,), as Caffe reshapes it
@@ -117,24 +130,31 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
             top_shapes = [overrides.get(t, s) for t, s in zip(lp.top, layer.setup(bottom_shapes))]
         else:
             top_shapes = layer.setup(bottom_shapes)
-        if len(top_shapes) != len(lp.top):
-            raise layer_error(lp.name, lp.type, f"produces {len(top_shapes)} tops, {len(lp.top)} named")
+        if len(top_shapes) != len(tops):
+            raise layer_error(lp.name, lp.type, f"produces {len(top_shapes)} tops, {len(tops)} named")
         _check_blob_sizes(layer, lp, top_shapes)
+        if len(lp.param) > len(layer.blob_shapes or ()):
+            raise layer.error(f"has {len(lp.param)} param specs but {len(layer.blob_shapes or ())} parameter blobs "
+                              "(Caffe: too many params specified)")
         if len(lp.blobs) and layer.blob_shapes:
             _check_prototxt_blobs(layer, lp)
 
         top_values = []
-        for j, blob in enumerate(lp.top):
+        for j, blob in enumerate(tops):
+            if j >= len(lp.top):  # an anonymous top: a value only, as Caffe keeps it out of the blobs by name
+                top_values.append(_fresh(blob, used_values))
+                value_shapes[top_values[-1]] = tuple(top_shapes[j])
+                continue
             if j < len(lp.bottom) and lp.bottom[j] == blob:
                 problem = layer.in_place_problem(j, bottom_shapes[j], tuple(top_shapes[j]))
                 if problem:
                     raise layer.error(f"works in place on blob '{blob}', where {problem}: Caffe's numbers would "
                                       f"differ from the layer's; give it its own top")
                 value = _fresh(f"{blob}@{lp.name}", used_values)
-            elif blob in value_of:
-                raise layer_error(lp.name, lp.type, f"top blob '{blob}' is produced by multiple sources")
             else:
                 value = _fresh(blob, used_values)
+            if j < len(lp.loss_weight) and lp.loss_weight[j]:
+                uses.setdefault(value, []).append(f"layer '{lp.name}' also takes as a loss (loss_weight)")
             value_of[blob] = value
             value_shapes[value] = tuple(top_shapes[j])
             blob_shapes[blob] = tuple(top_shapes[j])
@@ -145,7 +165,7 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
                 feed_values[blob] = value
                 if lp.type == "Input":
                     inputs[blob] = tuple(top_shapes[j])
-        nodes.append(LayerNode(index, lp.name, lp.type, lp, layer, list(lp.bottom), list(lp.top), bottom_values,
+        nodes.append(LayerNode(index, lp.name, lp.type, lp, layer, list(lp.bottom), tops, bottom_values,
                                top_values, bottom_shapes, [tuple(s) for s in top_shapes]))
 
     return Net(name=filtered.name, phase=phase, param=filtered, layers=nodes, inputs=inputs, feeds=feeds,
@@ -169,6 +189,25 @@ def shapes_text(shapes) -> str:
 
 
 MAX_BLOB_COUNT = 2**31 - 1  # Caffe's Blob::Reshape: "blob size exceeds INT_MAX"
+
+
+def _check_tops(layer: Layer, lp: caffe_pb2.LayerParameter, value_of: Mapping[str, str],
+                uses: Mapping[str, list[str]]) -> None:
+    """Caffe's AppendTop: a top may name an existing blob only in place (top j = bottom j), and Net::Init sees the
+    net after InsertSplits, which gives each reader of a blob used twice (a loss weight counts as a use) its own
+    copy: an in-place layer reading a value that something else used too then writes a second blob of that name."""
+    for j, blob in enumerate(lp.top):
+        if blob in lp.top[:j]:
+            raise layer.error(f"names top blob '{blob}' twice")
+        if j < len(lp.bottom) and lp.bottom[j] == blob:
+            others = [u for u in uses.get(value_of[blob], []) if u != f"layer '{lp.name}' also reads"]
+            if others or list(lp.bottom).count(blob) > 1:
+                other = others[0] if others else "it reads twice"
+                raise layer.error(f"works in place on blob '{blob}', which {other}: Caffe's automatic "
+                                  f"split of '{blob}' then makes this layer a second producer of '{blob}' (\"Duplicate "
+                                  "blobs produced by multiple sources\"); give it its own top")
+        elif blob in value_of:
+            raise layer.error(f"top blob '{blob}' is produced by multiple sources")
 
 
 def _check_blob_sizes(layer: Layer, lp: caffe_pb2.LayerParameter, top_shapes) -> None:

@@ -9,7 +9,8 @@ from caffeinit.proto import caffe_pb2
 from caffeinit.prototxt import parse_net_text, read_net
 from tests.conftest import ROOT, shared_path
 
-HEAD = 'name: "t" layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }\n'
+HEAD = ('name: "t" layer { name: "data" type: "Input" top: "data" '
+        'input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }\n')
 
 
 TWO_INPUTS = HEAD + HEAD.replace('"data"', '"data2"').replace('name: "t" ', "")
@@ -81,11 +82,12 @@ def test_outputs_are_unconsumed_blobs_sorted_by_name():
     ('layer { name: "in2" type: "Input" top: "x" input_param { shape { dim: 1 dim: -1 } } }\n',
      r"^layer 'in2' \(Input\): top 'x' would have shape 1x-1: a negative dimension$"),
     ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 3000000000 '
-     '} }\n', r"^layer 'fc' \(InnerProduct\): top 'fc' would have shape 2x3000000000, 6,000,000,000 elements: "
-               r"Caffe's blobs hold at most 2,147,483,647$"),
+     '} }\n',
+     r"^layer 'fc' \(InnerProduct\): top 'fc' would have shape 2x3000000000, 6,000,000,000 elements: "
+     r"Caffe's blobs hold at most 2,147,483,647$"),
     ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 20000000 '
-     '} }\n', r"^layer 'fc' \(InnerProduct\): parameter blob 0 would have shape 20000000x192, 3,840,000,000 "
-               r"elements"),
+     '} }\n',
+     r"^layer 'fc' \(InnerProduct\): parameter blob 0 would have shape 20000000x192, 3,840,000,000 elements"),
     ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 8 kernel_size: 3 '
      'pad: 100000 } }\n', r"^layer 'c' \(Convolution\): top 'c' would have shape 2x8x200006x200006"),
 ])
@@ -100,6 +102,50 @@ def test_two_producers_of_a_blob_is_an_error():
     with pytest.raises(CaffeinitError, match=r"layer 'b' \(ReLU\): top blob 'x' is produced by multiple sources"):
         net_of('layer { name: "a" type: "ReLU" bottom: "data" top: "x" }\n'
                'layer { name: "b" type: "ReLU" bottom: "data" top: "x" }\n')
+
+
+@pytest.mark.parametrize("text, match", [
+    # a blob read by one layer, then changed in place by another: InsertSplits gives each its own copy, so the
+    # in-place layer's top is a second producer of the blob (net.cpp AppendTop)
+    ('layer { name: "p" type: "Sigmoid" bottom: "data" top: "p" }\n'
+     'layer { name: "r" type: "ReLU" bottom: "data" top: "data" }\n',
+     r"^layer 'r' \(ReLU\): works in place on blob 'data', which layer 'p' also reads: Caffe's automatic split of "
+     r"'data' then makes this layer a second producer of 'data' \(\"Duplicate blobs produced by multiple sources\"\); "
+     r"give it its own top$"),
+    ('layer { name: "e" type: "Eltwise" bottom: "data" bottom: "data" top: "data" }\n',
+     r"^layer 'e' \(Eltwise\): works in place on blob 'data', which it reads twice: "),
+    ('layer { name: "s" type: "Sigmoid" bottom: "data" top: "s" loss_weight: 1 }\n'
+     'layer { name: "r" type: "ReLU" bottom: "s" top: "s" }\n',
+     r"^layer 'r' \(ReLU\): works in place on blob 's', which layer 's' also takes as a loss \(loss_weight\): "),
+    ('layer { name: "sl" type: "Slice" bottom: "data" top: "a" top: "a" }\n',
+     r"^layer 'sl' \(Slice\): names top blob 'a' twice$"),
+    ('layer { name: "r" type: "ReLU" bottom: "data" top: "x" param { lr_mult: 1 } }\n',
+     r"^layer 'r' \(ReLU\): has 1 param specs but 0 parameter blobs \(Caffe: too many params specified\)$"),
+    ('layer { name: "r" type: "ReLU" bottom: "data" top: "x" propagate_down: true propagate_down: false }\n',
+     r"^layer 'r' \(ReLU\): has 2 propagate_down for 1 bottoms: Caffe takes none or one per bottom$"),
+])
+def test_what_caffes_net_init_refuses_is_refused(text, match):
+    with pytest.raises(CaffeinitError, match=match):
+        net_of(text)
+
+
+def test_in_place_after_all_other_readers_is_fine():
+    """The in-place layer first, the other readers after it: they read its top, nothing is split before it."""
+    net = net_of('layer { name: "r" type: "ReLU" bottom: "data" top: "data" }\n'
+                 'layer { name: "p" type: "Sigmoid" bottom: "data" top: "p" }\n'
+                 'layer { name: "q" type: "TanH" bottom: "data" top: "q" }\n')
+    assert net.outputs == ["p", "q"] and net.layers[2].bottom_values == ["data@r"]
+
+
+def test_a_loss_layer_without_a_top_gets_an_anonymous_one():
+    """LossLayer::AutoTopBlobs: Caffe adds the top, which no layer can read and which is no output."""
+    model = caffeinit.load(parse_net_text(
+        HEAD + 'layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 5 } }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" }\n'))
+    assert model.net.outputs == [] and model.net.layers[-1].tops == ["(automatic)"]
+    out = model.forward({"data": np.ones((3, 3, 8, 8), np.float32), "label": np.zeros(3, np.float32)}, "all")
+    assert sorted(out) == ["data", "ip", "label"] and out["ip"].shape == (3, 5)
 
 
 def test_unknown_bottom_is_an_error():
