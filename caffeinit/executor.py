@@ -57,10 +57,19 @@ class TorchNet(torch.nn.Module):
         rng = np.random.default_rng(seed)
         self.missing: list[str] = []  # layers with blobs that got filler values
         starting: dict[int, _Start] = {}
+        targets: dict[str, LayerNode] = {}  # CopyTrainedLayersFrom copies a layer's blobs into the first of its name
+        for node in net.layers:
+            targets.setdefault(node.name, node)
+        for name, arrays in blobs.items():
+            if name in targets and not targets[name].layer.blob_shapes:
+                try:
+                    _fit_layer_blobs(targets[name], arrays)
+                except CaffeinitError as e:
+                    raise CaffeinitError(f"{source}: {e}" if source else str(e)) from None
         for node in net.layers:
             if not node.layer.blob_shapes:
                 continue
-            arrays = blobs.pop(node.name, None)
+            arrays = blobs.pop(node.name, None) if targets[node.name] is node else None
             if arrays is not None:
                 try:
                     arrays = _fit_layer_blobs(node, arrays)

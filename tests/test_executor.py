@@ -271,6 +271,22 @@ def test_an_input_with_its_own_first_dim_fed_as_declared_does_not_change_the_bat
         module({"info": info, "data": torch.zeros(3, 3, 12, 12)})
 
 
+def test_weights_go_to_the_first_layer_of_their_name_as_caffe_copies_them():
+    """CopyTrainedLayersFrom copies a layer's blobs into the first layer of that name: a second InnerProduct of the
+    name keeps its fillers, and a first one without blobs is Caffe's "Incompatible number of blobs" (before, the
+    weights silently went to the second)."""
+    head = 'layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }\n'
+    ip = 'layer {{ name: "fc" type: "InnerProduct" bottom: "{}" top: "{}" inner_product_param {{ num_output: 4 }} }}\n'
+    weights = {"fc": [np.ones((4, 3), np.float32), np.zeros(4, np.float32)]}
+    module = TorchNet(build_net(parse_net_text(head + ip.format("data", "a") + ip.format("data", "b"))), weights)
+    assert module.missing == ["fc"] and (module.layer_blobs[1][0].detach().numpy() == 1).all()
+    assert not (module.layer_blobs[2][0].detach().numpy() == 1).all()
+    relu_first = head + 'layer { name: "fc" type: "ReLU" bottom: "data" top: "r" }\n' + ip.format("r", "fc")
+    with pytest.raises(CaffeinitError, match=r"^w.caffemodel: layer 'fc' \(ReLU\): 2 blobs in the weights, but the "
+                                             r"layer has 0$"):
+        TorchNet(build_net(parse_net_text(relu_first)), weights, source="w.caffemodel")
+
+
 def test_real_caffe_model_gives_finite_outputs():
     model = load(shared_path("corpus", "htshinichi__resnet50_stem.prototxt"),
                  weights=shared_path("corpus", "htshinichi__resnet50_stem.caffemodel"))
