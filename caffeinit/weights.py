@@ -70,6 +70,9 @@ def _read_file(path: PathLike, what: str) -> bytes:
 
 def read_caffemodel(path: PathLike) -> caffe_pb2.NetParameter:
     """Parse a binary NetParameter and upgrade it as Caffe's ReadNetParamsFromBinaryFileOrDie does."""
+    if is_hdf5_weights(path):
+        raise CaffeinitError(f"{path}: HDF5 weights (.caffemodel.h5) hold the blobs only, not the net; this needs a "
+                             "binary .caffemodel")
     data = _read_file(path, "caffemodel")
     net = caffe_pb2.NetParameter()
     try:
@@ -134,7 +137,10 @@ def blob_to_array(blob: caffe_pb2.BlobProto, where: str = "blob") -> np.ndarray:
 def load_weights(source: PathLike | caffe_pb2.NetParameter) -> dict[str, list[np.ndarray]]:
     """Blob arrays by layer name from a caffemodel path or a parsed NetParameter, in the file's order (the order in
     which Caffe's CopyTrainedLayersFrom copies them); layers without blobs are left out. When names repeat, the later
-    layer wins and takes its place in that order."""
+    layer wins and takes its place in that order. A path ending in ``.h5`` (or an HDF5 file) is read as Caffe's
+    ``.caffemodel.h5`` (``snapshot_format: HDF5``), as CopyTrainedLayersFrom does."""
+    if not isinstance(source, caffe_pb2.NetParameter) and is_hdf5_weights(source):
+        return load_hdf5_weights(source)
     net = source if isinstance(source, caffe_pb2.NetParameter) else read_caffemodel(source)
     label = "" if isinstance(source, caffe_pb2.NetParameter) else f"{source}: "
     weights: dict[str, list[np.ndarray]] = {}
@@ -143,6 +149,65 @@ def load_weights(source: PathLike | caffe_pb2.NetParameter) -> dict[str, list[np
             weights.pop(layer.name, None)
             weights[layer.name] = [blob_to_array(blob, f"{label}layer '{layer.name}' blob {i}")
                                    for i, blob in enumerate(layer.blobs)]
+    return weights
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5_weights(path: PathLike) -> bool:
+    """Whether Caffe reads ``path`` as HDF5 weights: its name ends in ``.h5`` (Caffe's rule), or it holds HDF5
+    data (a ``.caffemodel.h5`` renamed)."""
+    if str(path).endswith(".h5"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
+def load_hdf5_weights(path: PathLike) -> dict[str, list[np.ndarray]]:
+    """Blob arrays by layer name from Caffe's HDF5 weights (Net::ToHDF5: group ``data``, one group per layer, one
+    dataset per blob named by its index), in name order as CopyTrainedLayersFromHDF5 visits them; layers without
+    datasets are left out. Caffe leaves out the blobs a layer shares from another (``param { name }``); a layer
+    holding only some of its blobs is refused here, as the arrays are a list."""
+    import h5py
+
+    try:
+        file = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise CaffeinitError(f"{path}: cannot read caffemodel: No such file or directory") from None
+    except OSError as e:
+        raise CaffeinitError(f"{path}: not a valid HDF5 caffemodel ({e})") from None
+    weights: dict[str, list[np.ndarray]] = {}
+    with file:
+        data = file.get("data")
+        if not isinstance(data, h5py.Group):
+            raise CaffeinitError(f"{path}: an HDF5 file without Caffe's 'data' group: not a .caffemodel.h5")
+        for name, group in data.items():
+            where = f"{path}: layer '{name}'"
+            if not isinstance(group, h5py.Group):
+                raise CaffeinitError(f"{where}: a dataset where Caffe writes a group of blobs")
+            names = sorted(group, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+            if names != [str(k) for k in range(len(names))]:
+                raise CaffeinitError(f"{where}: blobs {', '.join(names)}; Caffe names them 0, 1, ... (a layer "
+                                     "holding only some of its blobs, the others shared, is not supported)")
+            arrays = []
+            for k in range(len(names)):
+                dataset = group[str(k)]
+                if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind not in "fiu":
+                    raise CaffeinitError(f"{where} blob {k}: not a numeric dataset")
+                if dataset.ndim > MAX_BLOB_AXES:
+                    raise CaffeinitError(f"{where} blob {k}: {dataset.ndim} axes; Caffe's blobs have at most "
+                                         f"{MAX_BLOB_AXES}")
+                if dataset.size > MAX_BLOB_COUNT:
+                    raise CaffeinitError(f"{where} blob {k}: {dataset.size:,} values; Caffe's blobs hold at most "
+                                         f"{MAX_BLOB_COUNT:,}")
+                with np.errstate(over="ignore"):  # doubles beyond float32 become +-inf, as Caffe's read gives
+                    arrays.append(np.asarray(dataset[()], dtype=np.float32).reshape(dataset.shape))
+            if arrays:
+                weights[name] = arrays
     return weights
 
 

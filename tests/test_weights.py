@@ -398,3 +398,63 @@ def test_a_caffemodel_with_a_negative_dimension_is_one_error_line(tmp_path, caps
     assert err.startswith("caffeinit: error: layer 'fc' blob 0: shape [-1, -1, 1, 1] has a negative dimension")
     assert err.count("\n") == 1
     assert not (tmp_path / "out.caffemodel").exists() and not (tmp_path / "out.prototxt").exists()
+
+
+# -- HDF5 weights (.caffemodel.h5) ----------------------------------------------------------------------------------
+def write_caffe_hdf5(path, net_param, arrays_by_layer, skip=()):
+    """What Net::ToHDF5 writes: group data (and diff), one group per layer (empty for layers without blobs), one
+    dataset per blob named by its index; ``skip`` (layer, blob) pairs are left out as Caffe leaves shared blobs."""
+    import h5py
+    with h5py.File(path, "w") as f:
+        data, diff = f.create_group("data"), f.create_group("diff")
+        for layer in net_param.layer:
+            group = data.create_group(layer.name)
+            diff.create_group(layer.name)
+            for k, array in enumerate(arrays_by_layer.get(layer.name, ())):
+                if (layer.name, k) not in skip:
+                    group.create_dataset(str(k), data=array)
+
+
+def test_hdf5_weights_load_like_the_binary_ones_and_reproduce_caffe(tmp_path, capsys):
+    from caffeinit.api import load
+    from caffeinit.cli import main
+    case = shared_path("conformance", "lenet")
+    binary = weights.load_weights(case / "weights.caffemodel")
+    h5 = tmp_path / "lenet.caffemodel.h5"
+    write_caffe_hdf5(h5, weights.read_caffemodel(case / "weights.caffemodel"),
+                     {k: [a.astype(np.float64) for a in v] for k, v in binary.items()})
+    loaded = weights.load_weights(h5)
+    assert sorted(loaded) == sorted(binary)
+    for name in binary:
+        assert [a.dtype for a in loaded[name]] == [np.float32] * len(binary[name])
+        for a, b in zip(loaded[name], binary[name]):
+            np.testing.assert_array_equal(a, b)
+    renamed = tmp_path / "renamed.caffemodel"  # HDF5 data under a binary model's name
+    renamed.write_bytes(h5.read_bytes())
+    assert sorted(weights.load_weights(renamed)) == sorted(binary)
+    golden = np.load(case / "golden.npz")
+    prob = load(case / "net.prototxt", weights=h5).forward({"data": np.load(case / "in_data.npy")})["prob"]
+    np.testing.assert_allclose(prob, golden["prob"], rtol=0, atol=1e-5 * np.abs(golden["prob"]).max())
+    assert main(["inspect", str(case / "net.prototxt"), "--weights", str(h5)]) == 0
+    assert "not in" not in capsys.readouterr().err
+    with pytest.raises(CaffeinitError, match=r"lenet.caffemodel.h5: HDF5 weights .* need"):
+        weights.read_caffemodel(h5)  # e.g. `caffeinit upgrade --weights`: there is no net in it to upgrade
+
+
+def test_bad_hdf5_weights_name_the_file_and_layer(tmp_path):
+    import h5py
+    net = caffe_pb2.NetParameter()
+    net.layer.add(name="fc", type="InnerProduct")
+    partial = tmp_path / "partial.caffemodel.h5"
+    write_caffe_hdf5(partial, net, {"fc": [np.ones((2, 3)), np.ones(2)]}, skip={("fc", 0)})
+    with pytest.raises(CaffeinitError, match=r"partial.caffemodel.h5: layer 'fc': blobs 1; .* not supported"):
+        weights.load_weights(partial)
+    with h5py.File(tmp_path / "nodata.h5", "w") as f:
+        f.create_dataset("x", data=[1])
+    with pytest.raises(CaffeinitError, match=r"nodata.h5: an HDF5 file without Caffe's 'data' group"):
+        weights.load_weights(tmp_path / "nodata.h5")
+    (tmp_path / "junk.h5").write_bytes(b"junk")
+    with pytest.raises(CaffeinitError, match=r"junk.h5: not a valid HDF5 caffemodel"):
+        weights.load_weights(tmp_path / "junk.h5")
+    with pytest.raises(CaffeinitError, match=r"absent.h5: cannot read caffemodel"):
+        weights.load_weights(tmp_path / "absent.h5")
