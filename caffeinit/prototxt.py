@@ -165,6 +165,8 @@ def _read_text(path: str | os.PathLike, what: str) -> str:
         raise CaffeinitError(f"{path}: no such {what} file") from None
     except OSError as e:
         raise CaffeinitError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise CaffeinitError(f"{path}: UTF-16 text, which Caffe cannot read either: save the {what} as UTF-8")
     if b"\x00" in data:
         raise CaffeinitError(f"{path}: binary data, not a text {what} (a .caffemodel? pass weights separately)")
     try:

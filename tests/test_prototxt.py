@@ -175,6 +175,14 @@ def test_comments_in_another_encoding_are_skipped_as_caffe_does(tmp_path, encodi
     assert [layer.name for layer in net.layer] == ["data", "pool"]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_utf16_text_is_named_as_such(tmp_path, encoding):
+    path = tmp_path / "net.prototxt"
+    path.write_bytes(("\ufeff" if encoding.endswith("be") else "").encode(encoding) + TINY_NET.encode(encoding))
+    with pytest.raises(CaffeinitError, match=r"net.prototxt: UTF-16 text, .* save the net as UTF-8"):
+        read_net(path)
+
+
 def test_a_string_in_another_encoding_names_its_line(tmp_path):
     path = tmp_path / "net.prototxt"
     path.write_bytes(TINY_NET.replace('name: "pool"', 'name: "池化"').encode("gbk"))
