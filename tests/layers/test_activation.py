@@ -6,6 +6,7 @@ import torch
 from caffeinit.errors import CaffeinitError
 from caffeinit.layers import activation  # noqa: F401  (registers the layers)
 from caffeinit.proto import caffe_pb2
+from tests.conftest import shared_path
 from tests.layers.helpers import close, make, rand, run, run_case
 
 X = np.concatenate([rand(40) * 4, np.array([0, -0, 1e-8, -60, 60, 88], np.float32)]).reshape(2, 23)
@@ -45,6 +46,22 @@ def test_sigmoid_tanh_absval():
     close(run(make("Sigmoid"), X)[0], sigmoid_oracle(X))
     close(run(make("TanH"), X)[0], np.tanh(X.astype(np.float64)))
     close(run(make("AbsVal"), X)[0], np.abs(X))
+
+
+def test_sigmoid_is_computed_in_double():
+    """sigmoid_layer.cpp's 0.5 * tanh(0.5 * x) + 0.5 uses double literals: the double result rounded to float (in
+    float, tiny values are lost); Swish runs that Sigmoid layer."""
+    x = np.array([-20, -15, -10, -5, -1e-3, 0, 2, 30], np.float32)
+    want = sigmoid_oracle(x)
+    for layer in (make("Sigmoid"), make("Swish")):
+        close(run(layer, x)[0], want * (x if layer.type_name == "Swish" else 1), rtol=1e-6, atol=0)
+    inplace = make("Sigmoid").forward_inplace([torch.from_numpy(x.copy())], [])[0].numpy()
+    np.testing.assert_array_equal(inplace, run(make("Sigmoid"), x)[0])
+
+
+def test_sigmoid_is_bitwise_caffes_in_the_conformance_case():
+    golden = np.load(shared_path("conformance", "unary_ops", "golden.npz"))
+    np.testing.assert_array_equal(run(make("Sigmoid"), golden["data"])[0], golden["sg"])
 
 
 def test_bnll_stable_form():
