@@ -9,13 +9,16 @@ from caffeinit.layers.registry import register_layer
 
 
 def _sigmoid(x):
-    """lstm_unit_layer.cpp's sigmoid: 1 / (1 + e^-x)."""
-    return 1 / (1 + torch.exp(-x))
+    """lstm_unit_layer.cpp's sigmoid<float>: 1. / (1. + exp(-x)), the exponential in float, the rest in double (C++
+    double literals), rounded once."""
+    return (1 / (1 + torch.exp(-x).double())).to(x.dtype)
 
 
 def _tanh(x):
-    """lstm_unit_layer.cpp's tanh: 2 * sigmoid(2x) - 1."""
-    return 2 * _sigmoid(2 * x) - 1
+    """lstm_unit_layer.cpp's tanh: 2. * sigmoid(2. * x) - 1., whose double argument makes it all double, rounded
+    once (in float, tanh of small values loses most digits)."""
+    wide = 2 * x.double()
+    return (2 / (1 + torch.exp(-wide)) - 1).to(x.dtype)
 
 
 @register_layer

@@ -38,6 +38,18 @@ def test_lstm_unit():
         make("LSTMUnit", n_bottoms=3, n_tops=2).setup([(1, 3, 4), (1, 3, 16), (3,)])
 
 
+def test_lstm_unit_tanh_is_computed_in_double():
+    """Caffe's tanh(x) = 2. * sigmoid(2. * x) - 1. runs sigmoid<double>: small values keep their digits (in float the
+    cell values below had relative errors up to 1e-3)."""
+    gates = np.zeros((1, 1, 8), np.float32)
+    gates[0, 0, 6:] = [1e-4, -3e-3]  # g inputs
+    c, h = run(make("LSTMUnit", n_bottoms=3, n_tops=2), np.zeros((1, 1, 2), np.float32), gates,
+               np.zeros((1, 1), np.float32))
+    want_c, want_h = lstm_unit_oracle(np.zeros((1, 1, 2)), gates, np.zeros((1, 1)))
+    close(c, want_c, rtol=1e-6, atol=0)
+    close(h, want_h, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("type_name", ["RNN", "LSTM"])
 def test_rnn_lstm_are_refused_clearly(type_name):
     with pytest.raises(CaffeinitError, match=f"layer 'L' \\({type_name}\\): recurrent layers .* not supported"):
