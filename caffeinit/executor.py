@@ -26,7 +26,8 @@ class TorchNet(torch.nn.Module):
     ``requires_grad=False``. A layer starts from its arrays in ``blobs`` (a caffemodel's), else from the blobs written
     in its prototxt definition, else from its fillers (``missing`` lists those layers); a shared blob holds what the
     last of its layers in ``blobs``' order brings (Caffe copies a caffemodel's layers in file order into memory the
-    sharers share), else its first user's values. ``forward`` can run any slice of layers from cached values, call a tap
+    sharers share), else its first user's values. Under autograd, a bottom with ``propagate_down: false`` passes no
+    gradient, as in Caffe. ``forward`` can run any slice of layers from cached values, call a tap
     after every layer (the taps see each layer's tops before any in-place successor replaces them), and free values
     after their last use. Without autograd, taps and with ``keep`` given, a layer that can (``Layer.forward_inplace``)
     overwrites a bottom that dies there, as Caffe does, when no other value, input or parameter shares its memory.
@@ -107,6 +108,9 @@ class TorchNet(torch.nn.Module):
         self._can_run_inplace = {node.index for node in net.layers
                                  if type(node.layer).forward_inplace is not Layer.forward_inplace}
         self._readers = net.consumers()
+        # Caffe's propagate_down: false stops the gradient at that bottom (Net::Init's bottom_need_backward)
+        self._no_gradient = {node.index: {j for j, down in enumerate(node.param.propagate_down) if not down}
+                             for node in net.layers if not all(node.param.propagate_down)}
         self.to(device)
 
     @property
@@ -154,6 +158,8 @@ class TorchNet(torch.nn.Module):
             except KeyError as e:
                 raise CaffeinitError(f"layer '{node.name}' needs value {e.args[0]!r}, which was neither fed nor "
                                      "computed in this run") from None
+            if node.index in self._no_gradient and torch.is_grad_enabled():
+                bottoms = [b.detach() if j in self._no_gradient[node.index] else b for j, b in enumerate(bottoms)]
             blobs = list(self.layer_blobs[node.index])
             tops = None
             top_values, last = node.top_values, node  # last: the layer whose tops these are (fused ones: the end)
@@ -237,6 +243,7 @@ class TorchNet(torch.nn.Module):
                 break
             reader = layers[readers[0] - layers[0].index]
             if not isinstance(reader.layer, kind) or len(reader.bottom_values) != 1 or \
+                    reader.index in self._no_gradient or \
                     (kind is ReLU and reader.layer.negative_slope != 0):
                 break
             chain.append(reader)

@@ -17,7 +17,8 @@ layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim:
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param { num_output: 6 kernel_size: 3 weight_filler { type: "gaussian" std: 0.5 } } }
 layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
 layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
   convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.5 } } }
 layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
@@ -285,6 +286,19 @@ def test_weights_go_to_the_first_layer_of_their_name_as_caffe_copies_them():
     with pytest.raises(CaffeinitError, match=r"^w.caffemodel: layer 'fc' \(ReLU\): 2 blobs in the weights, but the "
                                              r"layer has 0$"):
         TorchNet(build_net(parse_net_text(relu_first)), weights, source="w.caffemodel")
+
+
+@pytest.mark.parametrize("down, conv1_has_gradient",
+                         [("", True), ("propagate_down: false", False), ("propagate_down: true", True)])
+def test_propagate_down_false_stops_the_gradient_at_that_bottom(down, conv1_has_gradient):
+    """Net::Init's bottom_need_backward: conv2 reading conv1 with propagate_down false passes it no gradient, so
+    conv1's weights get none (conv2's still do)."""
+    text = SMALL.replace('bottom: "pool1" top: "conv2"', f'bottom: "pool1" top: "conv2" {down}')
+    module = TorchNet(build_net(parse_net_text(text)), seed=1)
+    out = module({"data": x()}, keep={"prob"})
+    conv1, conv2 = module.layer_blobs[1][0], module.layer_blobs[4][0]
+    grads = torch.autograd.grad(out["prob"][:, 0].sum(), [conv1, conv2], allow_unused=True)
+    assert (grads[0] is not None) == conv1_has_gradient and grads[1] is not None
 
 
 def test_real_caffe_model_gives_finite_outputs():
