@@ -8,6 +8,7 @@ writing a model costs little memory beyond the arrays themselves.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -176,9 +177,9 @@ def load_hdf5_weights(path: PathLike) -> dict[str, list[np.ndarray]]:
 
     try:
         file = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise CaffeinitError(f"{path}: cannot read caffemodel: No such file or directory") from None
     except OSError as e:
+        if e.errno:  # the file system's refusal (missing, a folder, no permission), not HDF5's
+            raise CaffeinitError(f"{path}: cannot read caffemodel: {os.strerror(e.errno)}") from None
         raise CaffeinitError(f"{path}: not a valid HDF5 caffemodel ({e})") from None
     weights: dict[str, list[np.ndarray]] = {}
     with file:

@@ -456,5 +456,8 @@ def test_bad_hdf5_weights_name_the_file_and_layer(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"junk")
     with pytest.raises(CaffeinitError, match=r"junk.h5: not a valid HDF5 caffemodel"):
         weights.load_weights(tmp_path / "junk.h5")
-    with pytest.raises(CaffeinitError, match=r"absent.h5: cannot read caffemodel"):
+    with pytest.raises(CaffeinitError, match=r"absent.h5: cannot read caffemodel: No such file"):
         weights.load_weights(tmp_path / "absent.h5")
+    (tmp_path / "folder.h5").mkdir()
+    with pytest.raises(CaffeinitError, match=r"folder.h5: cannot read caffemodel: Is a directory"):
+        weights.load_weights(tmp_path / "folder.h5")
