@@ -111,6 +111,7 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
             # Caffe's LossLayer::AutoTopBlobs: the loss gets an anonymous top that no layer can read
             tops += [ANONYMOUS_TOP] * (layer.min_tops - len(tops))
         layer.check_counts(len(lp.bottom), len(tops))
+        _check_loss_weights(layer, lp, len(tops))
         bottom_values, bottom_shapes = [], []
         for blob in lp.bottom:
             if blob not in value_of:
@@ -208,6 +209,16 @@ def _check_tops(layer: Layer, lp: caffe_pb2.LayerParameter, value_of: Mapping[st
                                   "blobs produced by multiple sources\"); give it its own top")
         elif blob in value_of:
             raise layer.error(f"top blob '{blob}' is produced by multiple sources")
+
+
+def _check_loss_weights(layer: Layer, lp: caffe_pb2.LayerParameter, n_tops: int) -> None:
+    """Layer::SetLossWeights: none or one loss_weight per top; a loss layer without any has one (1, LossLayer's
+    LayerSetUp), so a second top needs them spelled out."""
+    if len(lp.loss_weight) and len(lp.loss_weight) != n_tops:
+        raise layer.error(f"has {len(lp.loss_weight)} loss_weight for {n_tops} tops: Caffe takes none or one per top")
+    if not len(lp.loss_weight) and isinstance(layer, LossLayer) and n_tops > 1:
+        raise layer.error(f"has {n_tops} tops and no loss_weight: Caffe gives a loss layer one loss_weight (1), "
+                          "which must be one per top; give them all (e.g. loss_weight: 1 loss_weight: 0)")
 
 
 def _check_blob_sizes(layer: Layer, lp: caffe_pb2.LayerParameter, top_shapes) -> None:

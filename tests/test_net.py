@@ -123,10 +123,23 @@ def test_two_producers_of_a_blob_is_an_error():
      r"^layer 'r' \(ReLU\): has 1 param specs but 0 parameter blobs \(Caffe: too many params specified\)$"),
     ('layer { name: "r" type: "ReLU" bottom: "data" top: "x" propagate_down: true propagate_down: false }\n',
      r"^layer 'r' \(ReLU\): has 2 propagate_down for 1 bottoms: Caffe takes none or one per bottom$"),
+    ('layer { name: "r" type: "ReLU" bottom: "data" top: "x" loss_weight: 1 loss_weight: 0 }\n',
+     r"^layer 'r' \(ReLU\): has 2 loss_weight for 1 tops: Caffe takes none or one per top$"),
+    ('layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }\n'
+     'layer { name: "l" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" top: "loss" top: "prob" }\n',
+     r"^layer 'l' \(SoftmaxWithLoss\): has 2 tops and no loss_weight: Caffe gives a loss layer one loss_weight "
+     r"\(1\), which must be one per top; give them all \(e.g. loss_weight: 1 loss_weight: 0\)$"),
 ])
 def test_what_caffes_net_init_refuses_is_refused(text, match):
     with pytest.raises(CaffeinitError, match=match):
         net_of(text)
+
+
+def test_a_loss_layer_with_two_tops_and_a_loss_weight_each_builds():
+    net = net_of('layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 dim: 1 dim: 8 '
+                 'dim: 8 } } }\nlayer { name: "l" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" '
+                 'top: "loss" top: "prob" loss_weight: 1 loss_weight: 0 }\n')
+    assert net.outputs == ["loss", "prob"]
 
 
 def test_in_place_after_all_other_readers_is_fine():
