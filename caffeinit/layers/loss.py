@@ -23,7 +23,9 @@ class _Loss(Layer):
 
     def setup(self, bottom_shapes):
         a, b = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
-        if _first_dim(a) != _first_dim(b):
+        if not a or not b:  # LossLayer::Reshape reads shape(0) of both, which CHECK-fails on a 0-axis blob
+            raise self.error(f"data {list(a)} and label {list(b)} need at least one axis")
+        if a[0] != b[0]:
             raise self.error(f"data {list(a)} and label {list(b)} must have the same first dimension")
         self.check_shapes([tuple(s) for s in bottom_shapes])
         return [()] + self.extra_tops([tuple(s) for s in bottom_shapes])
@@ -38,10 +40,6 @@ class _Loss(Layer):
         if len(shape) > 4:
             raise self.error(f"needs a bottom of at most 4 axes, got {list(shape)}")
         return legacy_dim(shape, index)
-
-
-def _first_dim(shape):
-    return shape[0] if shape else 1
 
 
 def _labels(layer, label, num_classes, mask):
@@ -296,7 +294,7 @@ class SigmoidCrossEntropyLoss(_Loss):
         a, b = bottom_shapes
         if count(a) != count(b):
             raise self.error(f"inputs must have the same count: {list(a)} vs {list(b)}")
-        self.outer, self.inner = _first_dim(a), count(a, 1)
+        self.outer, self.inner = a[0], count(a, 1)
         lp = self.param.loss_param
         self.ignore_label = lp.ignore_label if lp.HasField("ignore_label") else None
         self.normalization = _normalization(self, lp, default_if_unset=Norm.BATCH_SIZE)

@@ -60,6 +60,8 @@ def test_softmax_with_loss_legacy_normalize(normalize, mode):
 @pytest.mark.parametrize("type_name, shapes, message", [
     ("SoftmaxWithLoss", [(2, 3, 4), (2, 3)], "label count 6"),
     ("SoftmaxWithLoss", [(2, 3), (3,)], "same first dimension"),
+    ("EuclideanLoss", [(), ()], "at least one axis"),  # LossLayer::Reshape: shape(0) of a 0-axis blob
+    ("SigmoidCrossEntropyLoss", [(1,), ()], "at least one axis"),
     ("EuclideanLoss", [(2, 3), (2, 4)], "same dimension"),
     ("SigmoidCrossEntropyLoss", [(2, 3), (2, 4)], "same count"),
     ("MultinomialLogisticLoss", [(2, 3), (2, 2)], "one label per item"),
