@@ -100,6 +100,7 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
     used_values: set[str] = set()
 
     uses: dict[str, list[str]] = {}  # value -> what used it so far: its readers' names, a loss weight on it
+    shared_multipliers: dict[tuple[str, str], tuple[float, str]] = {}  # (param name, field) -> (value, layer)
 
     for index, lp in enumerate(filtered.layer):
         if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
@@ -137,6 +138,7 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
         if len(lp.param) > len(layer.blob_shapes or ()):
             raise layer.error(f"has {len(lp.param)} param specs but {len(layer.blob_shapes or ())} parameter blobs "
                               "(Caffe: too many params specified)")
+        _check_shared_multipliers(layer, lp, shared_multipliers)
         if len(lp.blobs) and layer.blob_shapes:
             _check_prototxt_blobs(layer, lp)
 
@@ -219,6 +221,18 @@ def _check_loss_weights(layer: Layer, lp: caffe_pb2.LayerParameter, n_tops: int)
     if not len(lp.loss_weight) and isinstance(layer, LossLayer) and n_tops > 1:
         raise layer.error(f"has {n_tops} tops and no loss_weight: Caffe gives a loss layer one loss_weight (1), "
                           "which must be one per top; give them all (e.g. loss_weight: 1 loss_weight: 0)")
+
+
+def _check_shared_multipliers(layer: Layer, lp: caffe_pb2.LayerParameter,
+                              seen: dict[tuple[str, str], tuple[float, str]]) -> None:
+    """Net::AppendParam: the layers sharing a parameter by name that set its lr_mult (decay_mult) set the same."""
+    for spec in lp.param:
+        for attr in ("lr_mult", "decay_mult") if spec.name else ():
+            if spec.HasField(attr):
+                value, first = seen.setdefault((spec.name, attr), (getattr(spec, attr), lp.name))
+                if value != getattr(spec, attr):
+                    raise layer.error(f"shared parameter '{spec.name}' has {attr} {getattr(spec, attr):g} here but "
+                                      f"{value:g} in layer '{first}': Caffe takes one {attr} per shared parameter")
 
 
 def _check_blob_sizes(layer: Layer, lp: caffe_pb2.LayerParameter, top_shapes) -> None:

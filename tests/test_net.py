@@ -129,6 +129,12 @@ def test_two_producers_of_a_blob_is_an_error():
      'layer { name: "l" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" top: "loss" top: "prob" }\n',
      r"^layer 'l' \(SoftmaxWithLoss\): has 2 tops and no loss_weight: Caffe gives a loss layer one loss_weight "
      r"\(1\), which must be one per top; give them all \(e.g. loss_weight: 1 loss_weight: 0\)$"),
+    ('layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" lr_mult: 1 } '
+     'inner_product_param { num_output: 4 bias_term: false } }\n'
+     'layer { name: "b" type: "InnerProduct" bottom: "data" top: "b" param { name: "w" lr_mult: 2 } '
+     'inner_product_param { num_output: 4 bias_term: false } }\n',
+     r"^layer 'b' \(InnerProduct\): shared parameter 'w' has lr_mult 2 here but 1 in layer 'a': Caffe takes one "
+     r"lr_mult per shared parameter$"),
 ])
 def test_what_caffes_net_init_refuses_is_refused(text, match):
     with pytest.raises(CaffeinitError, match=match):
