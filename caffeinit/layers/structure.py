@@ -106,6 +106,7 @@ class Split(Layer):
     min_tops = 1
 
     def setup(self, bottom_shapes):
+        _no_in_place(self)  # split_layer.cpp Reshape: CHECK_NE(top[i], bottom[0])
         return [tuple(bottom_shapes[0])] * len(self.param.top)
 
     def forward(self, bottoms, blobs):

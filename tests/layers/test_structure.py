@@ -70,6 +70,14 @@ def test_split_copies_bottom_to_every_top():
     assert len(tops) == 3 and all(np.array_equal(t, x) for t in tops)
 
 
+def test_split_refuses_in_place():
+    """split_layer.cpp Reshape CHECKs that no top is the bottom blob."""
+    layer = make("Split", n_tops=2)
+    layer.param.top[0] = "b0"
+    with pytest.raises(CaffeinitError, match="\\(Split\\).*in place"):
+        layer.setup([(2, 3)])
+
+
 # -- Flatten / Reshape --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, want", [
