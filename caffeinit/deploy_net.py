@@ -25,7 +25,8 @@ def losses_in_test_phase(net_param: caffe_pb2.NetParameter, stages: Iterable[str
 def deploy_param(net_param: caffe_pb2.NetParameter, input_shapes: Mapping[str, Sequence[int]],
                  stages: Iterable[str] = (), level: int = 0, peek=None) -> caffe_pb2.NetParameter:
     """The TEST-phase layers of ``net_param`` without loss/accuracy layers (nor the layers reading what those
-    compute), data layers replaced by Input layers.
+    compute), data layers replaced by Input layers. The include/exclude rules, applied, are left out: building the
+    result in another level or stages (``build_net(deploy, "test")``) gives the same net.
 
     ``input_shapes``: the shape of each data top a kept layer reads, by blob name (the shapes the net was run
     with: a database that is not here cannot say them). ``peek(layer)``, where given, supplies the shapes of a data
@@ -44,7 +45,10 @@ def deploy_param(net_param: caffe_pb2.NetParameter, input_shapes: Mapping[str, S
     del deploy.input[:], deploy.input_shape[:], deploy.input_dim[:]
     for lp in kept:
         if not layer_class(lp.type, lp.name).is_data:
-            deploy.layer.add().CopyFrom(lp)
+            layer = deploy.layer.add()
+            layer.CopyFrom(lp)
+            layer.ClearField("include")  # applied: the deploy net is the same net in any state it is built in
+            layer.ClearField("exclude")
             continue
         tops = [t for t in lp.top if t in read]
         if not tops:

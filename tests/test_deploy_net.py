@@ -22,6 +22,8 @@ def test_alexnet_train_val_keeps_its_test_layers_without_loss_and_accuracy():
     # the rest are the TEST-phase layers of the train_val, unchanged, in order
     test = build_net(param, "test", input_shapes={"data": (10, 3, 227, 227), "label": (10,)})
     kept = [node.param for node in test.layers if not node.layer.is_data and not node.layer.is_loss]
+    for lp in kept:
+        lp.ClearField("include"), lp.ClearField("exclude")  # applied
     assert list(deploy.layer[1:]) == kept
     assert build_net(deploy, "test").outputs == ["fc8"]
     assert losses_in_test_phase(param) and not losses_in_test_phase(deploy)
@@ -69,3 +71,17 @@ def test_layers_reading_what_a_loss_or_accuracy_computes_go_with_it():
     deploy = deploy_param(param, {"data": (2, 3, 4, 4), "label": (2,)})
     assert [lp.name for lp in deploy.layer] == ["data", "ip"]
     assert build_net(deploy).outputs == ["ip"]
+
+
+def test_the_deploy_net_is_the_same_in_any_level_it_is_built_in():
+    """Its layers were chosen by the level (min_level 1): built again at the default level 0 (as the CLI checks it
+    for export), it keeps them (before, ip2 silently went)."""
+    from caffeinit.prototxt import parse_net_text
+    param = parse_net_text(
+        'name: "tv"\n'
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 5 } }\n'
+        'layer { name: "ip2" type: "InnerProduct" bottom: "ip" top: "ip2" inner_product_param { num_output: 5 } '
+        'include { min_level: 1 } }\n')
+    deploy = deploy_param(param, {"data": (2, 3)}, level=1)
+    assert build_net(deploy, "test").outputs == ["ip2"]
