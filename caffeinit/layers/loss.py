@@ -327,13 +327,15 @@ class ContrastiveLoss(_Loss):
         if (self.legacy(y, 1), self.legacy(y, 2), self.legacy(y, 3)) != (1, 1, 1):
             raise self.error(f"bottom 2 (similarity) must have shape [N, 1, 1, 1], got {list(y)}")
         self.num, self.channels = self.legacy(a, 0), self.legacy(a, 1)
+        if self.legacy(y, 0) < self.num:  # Caffe reads one similarity per pair; only a and b's first dims are checked
+            raise self.error(f"bottom 2 (similarity) {list(y)} has fewer items than the {self.num} pairs")
         p = self.param.contrastive_loss_param
         self.margin, self.legacy_version = float(np.float32(p.margin)), p.legacy_version
 
     def forward(self, bottoms, blobs):
         a = bottoms[0].reshape(self.num, self.channels)
         b = bottoms[1].reshape(self.num, self.channels)
-        similar = bottoms[2].reshape(self.num).to(torch.int64) != 0
+        similar = bottoms[2].reshape(-1)[:self.num].to(torch.int64) != 0
         diff = a - b
         dist_sq = (diff * diff).sum(dim=1)
         if self.legacy_version:

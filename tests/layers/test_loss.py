@@ -193,6 +193,17 @@ def test_contrastive_loss(legacy):
         make("ContrastiveLoss", "", 3).setup([(5, 3), (5, 4), (5, 1)])
 
 
+def test_contrastive_loss_reads_one_similarity_per_pair():
+    """contrastive_loss_layer.cpp reads bottom 2's first num values (LossLayer checks only bottoms 0 and 1): extra
+    similarities are ignored, too few are refused."""
+    a, b = rand(2, 3), rand(2, 3, seed=1)
+    y = np.array([1, 0, 1], np.float32).reshape(3, 1, 1, 1)
+    want = run(make("ContrastiveLoss", "", 3), a, b, y[:2])[0]
+    assert run(make("ContrastiveLoss", "", 3), a, b, y)[0] == want
+    with pytest.raises(CaffeinitError, match="\\(ContrastiveLoss\\).*fewer items"):
+        make("ContrastiveLoss", "", 3).setup([(2, 3), (2, 3), (1, 1)])
+
+
 def infogain_oracle(x, label, H, ignore, mode):
     """infogain_loss_layer.cpp: softmax inside, then -sum_l H[label, l] * log(max(p_l, 1e-20))."""
     z = x.astype(np.float64)
