@@ -352,7 +352,7 @@ class Bias(Layer):
 @register_layer
 class MVN(Layer):
     """Subtract the mean over each (num, channel) slice, or each num with across_channels; normalize_variance then
-    divides by sqrt(var) + eps (eps on the standard deviation, as Caffe)."""
+    divides by sqrt(var) + eps (eps on the standard deviation, as Caffe). The top is 4-D (Caffe's legacy shape)."""
     type_name = "MVN"
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
@@ -368,12 +368,16 @@ class MVN(Layer):
             raise self.error("bottom must have at least one axis")
         if len(shape) > 4:
             raise self.error(f"bottom must have at most 4 axes, got shape {list(shape)}")
-        return [shape]
+        # Caffe's Reshape gives the top the legacy (num, channels, height, width) shape: missing axes become 1
+        return [shape + (1,) * (4 - len(shape))]
+
+    def in_place_problem(self, index, bottom_shape, top_shape):
+        return None  # the reshape keeps the count (and so the data); the forward reads the bottom before writing
 
     def forward(self, bottoms, blobs):
         x = bottoms[0]
-        # Caffe's legacy num()/channels(): a missing channel axis counts as 1.
-        groups = x.shape[0] if self.across_channels or x.dim() < 2 else x.shape[0] * x.shape[1]
+        x = x.reshape(tuple(x.shape) + (1,) * (4 - x.dim()))
+        groups = x.shape[0] if self.across_channels else x.shape[0] * x.shape[1]
         rows = x.reshape(groups, -1)
         centred = rows - rows.mean(dim=1, keepdim=True)
         if self.normalize_variance:

@@ -122,4 +122,6 @@ def mvn(g, node, inputs, outputs, blobs):
         var = g.op("ReduceMean", [g.op("Mul", [result, result], f"{name}/sq"), last], f"{name}/var", keepdims=1)
         std = g.op("Add", [g.op("Sqrt", [var], f"{name}/sqrt"), _scalar(g, layer.eps, f"{name}/eps")], f"{name}/std")
         result = g.op("Div", [result, std], f"{name}/normed")
-    g.op("Reshape", [result, g.op("Shape", [x], f"{name}/shape")], name, out=outputs[0])
+    # Caffe's top is 4-D whatever the bottom's axes (missing ones are 1); the batch stays the input's
+    top = [0] + [int(d) for d in node.top_shapes[0][1:]]
+    g.op("Reshape", [result, g.ints(top, f"{name}/shape")], name, out=outputs[0])

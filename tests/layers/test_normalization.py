@@ -290,7 +290,22 @@ def test_mvn(normalize_variance, across_channels, shape):
     want = rows - rows.mean(axis=1, keepdims=True)
     if normalize_variance:
         want = want / (np.sqrt((want ** 2).mean(axis=1, keepdims=True)) + eps)  # eps on the std
-    close(run(make("MVN", text), x)[0], want.reshape(shape))
+    top = run(make("MVN", text), x)[0]
+    assert top.shape == shape + (1,) * (4 - len(shape))  # mvn_layer.cpp Reshape: num, channels, height, width
+    close(top, want.reshape(top.shape))
+
+
+def test_mvn_top_is_four_dimensional_also_in_place():
+    """Caffe reshapes MVN's top to (num, channels, height, width), a 2-D bottom too, and in place keeps the data
+    (same count): the next layer sees 4 axes."""
+    from caffeinit.net import build_net
+    from caffeinit.prototxt import parse_net_text
+    for top in ("m", "x"):
+        net = build_net(parse_net_text(
+            'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 5 } } }\n'
+            f'layer {{ name: "mvn" type: "MVN" bottom: "x" top: "{top}" }}\n'
+            f'layer {{ name: "sm" type: "Softmax" bottom: "{top}" top: "p" softmax_param {{ axis: -1 }} }}'))
+        assert net.blob_shapes[top] == (3, 5, 1, 1) and net.blob_shapes["p"] == (3, 5, 1, 1)
 
 
 def test_autograd_through_scale_and_batchnorm():

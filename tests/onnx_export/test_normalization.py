@@ -35,6 +35,12 @@ def test_normalization_matches_torch(net):
     export_and_compare(net)
 
 
+@pytest.mark.parametrize("shape", [(4, 5), (4,), (4, 3, 5)])
+def test_mvn_gives_a_4d_top_at_any_batch(shape):
+    """Caffe's MVN top is (num, channels, height, width) whatever the bottom's axes; the batch stays dynamic."""
+    export_and_compare(input_layer(shape=shape) + layer("MVN"), run_batch=3)
+
+
 def test_batchnorm_scale_factor_zero_gives_x_over_sqrt_eps():
     """Caffe: a stored scale factor of 0 means mean = var = 0, so y = x / sqrt(eps)."""
     text = input_layer(shape=(2, 3, 2, 2)) + layer("BatchNorm", params="batch_norm_param { eps: 0.01 }")
@@ -73,8 +79,8 @@ def caffe_lrn_within(x, size, alpha, beta):
 @pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
 def test_lrn_against_caffe_transcription(region):
     """k = 3 is honoured across channels and ignored within a channel."""
-    text = input_layer(shape=(2, 7, 5, 5)) + layer("LRN", params=f"lrn_param {{ local_size: 5 alpha: 0.3 "
-                                                             f"beta: 0.75 k: 3 norm_region: {region} }}")
+    params = f"lrn_param {{ local_size: 5 alpha: 0.3 beta: 0.75 k: 3 norm_region: {region} }}"
+    text = input_layer(shape=(2, 7, 5, 5)) + layer("LRN", params=params)
     net = build_net(parse_net_text(text), "test")
     x = np.random.default_rng(0).standard_normal((2, 7, 5, 5)).astype(np.float32) * 3
     out = session(build_model(net, {}).model).run(["out"], {"data": x})[0]
