@@ -137,7 +137,7 @@ def cmd_inspect(args) -> int:
     if args.weights:
         from caffeinit.executor import TorchNet
         from caffeinit.weights import load_weights
-        module = TorchNet(net, load_weights(args.weights))
+        module = TorchNet(net, load_weights(args.weights), source=args.weights)
         if module.missing and not args.json:
             print(f"note: {len(module.missing)} layers not in {args.weights}: {_name_list(module.missing)}",
                   file=sys.stderr)
@@ -150,7 +150,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_upgrade(args) -> int:
     from caffeinit.fileio import atomic_write_bytes, check_outputs, staged_outputs
-    from caffeinit.prototxt import format_net, read_net
+    from caffeinit.prototxt import format_net, read_net_or_solver
     from caffeinit.weights import read_caffemodel, write_caffemodel
 
     if bool(args.weights) != bool(args.weights_out):
@@ -158,7 +158,7 @@ def cmd_upgrade(args) -> int:
                              "--weights-out needs --weights (the caffemodel to upgrade)")
     inputs = _input_files(args)
     check_outputs({"-o": args.output, "--weights-out": args.weights_out}, inputs)
-    net = read_net(args.net)
+    net = read_net_or_solver(args.net)  # a solver: the solver upgraded (as Caffe's upgrade_solver_proto_text)
     weights = read_caffemodel(args.weights) if args.weights else None  # read before anything is written
     with staged_outputs():  # both or neither
         atomic_write_bytes(args.output, format_net(net).encode(), inputs=inputs)
@@ -518,8 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_shape_option(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("upgrade", help="rewrite a net (and weights) in the current Caffe format")
-    p.add_argument("net", help="network .prototxt in any historic format")
+    p = sub.add_parser("upgrade", help="rewrite a net or a solver (and weights) in the current Caffe format")
+    p.add_argument("net", help="network or solver .prototxt in any historic format")
     p.add_argument("--weights", metavar="W.caffemodel", help="weights to upgrade too")
     p.add_argument("-o", "--output", required=True, metavar="OUT.prototxt")
     p.add_argument("--weights-out", metavar="OUT.caffemodel")

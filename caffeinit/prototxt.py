@@ -281,20 +281,26 @@ def read_net(path: str | os.PathLike) -> caffe_pb2.NetParameter:
     (see ``_net_from_solver``; file paths as ``resolve_solver_net_path`` explains). Inline nets are upgraded too,
     which Caffe does not do. The solver's ``train_state`` is not applied: callers choose phase, level and stages.
     """
+    message = read_net_or_solver(path)
+    if isinstance(message, caffe_pb2.SolverParameter):
+        return _net_from_solver(message, os.fspath(path))
+    return message
+
+
+def read_net_or_solver(path: str | os.PathLike) -> caffe_pb2.NetParameter | caffe_pb2.SolverParameter:
+    """The net or the solver a .prototxt holds, upgraded (a solver: its ``solver_type`` and inline nets; a solver
+    is recognised as ``read_net`` says)."""
     filename = os.fspath(path)
-    text = rewrite_ceil_mode(_read_text(path, "net"))
+    text = _read_text(path, "net")
     net = caffe_pb2.NetParameter()
     try:
-        text_format.Parse(text, net)
+        text_format.Parse(rewrite_ceil_mode(text), net)
     except text_format.ParseError as e:
         unknown = _NO_FIELD.search(str(e))
         if not (unknown and unknown.group(1) == "caffe.NetParameter"
                 and unknown.group(2) in caffe_pb2.SolverParameter.DESCRIPTOR.fields_by_name):
-            raise _parse_error(e, filename, text) from None
-        # A solver: its first field is unknown to NetParameter.
-        solver = _merge_text(text, caffe_pb2.SolverParameter(), filename)
-        upgrade_solver_as_needed(solver, filename)
-        return _net_from_solver(solver, filename)
+            raise _parse_error(e, filename, rewrite_ceil_mode(text)) from None
+        return parse_solver_text(text, filename)  # a solver: its first field is unknown to NetParameter
     upgrade_net_as_needed(net, filename)
     return net
 
@@ -305,8 +311,8 @@ def read_solver(path: str | os.PathLike) -> caffe_pb2.SolverParameter:
     return parse_solver_text(_read_text(path, "solver"), filename)
 
 
-def format_net(net: caffe_pb2.NetParameter) -> str:
-    """Prototxt text of ``net`` (what ``caffeinit upgrade`` writes)."""
+def format_net(net: caffe_pb2.NetParameter | caffe_pb2.SolverParameter) -> str:
+    """Prototxt text of ``net`` or of a solver (what ``caffeinit upgrade`` writes)."""
     return text_format.MessageToString(net)
 
 

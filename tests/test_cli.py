@@ -178,6 +178,23 @@ def test_upgrade_v0_net_to_current_format(tmp_path):
     assert out2.read_text() == text
 
 
+def test_upgrade_of_a_solver_writes_the_upgraded_solver(tmp_path):
+    """As Caffe's upgrade_solver_proto_text: the old solver_type enum becomes the type string; an inline net is
+    upgraded too; the net file a solver names need not exist (it is not read)."""
+    from caffeinit.prototxt import parse_solver_text
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "missing/train_val.prototxt"\nbase_lr: 0.01\nsolver_type: NESTEROV\n'
+                      'test_net_param { input: "data" input_dim: 1 input_dim: 2 input_dim: 3 input_dim: 3 }\n')
+    out = tmp_path / "new_solver.prototxt"
+    assert main(["upgrade", str(solver), "-o", str(out)]) == 0
+    upgraded = parse_solver_text(out.read_text())
+    assert upgraded.type == "Nesterov" and not upgraded.HasField("solver_type")
+    assert upgraded.net == "missing/train_val.prototxt" and upgraded.base_lr == pytest.approx(0.01)
+    net = upgraded.test_net_param[0]
+    assert not net.input and [layer.type for layer in net.layer] == ["Input"]
+    assert list(net.layer[0].input_param.shape[0].dim) == [1, 2, 3, 3]
+
+
 def test_upgrade_refuses_to_overwrite_its_input(tmp_path):
     src = tmp_path / "net.prototxt"
     src.write_text(shared_path("corpus", "v0__lenet.prototxt").read_text())
@@ -457,3 +474,16 @@ def test_a_json_writer_never_writes_nan(tmp_path):
                                              "was written"):
         _write_json(argparse.Namespace(argv=["stats"]), tmp_path / "r.json", {"std_cv": float("nan")}, [])
     assert os.listdir(tmp_path) == []
+
+
+def test_inspect_with_weights_of_another_shape_names_the_file(tmp_path, capsys):
+    from caffeinit.api import load
+    from caffeinit.weights import write_caffemodel
+    model = load(LENET)
+    blobs = model.blobs()
+    blobs["ip2"] = [blobs["ip2"][0][:5], blobs["ip2"][1][:5]]  # 5 outputs where the net has 10
+    weights = tmp_path / "w.caffemodel"
+    write_caffemodel(weights, model.net_param, blobs)
+    assert main(["inspect", str(LENET), "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"caffeinit: error: {weights}: ") and "ip2" in err and len(err.splitlines()) == 1
