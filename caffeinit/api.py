@@ -46,6 +46,7 @@ class CaffeModel:
         else:
             self.device = select_device(device, precision)
         self.net: Net = build_net(self.net_param, self.phase, self.stages, level, input_shapes)
+        _check_input_names(self.net, input_shapes)
         blobs = _read_weights(weights)
         # Arrays this call read from a file belong to nobody else: the parameters may keep their memory.
         self.module = TorchNet(self.net, blobs, seed=seed, device=self.device,
@@ -57,6 +58,7 @@ class CaffeModel:
         """Re-infer every shape for new input shapes (Caffe's Net::Reshape); weights are kept, so every layer's
         parameters must keep their shapes (Caffe CHECKs them too)."""
         net = build_net(self.net_param, self.phase, self.stages, self.level, input_shapes)
+        _check_input_names(net, input_shapes)
         changed = changed_parameters(net, self.net)
         if changed is not None:
             node, twin = changed
@@ -148,6 +150,14 @@ def load(net, weights=None, **kwargs) -> CaffeModel:
     """Load a net definition (prototxt, solver or NetParameter) and optional weights (.caffemodel path or
     {layer: [arrays]}). Layers without weights get their fillers' values. See CaffeModel for keyword arguments."""
     return CaffeModel(net, weights, **kwargs)
+
+
+def _check_input_names(net: Net, input_shapes) -> None:
+    """Every name in ``input_shapes`` is a top of one of the net's data layers (another would be ignored)."""
+    unknown = [b for b in input_shapes or {} if b not in net.feeds]
+    if unknown:
+        raise CaffeinitError(f"input shape for '{unknown[0]}', which is not a top of a data layer of net '{net.name}' "
+                             f"(its inputs: {', '.join(net.feeds) or 'none'})")
 
 
 def _read_weights(weights) -> dict[str, list[np.ndarray]] | None:

@@ -118,3 +118,22 @@ def test_inputs_of_another_shape_are_refused_where_a_layers_parameters_would_cha
     following = caffeinit.load(text_format.Parse(head + conv + fixed.replace("dim: 1 ", "dim: 0 ") + fc,
                                                  caffe_pb2.NetParameter()))
     assert following.forward({"data": x})["fc"].shape == (3, 5)
+
+
+def test_an_input_shape_for_a_blob_that_is_no_input_is_refused():
+    """load(input_shapes=...) and reshape(...) name data-layer tops; another name was silently ignored."""
+    import pytest
+    from google.protobuf import text_format
+
+    from caffeinit.proto import caffe_pb2
+    text = ('name: "n" layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }\n'
+            'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
+    param = text_format.Parse(text, caffe_pb2.NetParameter())
+    with pytest.raises(caffeinit.CaffeinitError, match=r"^input shape for 'dta', which is not a top of a data layer "
+                                                       r"of net 'n' \(its inputs: data\)$"):
+        caffeinit.load(param, input_shapes={"dta": (5, 3)})
+    model = caffeinit.load(param)
+    with pytest.raises(caffeinit.CaffeinitError, match=r"^input shape for 'r', "):
+        model.reshape({"r": (4, 3)})
+    model.reshape({"data": (4, 3)})
+    assert model.net.blob_shapes["r"] == (4, 3)
