@@ -70,6 +70,20 @@ def test_a_net_that_runs_only_at_its_declared_batch_gets_a_static_one(tmp_path):
     assert build_model(following, random_blobs(following)).fixed_batch_by is None
 
 
+def test_the_batch_check_keeps_the_nets_level_and_inputs_with_their_own_first_dim():
+    """Whether the batch can be dynamic is decided on the net as built (its level: a min_level layer stays) and
+    with the batch changed only where an input follows it (a 1 x 3 info blob keeps its 1; changing it would change
+    the InnerProduct's weight over axis 0 and wrongly pin the batch)."""
+    text = (input_layer(shape=(2, 3, 4, 4)) + input_layer("info", (1, 3))
+            + layer("ReLU", tops=("a",), params="include { min_level: 1 }")
+            + layer("InnerProduct", ("a",), ("fc",), "inner_product_param { num_output: 5 }")
+            + layer("InnerProduct", ("info",), ("scale",), "inner_product_param { num_output: 2 axis: 0 }"))
+    net = build_net(parse_net_text(text), "test", level=1)
+    graph = build_model(net, random_blobs(net))
+    assert graph.fixed_batch_by is None
+    assert dims(graph.model.graph.input[0]) == ["N", 3, 4, 4] and dims(graph.model.graph.input[1]) == [1, 3]
+
+
 @pytest.mark.parametrize("run_batch", [1, 3])
 def test_other_batch_size_than_the_prototxt(run_batch):
     net = NET + layer("Reshape", ("pool1",), ("r",), "reshape_param { shape { dim: 0 dim: -1 dim: 2 } }") \
