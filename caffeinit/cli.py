@@ -267,7 +267,8 @@ def cmd_forward(args) -> int:
     inputs = {name: _read_input(name, path) for name, path in specs.items()}
     input_shapes = None
     if args.images:
-        input_shapes = image_feed_shapes(net_param, parse_phase(args.phase), options, args.num_images or 1)
+        input_shapes = image_feed_shapes(net_param, parse_phase(args.phase), options, args.num_images or 1,
+                                         args.stage, args.level)
     model = load(net_param, args.weights, phase=args.phase, stages=args.stage, level=args.level,
                  device=args.device, seed=args.seed, input_shapes=input_shapes or None)
     print(f"device: {describe_device(model.device)}", file=sys.stderr)
@@ -294,7 +295,7 @@ def _model_and_images(args, say, net_param, options):
     from caffeinit.net import parse_phase
 
     phase = parse_phase(args.phase)
-    shapes = image_feed_shapes(net_param, phase, options, args.batch_size)
+    shapes = image_feed_shapes(net_param, phase, options, args.batch_size, args.stage, args.level)
     device = select_device(args.device, args.precision)
     model = load(net_param, args.weights, phase=phase, stages=args.stage, level=args.level, device=device,
                  seed=args.seed, input_shapes=shapes or None, precision=args.precision)

@@ -172,16 +172,19 @@ def database_item(lp) -> tuple[int, int, int] | None:
         return None
 
 
-def image_feed_shapes(net_param, phase, options: ImageOptions, batch_size: int) -> dict[str, tuple[int, ...]]:
+def image_feed_shapes(net_param, phase, options: ImageOptions, batch_size: int, stages=(),
+                      level: int = 0) -> dict[str, tuple[int, ...]]:
     """Shapes for the tops of a data layer that ``--images`` replaces (Data, ImageData, ...): Caffe would read them
     from the layer's own source, which may not exist here, so they come from the first image as preprocessed.
-    Input layers declare their shapes and need nothing (empty dict)."""
+    Input layers declare their shapes and need nothing (empty dict). The data layer is the one the net built in
+    ``phase``, ``stages`` and ``level`` has."""
     from caffeinit.netstate import filter_net
     from caffeinit.layers import layer_class
 
     if options.images is None:
         return {}
-    data = [lp for lp in filter_net(net_param, phase).layer if layer_class(lp.type, lp.name).is_data]
+    filtered = filter_net(net_param, phase, level=level, stages=tuple(stages))
+    data = [lp for lp in filtered.layer if layer_class(lp.type, lp.name).is_data]
     if len(data) != 1 or data[0].type == "Input":
         return {}
     lp = data[0]

@@ -352,3 +352,26 @@ def test_images_are_found_once(tmp_path, monkeypatch):
     assert shapes == {"data": (2, 3, 8, 8)}
     source = net_source(load(net, input_shapes=shapes).net, options)  # ...and not again here
     assert source.entries == options.image_entries() and len(calls) == 1
+
+
+STAGED = """
+layer { name: "small" type: "ImageData" top: "data" top: "label" include { phase: TEST stage: "small" }
+  transform_param { crop_size: 64 } image_data_param { source: "list.txt" batch_size: 2 } }
+layer { name: "large" type: "ImageData" top: "data" top: "label" include { phase: TEST not_stage: "small" max_level: 1 }
+  transform_param { crop_size: 96 } image_data_param { source: "list.txt" batch_size: 2 } }
+layer { name: "big" type: "ImageData" top: "data" top: "label" include { phase: TEST not_stage: "small" min_level: 2 }
+  transform_param { crop_size: 128 } image_data_param { source: "list.txt" batch_size: 2 } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 2 kernel_size: 3 } }
+"""
+
+
+@pytest.mark.parametrize("stages, level, crop", [((), 0, 96), (("small",), 0, 64), ((), 2, 128)])
+def test_the_replaced_data_layer_is_the_one_of_the_nets_stages_and_level(stages, level, crop):
+    from caffeinit.prototxt import parse_net_text
+    param = parse_net_text(STAGED)
+    options = ImageOptions(images=str(IMAGES))
+    shapes = image_feed_shapes(param, "test", options, 2, stages, level)
+    assert shapes == {"data": (2, 3, crop, crop), "label": (2,)}
+    model = load(param, phase="test", stages=stages, level=level, input_shapes=shapes)
+    batch = next(batches(net_source(model.net, options), 2, 2, progress=False))
+    assert batch["data"].shape == (2, 3, crop, crop)
