@@ -75,7 +75,8 @@ class CaffeModel:
     def forward(self, inputs: Mapping[str, np.ndarray | torch.Tensor], blobs: str | Iterable[str] = "outputs",
                 *, as_numpy: bool = True) -> dict:
         """One forward pass. ``blobs``: "outputs" (Caffe's net.outputs), "all" (every blob of Caffe's net.blobs
-        but its automatic Split copies and a loss's anonymous top; in-place blobs hold their final value) or blob names. Returns {blob: array}."""
+        but its automatic Split copies and a loss's anonymous top; in-place blobs hold their final value) or blob
+        names. Returns {blob: array}."""
         feeds = self.feeds_for(inputs)
         names = self._blob_names(blobs)
         keep = {self.net.value_of[b] for b in names}
