@@ -564,6 +564,9 @@ def peek_top_shapes(layer_param: caffe_pb2.LayerParameter, phase: int = caffe_pb
 
     if kind == "Input":
         shapes = [tuple(int(d) for d in s.dim) for s in layer_param.input_param.shape]
+        if not shapes:  # Caffe leaves the tops empty until a caller reshapes them
+            raise CaffeinitError(f"{where}: no input_param shape: give the shape of "
+                                 f"{', '.join(repr(t) for t in layer_param.top)} (--input-shape NAME=N,C,H,W)")
         if len(shapes) not in (1, n_tops):
             raise CaffeinitError(f"{where}: {len(shapes)} shapes for {n_tops} tops (give 1 or one per top)")
         return shapes * n_tops if len(shapes) == 1 else shapes

@@ -330,6 +330,8 @@ MALFORMED_DATA_LAYERS = [
      "layer 'bad' (MemoryData): batch_size, channels, height and width must be set and positive"),
     ('type: "WindowData" top: "data" window_data_param { batch_size: 4 }',
      "layer 'bad' (WindowData): transform_param.crop_size must be set"),
+    ('type: "Input" top: "a" top: "b"',
+     "layer 'bad' (Input): no input_param shape: give the shape of 'a', 'b' (--input-shape NAME=N,C,H,W)"),
     ('type: "Input" top: "a" top: "b" top: "c" input_param { shape { dim: 1 } shape { dim: 2 } }',
      "layer 'bad' (Input): 2 shapes for 3 tops (give 1 or one per top)"),
     ('type: "DummyData" top: "a" dummy_data_param { data_filler { } data_filler { } shape { dim: 1 } }',
