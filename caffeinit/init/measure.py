@@ -17,6 +17,11 @@ from caffeinit.init.roles import affine_of, weight_lr_mult
 from caffeinit.init.stats import ChannelStats
 from caffeinit.tables import format_table
 
+NO_GRADIENT = "no gradient reaches it from the net's outputs (it feeds none of them, or only through frozen " \
+    "all-zero layers): no change rate"
+ZERO_WEIGHTS = "all-zero weights: no change rate (RMS(W) is 0)"
+NOTE_NAMES = 8  # layers named per table note at most
+
 
 @dataclass
 class LayerMeasure:
@@ -28,6 +33,7 @@ class LayerMeasure:
     std_cv: float  # coefficient of variation of the channel standard deviations (0: all units alike)
     rate: float | None  # RMS(dL/dW) / RMS(W)
     lr_mult: float
+    note: str = ""  # why a layer has no rate, where that is not overflow (see NO_GRADIENT, ZERO_WEIGHTS)
 
     @property
     def effective_rate(self) -> float | None:
@@ -79,11 +85,17 @@ def measure(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], *
         s = stats[node.index]
         std = s.std
         mean_std = float(std.mean())
-        rate = rate_of.get(id(module.layer_blobs[node.index][0]))
-        out.append(LayerMeasure(node.name, node.type, int(std.numel()), float(s.mean.mean()), mean_std,
+        weight = module.layer_blobs[node.index][0]
+        rate = rate_of.get(id(weight))
+        note = ""
+        if rate is not None and not bool(weight.detach().any()):
+            rate, note = None, ZERO_WEIGHTS
+        elif rate == 0:  # no gradient at all (a layer after a loss, into a Silence): not a rate of a learning layer
+            rate, note = None, NO_GRADIENT
+        out.append(LayerMeasure(node.name, node.type, int(std.numel()), float(s.mean.mean()) + 0.0, mean_std,
                                 float(std.std(correction=0)) / mean_std if mean_std > 0 else math.nan,
                                 rate if rate is not None and math.isfinite(rate) else None,
-                                abs(weight_lr_mult(node, 0))))
+                                abs(weight_lr_mult(node, 0)), note))
     return out
 
 
@@ -96,16 +108,30 @@ def spread(measures: list[LayerMeasure]) -> float | None:
 def measure_table(measures: list[LayerMeasure]) -> str:
     rows = [("layer", "type", "channels", "mean", "std", "std CV", "rate", "|lr_mult| x rate")]
     for m in measures:
-        rows.append((m.name, m.type, str(m.channels), f"{m.mean:.4g}", f"{m.std:.4g}", f"{m.std_cv:.3g}",
-                     "-" if m.rate is None else f"{m.rate:.4g}",
-                     "-" if m.effective_rate is None else f"{m.effective_rate:.4g}"))
+        rows.append((m.name, m.type, str(m.channels), _figure(m.mean, 4), _figure(m.std, 4),
+                     # the CV of a layer whose outputs do not vary (std 0) is undefined
+                     "-" if math.isnan(m.std_cv) else _figure(m.std_cv, 3),
+                     _figure(m.rate, 4), _figure(m.effective_rate, 4)))
     text = format_table(rows)
+    if not measures:
+        text += ("\nnote: no learnable affine layer (Convolution, Deconvolution, InnerProduct, Scale): nothing to "
+                 "measure")
+    for note in dict.fromkeys(m.note for m in measures if m.note):
+        names = [m.name for m in measures if m.note == note]
+        shown = ", ".join(names[:NOTE_NAMES]) + (f" and {len(names) - NOTE_NAMES} more" if len(names) > NOTE_NAMES
+                                                 else "")
+        text += f"\nnote: {shown}: {note}"
     overflow = next((m.name for m in measures if not (math.isfinite(m.mean) and math.isfinite(m.std))), None)
     if overflow is not None:
         text += (f"\nnote: these weights overflow float32 from layer '{overflow}' on: its and later layers' "
                  "statistics are inf or nan, and their rates cannot be measured (Caffe computes the same)")
     s = spread(measures)
     return text + (f"\nchange-rate spread (max/min): {s:.3g}x" if s else "")
+
+
+def _figure(value: float | None, digits: int) -> str:
+    """``value`` to ``digits`` significant digits; "-" for None, never "-0"."""
+    return "-" if value is None else f"{value + 0.0:.{digits}g}"
 
 
 def measures_to_dict(measures: list[LayerMeasure]) -> dict:

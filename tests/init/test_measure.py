@@ -87,3 +87,56 @@ def test_the_json_data_hold_no_nan_or_infinity():
     overflow = measure(model(PLAIN.replace("std: 0.01", "std: 1e12")), images(1))
     assert any(not math.isfinite(x.std) for x in overflow)
     json.dumps(measures_to_dict(overflow), allow_nan=False)
+
+
+def test_a_layer_no_gradient_reaches_has_no_rate_and_is_named():
+    """A layer whose output feeds no end value (a branch into Silence) gets no gradient at all: its change rate is
+    undefined ("-", null in the JSON, named in a note), not 0, as `caffeinit run` reports it. The other rates are
+    C_k = sqrt(mean over batches and draws of mean(dL/dW^2)) / RMS(W), computed here directly with autograd."""
+    import json
+    from caffeinit.init.measure import NO_GRADIENT, measures_to_dict
+    from tests.init.nets import HEAD, conv, ip, relu
+    text = (HEAD.format(name="side") + conv("conv1", "data", 4) + relu("relu1", "conv1") + conv("side", "conv1", 4)
+            + 'layer { name: "sil" type: "Silence" bottom: "side" }\n' + ip("fc", "conv1", 3))
+    m = model(text)
+    batches = images(2, batch=4, seed=3)
+    measures = measure(m, batches, draws=2, seed=5)
+    side = measures[1]
+    assert side.name == "side" and side.rate is None and side.effective_rate is None and side.note == NO_GRADIENT
+    table = measure_table(measures)
+    assert table.splitlines()[3].split()[-2:] == ["-", "-"] and f"note: side: {NO_GRADIENT}" in table
+    assert json.loads(json.dumps(measures_to_dict(measures)))["layers"][1]["rate"] is None
+    w = [m.module.layer_blobs[n.index] for n in m.net.layers if n.name in ("conv1", "fc")]
+    squares = [0.0, 0.0]
+    for b, feed in enumerate(batches):
+        x = torch.from_numpy(feed["data"]).double()
+        for d in range(2):  # the draws rates.square_grads makes
+            gen = torch.Generator()
+            gen.manual_seed((5 * 7_368_787 + 104_729 * b + 1_299_709 * d + 1) % (2 ** 63))
+            w1, w2 = (blobs[0].detach().double().requires_grad_(True) for blobs in w)
+            h = torch.relu(torch.nn.functional.conv2d(x, w1, w[0][1].detach().double(), padding=1))
+            y = h.reshape(len(x), -1) @ w2.t() + w[1][1].detach().double()
+            grads = torch.autograd.grad((torch.randn(y.shape, generator=gen).double() * y).sum(), [w1, w2])
+            squares = [s + float(g.square().mean()) for s, g in zip(squares, grads)]
+    for got, s, blobs in zip((measures[0], measures[2]), squares, w):
+        expected = math.sqrt(s / 4) / float(blobs[0].double().square().mean().sqrt())
+        np.testing.assert_allclose(got.rate, expected, rtol=1e-5)
+
+
+def test_the_table_holds_no_nan_and_says_why_a_figure_is_missing():
+    """All-zero weights (a deploy net without fillers): the outputs do not vary, so the std's coefficient of
+    variation is undefined and so is the rate; the table shows "-" and says why, never "nan" or "-0"."""
+    from caffeinit.init.measure import ZERO_WEIGHTS, LayerMeasure
+    from tests.init.nets import HEAD
+    text = HEAD.format(name="zero") + ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                                       'inner_product_param { num_output: 2 } }\n')
+    measures = measure(model(text), images(1))
+    assert measures[0].note == ZERO_WEIGHTS
+    table = measure_table(measures)
+    assert "nan" not in table and f"note: fc: {ZERO_WEIGHTS}" in table
+    assert table.splitlines()[2].split() == ["fc", "InnerProduct", "2", "0", "0", "-", "-", "-"]
+    negative_zero = LayerMeasure("x", "Convolution", 1, -0.0, -0.0, 0.5, -0.0, 1.0)
+    assert "-0" not in measure_table([negative_zero]).splitlines()[2]
+    empty = measure(model(HEAD.format(name="none") + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n'),
+                    images(1))
+    assert empty == [] and "note: no learnable affine layer" in measure_table(empty)
