@@ -11,6 +11,7 @@ from caffeinit.tables import format_table
 
 MAX_PLOT_WIDTH = 24.0  # inches; deeper nets get thinner bars
 MAX_PLOT_LABELS = 50  # layer names along the x axis at most
+MAX_LABEL_CHARS = 24  # a longer layer name is shortened in the middle on the plot's axis
 
 
 @dataclass
@@ -77,6 +78,14 @@ class InitReport:
                 return r.name
         return None
 
+    def rate_images(self) -> int | None:
+        """How many images the 'after' change rates were measured on (the between-layer step's first batches),
+        where the config says and there are such rates."""
+        batches, size = self.config.get("between_batches"), self.config.get("batch_size")
+        if batches is None or size is None or all(r.rate_after is None for r in self.layers):
+            return None
+        return min(self.num_images, batches * size)
+
     def to_dict(self) -> dict:
         """Plain data for JSON; a non-finite statistic (a net whose starting weights overflow) becomes None."""
         data = asdict(self)
@@ -87,6 +96,7 @@ class InitReport:
         data["spread_before"] = self.spread("before")
         data["spread_after"] = self.spread("after")
         data["first_overflow_before"] = self.first_overflow()
+        data["rate_images"] = self.rate_images()
         return data
 
     def table(self) -> str:
@@ -108,9 +118,20 @@ class InitReport:
                          "layers' 'before' statistics are inf or nan (Caffe computes the same)")
         if self.between_note:
             lines.append(f"note: {self.between_note}")
+        if self.homogeneous is False and self.between_iterations and any(r.std_after is not None for r in self.layers):
+            lines.append("note: the 'after' output statistics are the within-layer step's, rescaled as the "
+                         "between-layer step's model predicts; this net's non-homogeneous layers respond to that "
+                         "rescaling only approximately, so those after them may be far off: `caffeinit stats` "
+                         "measures them")
         summary = f"{self.num_images} images"
+        subsets = []  # the figures measured on fewer images than the within-layer statistics
         if self.before_images is not None and self.before_images < self.num_images:
-            summary += f" ('before' on the first {self.before_images})"
+            subsets.append(f"'before' on the first {self.before_images}")
+        rate_images = self.rate_images()
+        if rate_images is not None and rate_images < self.num_images:
+            subsets.append(f"rates after on the first {rate_images}")
+        if subsets:
+            summary += f" ({'; '.join(subsets)})"
         summary += f", method {self.method}"
         before, after = self.spread("before"), self.spread("after")
         if after is not None:
@@ -154,7 +175,7 @@ class InitReport:
         fig, (rate_ax, std_ax) = plt.subplots(2, 1, figsize=(min(max(6.0, 0.45 * len(names) + 2), MAX_PLOT_WIDTH), 7),
                                               sharex=True)
         # without 'before' figures (--no-before) the 'after' bars stand alone
-        with_before = any(r.rate_before is not None or r.std_before is not None for r in records)
+        with_before = any(_plottable(v) == _plottable(v) for r in records for v in (r.rate_before, r.std_before))
         at, width = ([x + 0.2 for x in xs], 0.4) if with_before else (list(xs), 0.6)
         if with_before:
             rate_ax.bar([x - 0.2 for x in xs], [_plottable(r.rate_before) for r in records], 0.4, label="before")
@@ -176,7 +197,8 @@ class InitReport:
         std_ax.set_title("output std per layer (after: unit std, then the between-layer rescaling)", fontsize=10)
         std_ax.legend(loc="best", fontsize=8, framealpha=0.8)
         step = math.ceil(len(names) / MAX_PLOT_LABELS)  # deep nets (DenseNet: 240 layers): every step-th name
-        std_ax.set_xticks(list(xs)[::step], names[::step], rotation=60, ha="right", fontsize=8)
+        std_ax.set_xticks(list(xs)[::step], [_short(name) for name in names[::step]], rotation=60, ha="right",
+                          fontsize=8)
         fig.tight_layout()
         return fig
 
@@ -205,9 +227,20 @@ def _plottable(value: float | None) -> float:
     return value if value is not None and math.isfinite(value) and value > 0 else math.nan
 
 
+def _short(name: str) -> str:
+    """``name`` cut to MAX_LABEL_CHARS in the middle (its start and its end tell layers apart), so that long names
+    leave the panels their height."""
+    if len(name) <= MAX_LABEL_CHARS:
+        return name
+    head = (MAX_LABEL_CHARS - 1) // 2
+    return name[:head] + "\u2026" + name[len(name) - (MAX_LABEL_CHARS - 1 - head):]
+
+
 def _num(value: float | None) -> str:
+    """3 significant digits, in exponent notation outside [1e-3, 1e4) after rounding; never "-0"."""
     if value is None:
         return "-"
-    if value == 0 or 1e-3 <= abs(value) < 1e4:
+    value += 0.0  # -0.0 -> 0.0
+    if value == 0 or 1e-3 <= abs(float(f"{value:.3g}")) < 1e4:
         return f"{value:.3g}"
     return f"{value:.2e}"

@@ -51,3 +51,56 @@ def test_the_plot_leaves_out_before_bars_that_were_not_measured():
             centres = [bar.get_x() + bar.get_width() / 2 for bar in after]
             assert centres == pytest.approx([0.2, 1.2, 2.2] if with_before else [0.0, 1.0, 2.0])
         plt.close(figure)
+
+
+def test_long_layer_names_are_shortened_on_the_plot_axis():
+    """An 80-character name would take the figure's height from both panels: cut in the middle, start and end kept."""
+    import matplotlib.pyplot as plt
+    from caffeinit.init.report import MAX_LABEL_CHARS
+    report = _report(2)
+    long = "a_very_long_layer_name_for_the_first_convolution_of_the_network_block1_unit1_conv"
+    report.layers[0].name = long
+    figure = report.figure()
+    label = figure.axes[1].get_xticklabels()[0].get_text()
+    assert len(label) == MAX_LABEL_CHARS and label.startswith("a_very_long") and label.endswith("unit1_conv")
+    assert figure.axes[1].get_xticklabels()[1].get_text() == "conv1"
+    plt.close(figure)
+
+
+def test_before_bars_only_where_a_before_figure_can_be_drawn():
+    """All-zero starting weights (a deploy net without its caffemodel): 'before' stds are 0 and rates 0 or missing,
+    nothing a log axis can show, so no empty 'before' bars take half of each layer's width."""
+    import matplotlib.pyplot as plt
+    report = _report(3)
+    for record in report.layers:
+        record.std_before, record.rate_before = 0.0, 0.0
+    figure = report.figure()
+    for axes in figure.axes:
+        assert [text.get_text() for text in axes.get_legend().get_texts()] in (["after (+- standard error)"],
+                                                                               ["after"])
+        after = axes.containers[-1]
+        assert [bar.get_x() + bar.get_width() / 2 for bar in after] == pytest.approx([0.0, 1.0, 2.0])
+    plt.close(figure)
+
+
+def test_the_table_says_which_figures_are_predicted_and_on_which_images():
+    """The 'after' statistics are the within step's, scaled by the between step's prediction (exact only on
+    homogeneous nets; a Sigmoid net's last layer was reported at std 1 while it measured 0.05); the 'after' rates come
+    from the between step's first batches only."""
+    report = _report(2)
+    report.config = {"between_batches": 4, "batch_size": 16}
+    report.num_images, report.before_images = 160, 4
+    report.between_iterations = 2
+    report.homogeneous = True
+    table = report.table()
+    assert "160 images ('before' on the first 4; rates after on the first 64)" in table
+    assert "non-homogeneous" not in table and report.to_dict()["rate_images"] == 64
+    report.homogeneous = False
+    assert "note: the 'after' output statistics are the within-layer step's, rescaled" in report.table()
+
+
+def test_figures_never_read_minus_zero_or_round_past_their_range():
+    report = _report(1)
+    report.layers[0].mean_before, report.layers[0].mean_after, report.layers[0].rate_after = -0.0, 0.1, 9999.5
+    row = report.table().splitlines()[2]
+    assert "0 -> 0.1" in row and "-0" not in row and "-> 1.00e+04" in row
