@@ -17,8 +17,8 @@ from caffeinit.init.roles import affine_of, weight_lr_mult
 from caffeinit.init.stats import ChannelStats
 from caffeinit.tables import format_table
 
-NO_GRADIENT = "no gradient reaches it from the net's outputs (it feeds none of them, or only through frozen " \
-    "all-zero layers): no change rate"
+NO_GRADIENT = "no gradient reaches it from the net's outputs (it feeds none of them, or only through layers " \
+    "with all-zero weights): no change rate"
 ZERO_WEIGHTS = "all-zero weights: no change rate (RMS(W) is 0)"
 NOTE_NAMES = 8  # layers named per table note at most
 
