@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -68,6 +68,7 @@ class BetweenResult:
     lr_mults: list[float]
     rate_noise: float | None = None  # median relative standard error of the all-batch rates (None: one batch)
     note: str | None = None  # why rates still differ after convergence, when they do beyond tolerance and noise
+    approximate_layers: list[str] = field(default_factory=list)  # what makes the net non-homogeneous
 
 
 def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: InitConfig,
@@ -208,7 +209,7 @@ def run_between(module: TorchNet, feeds: list[dict[str, torch.Tensor]], config: 
                 if record.rate_after is not None and standard_error[k] > 0:
                     record.rate_noise = float(np.expm1(standard_error[k]))
     return BetweenResult(first_rates, rates, iterations, converged, model.homogeneous, model.lr_mults, noise_level,
-                         note)
+                         note, list(model.approximate_layers))
 
 
 def _noise_range(standard_error: np.ndarray, valid: np.ndarray) -> float:

@@ -98,6 +98,8 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
             start = result.rates_before * np.array(result.lr_mults)
             start = start[np.isfinite(start) & (start > 0)]
             report.spread_between_start = float(start.max() / start.min()) if len(start) else None
+            if not result.homogeneous and result.iterations:  # the step's model only predicted them
+                report.after_images = _measure_after(module, feeds[0], records, result.approximate_layers)
             report.seconds["between"] = time.perf_counter() - t0
     for record in report.layers:
         if record.lr_mult == 0 and record.method == "kept" and record.type != "BatchNorm":
@@ -286,6 +288,36 @@ def _warn_zero_frozen(net, module, records: dict[str, LayerRecord]) -> None:
                     "filler (Caffe's 'bilinear' for upsampling) or load its weights with --weights")
             records[node.name].note = note
             warnings.warn(f"layer '{node.name}': {note}")
+
+
+def _measure_after(module, feed, records, approximate: list[str]) -> int | None:
+    """The 'after' output statistics of the layers after an ``approximate`` one (a Sigmoid, an LRN: the between
+    step's rescaling changes what follows them other than its model predicts), measured with the final weights on
+    ``feed`` (the between-layer step's first batch); the others' predictions are exact. Returns the number of
+    images, None where no layer needed it."""
+    after: set[str] = set()  # values computed from an approximate layer's output
+    nodes = []
+    for node in module.net.layers:
+        if node.name in approximate or any(v in after for v in node.bottom_values):
+            after.update(node.top_values)
+            record = records.get(node.name)
+            if affine_of(node) is not None and record is not None and record.mean_after is not None \
+                    and node.name not in approximate:
+                nodes.append(node)
+    if not nodes:
+        return None
+    stats = {node.index: ChannelStats() for node in nodes}
+
+    def tap(node, tops):
+        if node.index in stats:
+            for t in tops:
+                stats[node.index].update(t, affine_of(node).channel_axis)
+
+    with torch.no_grad():
+        module(feed, stop=max(node.index for node in nodes) + 1, keep=(), tap=tap)
+    for node in nodes:
+        records[node.name].after_stats(stats[node.index].mean, stats[node.index].std)
+    return int(next(iter(feed.values())).shape[0])
 
 
 def _measure_before(module, feed, config, records, chunk: int | None = None) -> int:

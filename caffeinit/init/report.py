@@ -46,6 +46,7 @@ class InitReport:
     method: str
     num_images: int
     before_images: int | None = None  # images the "before" statistics and rates were measured on (the first ones)
+    after_images: int | None = None  # images the "after" statistics were measured on (None: the within step's own)
     layers: list[LayerRecord] = field(default_factory=list)
     between_iterations: int = 0
     between_converged: bool | None = None
@@ -118,16 +119,13 @@ class InitReport:
                          "layers' 'before' statistics are inf or nan (Caffe computes the same)")
         if self.between_note:
             lines.append(f"note: {self.between_note}")
-        if self.homogeneous is False and self.between_iterations and any(r.std_after is not None for r in self.layers):
-            lines.append("note: the 'after' output statistics are the within-layer step's, rescaled as the "
-                         "between-layer step's model predicts; this net's non-homogeneous layers respond to that "
-                         "rescaling only approximately, so those after them may be far off: `caffeinit stats` "
-                         "measures them")
         summary = f"{self.num_images} images"
         subsets = []  # the figures measured on fewer images than the within-layer statistics
         if self.before_images is not None and self.before_images < self.num_images:
             subsets.append(f"'before' on the first {self.before_images}")
         rate_images = self.rate_images()
+        if self.after_images is not None and self.after_images < self.num_images:
+            subsets.append(f"statistics after on the first {self.after_images}")
         if rate_images is not None and rate_images < self.num_images:
             subsets.append(f"rates after on the first {rate_images}")
         if subsets:

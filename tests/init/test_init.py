@@ -9,7 +9,7 @@ import torch
 
 from caffeinit.errors import CaffeinitError
 from caffeinit.init import InitConfig, initialize
-from tests.init.nets import DAG, PLAIN, images, model
+from tests.init.nets import DAG, MIXED, PLAIN, images, model
 
 
 def test_seed_gives_a_bitwise_identical_caffemodel(tmp_path):
@@ -455,3 +455,37 @@ def test_a_weight_loaded_through_one_layer_is_kept_for_the_layers_sharing_it():
     assert report.layer("s1").method == "kept" and report.layer("s2").method == "shared (s1)"
     np.testing.assert_array_equal(m.blobs()["s1"][0], donor.blobs()["s1"][0])
     np.testing.assert_array_equal(m.blobs()["s2"][0], donor.blobs()["s1"][0])
+
+
+def test_after_statistics_past_a_non_homogeneous_layer_are_measured():
+    """On MIXED (PReLU, LRN, Sigmoid) the between step's rescaling changes what follows those layers other than its
+    model predicts: the report's 'after' statistics of those layers are measured with the final weights on the
+    between step's first batch (a Sigmoid net's last layer was reported at std 1 while it measured 0.05); layers
+    before them keep the within step's exact figures, rescaled."""
+    from caffeinit.init.roles import affine_of
+    from caffeinit.init.stats import ChannelStats
+    m = model(MIXED)
+    batches = images(4, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = initialize(m, batches, InitConfig(seed=0, measure_before=False), progress=False)
+    assert report.homogeneous is False and report.between_iterations > 0 and report.after_images == 8
+    first, every = {}, {}  # per layer: statistics on batch 0, on all batches
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            def tap(node, tops):
+                if affine_of(node) is not None:
+                    for where in ((first, every) if i == 0 else (every,)):
+                        where.setdefault(node.name, ChannelStats()).update(tops[0], affine_of(node).channel_axis)
+            m.module({"data": torch.from_numpy(batch["data"])}, keep=(), tap=tap)
+    first_approximate = min(node.index for node in m.net.layers if node.type in ("PReLU", "LRN", "Sigmoid"))
+    counts = [0, 0]
+    for record in report.layers:
+        if record.mean_after is None:
+            continue
+        past = m.net.layer(record.name).index > first_approximate
+        stats = (first if past else every)[record.name]  # measured on batch 0, or predicted exactly on all
+        assert record.mean_after == pytest.approx(float(stats.mean.mean()), rel=1e-4, abs=1e-6), record.name
+        assert record.std_after == pytest.approx(float(stats.std.mean()), rel=1e-4), record.name
+        counts[past] += 1
+    assert counts[0] >= 1 and counts[1] >= 2

@@ -83,20 +83,19 @@ def test_before_bars_only_where_a_before_figure_can_be_drawn():
     plt.close(figure)
 
 
-def test_the_table_says_which_figures_are_predicted_and_on_which_images():
-    """The 'after' statistics are the within step's, scaled by the between step's prediction (exact only on
-    homogeneous nets; a Sigmoid net's last layer was reported at std 1 while it measured 0.05); the 'after' rates come
-    from the between step's first batches only."""
+def test_the_table_says_on_which_images_figures_were_measured():
+    """The 'before' figures, the 'after' rates (the between step's first batches) and, on a non-homogeneous net, the
+    'after' statistics (its first batch) come from fewer images than the within step's statistics."""
     report = _report(2)
     report.config = {"between_batches": 4, "batch_size": 16}
     report.num_images, report.before_images = 160, 4
     report.between_iterations = 2
-    report.homogeneous = True
     table = report.table()
     assert "160 images ('before' on the first 4; rates after on the first 64)" in table
-    assert "non-homogeneous" not in table and report.to_dict()["rate_images"] == 64
-    report.homogeneous = False
-    assert "note: the 'after' output statistics are the within-layer step's, rescaled" in report.table()
+    assert report.to_dict()["rate_images"] == 64 and report.to_dict()["after_images"] is None
+    report.after_images = 16
+    assert "160 images ('before' on the first 4; statistics after on the first 16; rates after on the first 64)" \
+        in report.table()
 
 
 def test_figures_never_read_minus_zero_or_round_past_their_range():
