@@ -347,7 +347,7 @@ def cmd_run(args) -> int:
     if args.plot:
         from caffeinit.init.report import plot_format
         plot_format(args.plot)
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    say = _say(args)
 
     model, source = _model_and_images(args, say, net_param, options)
     deploy = _onnx_net(model, args.stage, args.level) if args.onnx else None  # refused now, not after the work
@@ -400,7 +400,7 @@ def cmd_stats(args) -> int:
     net_param = read_net_param(args.net)
     inputs = _input_files(args, net_param, options)
     check_outputs({"--json": args.json}, inputs)
-    model, source = _model_and_images(args, lambda *a: print(*a, file=sys.stderr), net_param, options)
+    model, source = _model_and_images(args, _say(args), net_param, options)
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
     measures = measure(model, data, draws=args.draws, seed=args.seed, pass_images=args.pass_images,
                        progress=not args.quiet)
@@ -408,6 +408,11 @@ def cmd_stats(args) -> int:
     if args.json:
         _write_json(args, args.json, measures_to_dict(measures), inputs)
     return 0
+
+
+def _say(args):
+    """A print to stderr for what a command chose (device, data, weights), silent with --quiet."""
+    return (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
 
 
 def _write_json(args, path, data: dict, inputs) -> None:

@@ -71,3 +71,11 @@ def test_json_never_replaces_an_image_it_reads(tmp_path, capsys):
                  "--device", "cpu", "--json", str(image)]) == 1
     assert "refusing to overwrite input file" in capsys.readouterr().err
     assert image.read_bytes() == (LIST.parent / first).read_bytes()
+
+
+def test_quiet_silences_everything_but_the_table(tmp_path, capsys):
+    """--quiet: no progress bars and none of the device/data/weights lines (as `run --quiet`); the table stays."""
+    assert main(["stats", str(CIFAR), "--images", str(LIST), "--num-images", "4", "--batch-size", "4", "--quiet",
+                 "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("layer")

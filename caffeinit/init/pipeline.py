@@ -363,7 +363,7 @@ def _measure_before(module, feed, config, records, chunk: int | None = None) -> 
         return used
     rate_of = {id(p): r for p, r in zip(params, rates)}
     for node in nodes:
-        rate = rate_of[id(module.layer_blobs[node.index][0])]
-        if np.isfinite(rate):
-            records[node.name].rate_before = float(rate * abs(weight_lr_mult(node, 0)))
+        rate, lr_mult = rate_of[id(module.layer_blobs[node.index][0])], abs(weight_lr_mult(node, 0))
+        if np.isfinite(rate) and lr_mult > 0:  # a frozen layer has no change rate (as after the between step)
+            records[node.name].rate_before = float(rate * lr_mult)
     return used

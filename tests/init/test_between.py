@@ -504,3 +504,12 @@ def test_a_negative_lr_mult_is_equalized_by_its_magnitude():
     assert report.between_converged and report.spread("after") < 1.001
     plain = initialize(model(PLAIN), images(4), InitConfig(), progress=False)
     assert report.layer("conv2").between_scale != plain.layer("conv2").between_scale
+
+
+def test_a_frozen_layer_has_no_change_rate_before_either():
+    """lr_mult 0: the layer does not learn, so it has no effective change rate before the init (was 0.0, '0 -> -'
+    in the table) or after; its statistics are still reported."""
+    report = initialize(model(FROZEN_SHARED), images(2, seed=7), InitConfig(), progress=False)
+    frozen = report.layer("conv2")
+    assert frozen.rate_before is None and frozen.rate_after is None and frozen.std_before is not None
+    assert report.layer("conv1").rate_before > 0
