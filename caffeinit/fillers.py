@@ -42,11 +42,19 @@ def fill(filler: caffe_pb2.FillerParameter, shape: Sequence[int], rng: np.random
     if filler.sparse != -1 and kind != "gaussian":
         raise CaffeinitError(f"{where}: sparse is only supported by the gaussian filler, not '{kind}'")
 
+    if kind in ("positive_unitball", "xavier", "msra") and not shape:
+        # Caffe reads blob->shape(0), which CHECK-fails on a 0-axis blob (PReLU channel_shared, a scalar Scale)
+        raise CaffeinitError(f"{where}: the {kind} filler needs a blob with at least one axis, got a 0-axis blob")
+
     if kind == "constant":
         values = np.full(count, filler.value, np.float32)
     elif kind == "uniform":
+        if not filler.min <= filler.max:  # caffe_rng_uniform: CHECK_LE(a, b)
+            raise CaffeinitError(f"{where}: uniform filler min {filler.min:g} exceeds max {filler.max:g}")
         values = _uniform(rng, filler.min, filler.max, count, threads)
     elif kind == "gaussian":
+        if not filler.std > 0:  # caffe_rng_gaussian: CHECK_GT(sigma, 0)
+            raise CaffeinitError(f"{where}: gaussian filler std must be > 0, got {filler.std:g}")
         values = _normal(rng, filler.mean, filler.std, count, threads)
         if filler.sparse >= 0:
             if not shape:
@@ -56,7 +64,7 @@ def fill(filler: caffe_pb2.FillerParameter, shape: Sequence[int], rng: np.random
                 raise CaffeinitError(f"{where}: sparse {filler.sparse} exceeds the {shape[0]} outputs of the blob")
             values *= _uniform(rng, 0.0, 1.0, count, threads) < probability  # Caffe's Bernoulli mask
     elif kind == "positive_unitball":
-        rows = shape[0] if shape else 1
+        rows = shape[0]
         values = rng.uniform(0.0, 1.0, (rows, count // rows))
         values = (values / values.sum(axis=1, keepdims=True)).ravel()
     elif kind in ("xavier", "msra"):
@@ -141,7 +149,7 @@ def _usable_cpus() -> int:
 
 def _fan(filler: caffe_pb2.FillerParameter, shape: tuple[int, ...], count: int) -> float:
     """The n of xavier/msra: fan_in, fan_out or their average, as chosen by ``variance_norm``."""
-    fan_in = count // (shape[0] if shape else 1)
+    fan_in = count // shape[0]
     fan_out = count // shape[1] if len(shape) > 1 else count
     if filler.variance_norm == _NORM.AVERAGE:
         return (fan_in + fan_out) / 2.0
@@ -151,11 +159,13 @@ def _fan(filler: caffe_pb2.FillerParameter, shape: tuple[int, ...], count: int) 
 
 
 def bilinear_kernel(size: int) -> np.ndarray:
-    """The size x size upsampling kernel of Caffe's bilinear filler (float64)."""
+    """The size x size upsampling kernel of Caffe's bilinear filler, bit for bit: Caffe computes
+    ``(1 - |x/f - c|) * (1 - |y/f - c|)`` in float (``c`` rounded once from double), which differs from a
+    double computation rounded at the end by an ulp for many sizes (5, 6, 9, 10, ...)."""
     f = math.ceil(size / 2.0)
-    c = (size - 1) / (2.0 * f)
-    ramp = 1 - np.abs(np.arange(size) / f - c)
-    return np.outer(ramp, ramp)
+    c = np.float32((size - 1) / (2.0 * f))
+    ramp = np.float32(1) - np.abs(np.arange(size, dtype=np.float32) / np.float32(f) - c)
+    return np.outer(ramp, ramp)  # float32 * float32 products, as Caffe's
 
 
 def scaled_random_blobs(net, rng: np.random.Generator) -> dict[str, list[np.ndarray]]:

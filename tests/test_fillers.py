@@ -88,8 +88,66 @@ def test_bilinear_hand_computed():
     np.testing.assert_allclose(values[0, 1], np.outer([0.5, 1, 0.5], [0.5, 1, 0.5]), rtol=1e-7)
 
 
+def caffe_bilinear(shape):
+    """Caffe's BilinearFiller loop over the flat index, in float32 step by step as the C++ does (c from double)."""
+    width, height = shape[3], shape[2]
+    f = math.ceil(width / 2.0)
+    c = np.float32((width - 1) / (2.0 * f))
+    out = np.empty(int(np.prod(shape)), np.float32)
+    one, ff = np.float32(1), np.float32(f)
+    for i in range(out.size):
+        x, y = np.float32(i % width), np.float32((i // width) % height)
+        out[i] = (one - np.abs(x / ff - c)) * (one - np.abs(y / ff - c))
+    return out.reshape(shape)
+
+
+@pytest.mark.parametrize("size", list(range(1, 17)) + [32, 64])
+def test_bilinear_is_bit_exact(size):
+    """Caffe's float arithmetic, not a double one rounded at the end: they differ by an ulp for sizes 5, 6, 9, ..."""
+    shape = (2, 3, size, size) if size <= 16 else (1, 1, size, size)
+    values = fill(filler('type: "bilinear"'), shape, np.random.default_rng(0))
+    np.testing.assert_array_equal(values, caffe_bilinear(shape))
+
+
+def ks_distance(values, cdf):
+    """Kolmogorov-Smirnov distance between a sample and a continuous cdf."""
+    x = np.sort(values.ravel())
+    f = cdf(x)
+    n = x.size
+    return max((np.arange(1, n + 1) / n - f).max(), (f - np.arange(n) / n).max())
+
+
+def normal_cdf(x, std):
+    return 0.5 * (1 + np.vectorize(math.erf)(x / (std * math.sqrt(2))))
+
+
+@pytest.mark.parametrize("text, shape, cdf", [  # (40, 10, 5, 10): fan_in 500, fan_out 2000
+    ('type: "uniform" min: -0.5 max: 1.5', (50, 400), lambda x: (x + 0.5) / 2),
+    ('type: "gaussian" mean: 0 std: 0.3', (50, 400), lambda x: normal_cdf(x, 0.3)),
+    ('type: "xavier" variance_norm: AVERAGE', (40, 10, 5, 10), lambda x: (x / math.sqrt(3 / 1250) + 1) / 2),
+    ('type: "msra" variance_norm: FAN_OUT', (40, 10, 5, 10), lambda x: normal_cdf(x, math.sqrt(2 / 2000))),
+])
+def test_distribution_shapes(text, shape, cdf):
+    """The whole distribution, not only two moments: KS distance under its 0.1% critical value 1.95 / sqrt(n)."""
+    values = draw(text, shape, seed=3)
+    assert ks_distance(values, cdf) < 1.95 / math.sqrt(values.size)
+
+
+def test_uniform_with_equal_bounds_is_constant():
+    """caffe_rng_uniform only CHECKs min <= max: equal bounds give that value."""
+    assert (draw('type: "uniform" min: 0.5 max: 0.5', (3, 4)) == 0.5).all()
+
+
 @pytest.mark.parametrize("text, shape, message", [
     ('type: "nonsense"', (2, 2), "unknown filler type 'nonsense'"),
+    ('type: "Gaussian"', (2, 2), "unknown filler type 'Gaussian'"),  # Caffe's names are case-sensitive
+    ('type: "uniform" min: 2 max: 1', (4, 4), "min 2 exceeds max 1"),  # caffe_rng_uniform: CHECK_LE(a, b)
+    ('type: "gaussian" std: 0', (4, 4), "std must be > 0, got 0"),  # caffe_rng_gaussian: CHECK_GT(sigma, 0)
+    ('type: "gaussian" mean: 1 std: -0.5', (4, 4), "std must be > 0, got -0.5"),
+    ('type: "gaussian" sparse: 1', (), "at least one axis"),
+    ('type: "xavier"', (), "xavier filler needs a blob with at least one axis"),  # blob->shape(0) CHECK-fails
+    ('type: "msra"', (), "msra filler needs a blob with at least one axis"),
+    ('type: "positive_unitball"', (), "positive_unitball filler needs a blob with at least one axis"),
     ('type: "bilinear"', (2, 3, 3), "4-axis"),
     ('type: "bilinear"', (2, 1, 3, 4), "square"),
     ('type: "uniform" sparse: 3', (4, 4), "sparse"),
