@@ -91,7 +91,8 @@ class PReLU(_Elementwise):
             filler = self.param.prelu_param.filler
         else:
             filler = caffe_pb2.FillerParameter(type="constant", value=0.25)
-        return [np.asarray(fill(filler, self.blob_shapes[0], rng), dtype=np.float32).reshape(self.blob_shapes[0])]
+        slopes = fill(filler, self.blob_shapes[0], rng, f"layer '{self.name}' slopes")
+        return [np.asarray(slopes, dtype=np.float32).reshape(self.blob_shapes[0])]
 
     def forward(self, bottoms, blobs):
         x = bottoms[0]

@@ -178,6 +178,13 @@ def test_prelu_refuses_more_than_four_axes():
         make("PReLU").setup([(2, 3, 4, 5, 6)])
 
 
+def test_a_prelu_filler_error_names_the_layer():
+    layer = make("PReLU", 'prelu_param { channel_shared: true filler { type: "xavier" } }')
+    layer.setup([(2, 3, 4, 4)])
+    with pytest.raises(CaffeinitError, match="^layer 'L' slopes: .*xavier"):
+        layer.fill_blobs(np.random.default_rng(0))
+
+
 def test_dropout_test_is_identity_and_train_scales():
     x = np.abs(rand(200, 50)) + 1
     assert np.array_equal(run(make("Dropout", "dropout_param { dropout_ratio: 0.3 }"), x)[0], x)
