@@ -12,7 +12,7 @@ from caffeinit.errors import CaffeinitError, layer_error
 from caffeinit.layers.activation import ReLU
 from caffeinit.layers.normalization import BatchNorm, Scale, batchnorm_scale
 from caffeinit.layers.base import Layer
-from caffeinit.net import LayerNode, Net, changed_parameters, shapes_text
+from caffeinit.net import LayerNode, Net, changed_parameters, reshaped, shapes_at_batch, shapes_text
 from caffeinit.proto import caffe_pb2
 
 Tap = Callable[[LayerNode, list], None]
@@ -270,21 +270,16 @@ class TorchNet(torch.nn.Module):
                 break
         if batch is None:
             return self.net
-        shapes = {}
-        for blob, s in self.net.feeds.items():
-            t = feeds.get(self.net.feed_values.get(blob))
-            if s and torch.is_tensor(t) and t.dim():
-                shapes[blob] = (int(t.shape[0]),) + tuple(s[1:])
-            elif s:
-                shapes[blob] = ((batch,) if s[0] == declared else s[:1]) + tuple(s[1:])
+        fed = {blob: int(t.shape[0]) for blob in self.net.feeds
+               if torch.is_tensor(t := feeds.get(self.net.feed_values.get(blob))) and t.dim()}
+        shapes = shapes_at_batch(self.net, declared, batch, fed)
         key = tuple(sorted(shapes.items()))
         cached = getattr(self, "_nets_by_batch", None)
         if cached is None or cached[0] is not self.net:
             cached = self._nets_by_batch = (self.net, {})
         net = cached[1].get(key)
         if net is None:
-            from caffeinit.net import build_net
-            net = build_net(self.net.param, self.net.phase, level=self.net.param.state.level, input_shapes=shapes)
+            net = reshaped(self.net, shapes)
             changed = changed_parameters(net, self.net)
             if changed is not None:
                 node, twin = changed

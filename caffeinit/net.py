@@ -176,6 +176,20 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: str | int = "test", stag
                feed_values=feed_values)
 
 
+def shapes_at_batch(net: Net, declared: int, batch: int, fed: Mapping[str, int] | None = None) -> dict[str, Shape]:
+    """Data-layer top shapes for batches of ``batch``: tops whose first dim is ``declared`` take ``batch``, the others
+    (a 1x3 image-info blob) keep theirs; ``fed`` {top: first dim} gives some outright (what was fed)."""
+    fed = fed or {}
+    return {blob: (fed[blob] if blob in fed else batch if s[0] == declared else s[0],) + tuple(s[1:])
+            for blob, s in net.feeds.items() if s}
+
+
+def reshaped(net: Net, input_shapes: Mapping[str, Sequence[int]]) -> Net:
+    """``net`` (its definition and state: phase, stages, level) set up for other input shapes, as Caffe's
+    Net::Reshape."""
+    return build_net(net.param, net.phase, level=net.param.state.level, input_shapes=input_shapes)
+
+
 def changed_parameters(net: Net, declared: Net) -> tuple[LayerNode, LayerNode] | None:
     """The first layer of ``net`` (the same definition set up for other input shapes) whose parameter shapes differ
     from those in ``declared``, with its declared twin; None where all are the same (Caffe CHECKs them when it

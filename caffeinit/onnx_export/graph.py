@@ -161,12 +161,9 @@ def check_opset(opset: int) -> None:
 def _batch_pinned_by(net: Net, batch: int) -> str | None:
     """Why the net runs only at its declared batch (the first layer whose parameters would change shape at another,
     after a Reshape fixing the first dim), so that its graph gets a static batch; None where it follows the batch."""
-    from caffeinit.net import build_net, changed_parameters
-    # inputs with a first dim of their own (a 1x3 image-info blob) keep it; the net keeps its state (level, stages)
-    shapes = {b: ((batch + 1,) if s[0] == batch else s[:1]) + tuple(s[1:]) for b, s in net.feeds.items() if s}
+    from caffeinit.net import changed_parameters, reshaped, shapes_at_batch
     try:
-        changed = changed_parameters(build_net(net.param, net.phase, level=net.param.state.level,
-                                               input_shapes=shapes), net)
+        changed = changed_parameters(reshaped(net, shapes_at_batch(net, batch, batch + 1)), net)
     except CaffeinitError as e:
         return f"the net cannot be set up for batch {batch + 1} ({e})"
     if changed is None:
