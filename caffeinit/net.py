@@ -11,7 +11,7 @@ from caffeinit.layers.loss import _Loss as LossLayer
 from caffeinit.netstate import filter_net
 from caffeinit.proto import caffe_pb2
 
-LABEL_FOLLOWS_BATCH = ("Data", "ImageData")
+LABEL_FOLLOWS_BATCH = ("Data", "ImageData")  # data layers whose label top Caffe shapes (batch size,)
 ANONYMOUS_TOP = "(automatic)"  # the name Caffe gives the top it adds to a loss layer without one (AppendTop)
 
 PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
