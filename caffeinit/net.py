@@ -10,6 +10,7 @@ from caffeinit.layers import Layer, Shape, layer_class
 from caffeinit.layers.loss import _Loss as LossLayer
 from caffeinit.netstate import filter_net
 from caffeinit.proto import caffe_pb2
+from caffeinit.weights import MAX_BLOB_COUNT  # Caffe's Blob::Reshape: "blob size exceeds INT_MAX"
 
 LABEL_FOLLOWS_BATCH = ("Data", "ImageData")  # data layers whose label top Caffe shapes (batch size,)
 ANONYMOUS_TOP = "(automatic)"  # the name Caffe gives the top it adds to a loss layer without one (AppendTop)
@@ -203,9 +204,6 @@ def changed_parameters(net: Net, declared: Net) -> tuple[LayerNode, LayerNode] |
 def shapes_text(shapes) -> str:
     """Shapes as Caffe's logs write them: 5x288, 5."""
     return ", ".join("x".join(map(str, s)) for s in shapes)
-
-
-MAX_BLOB_COUNT = 2**31 - 1  # Caffe's Blob::Reshape: "blob size exceeds INT_MAX"
 
 
 def _check_tops(layer: Layer, lp: caffe_pb2.LayerParameter, value_of: Mapping[str, str],
