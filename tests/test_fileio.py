@@ -51,7 +51,7 @@ def test_failure_keeps_old_output_and_removes_temp(tmp_path):
 def test_os_error_while_writing_names_the_output(tmp_path):
     out = tmp_path / "out.bin"
     with pytest.raises(CaffeinitError, match="out.bin: cannot write"):
-        with atomic_output(out) as temp:
+        with atomic_output(out):
             raise OSError(28, "No space left on device")
     assert not out.exists() and leftovers(tmp_path) == []
 

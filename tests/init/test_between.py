@@ -163,9 +163,9 @@ def test_resnet50_stem_with_its_real_weights_is_rescaled_without_changing_its_fu
     report = initialize(m, batches, InitConfig(), progress=False)
     blobs = m.blobs()
     assert all(np.isfinite(a).all() for v in blobs.values() for a in v)
-    for layer in ("conv1", "scale_conv1"):  # kept layers: only their scale changes
-        w0, w1 = original[layer][0].ravel().astype(np.float64), blobs[layer][0].ravel().astype(np.float64)
-        assert report.layer(layer).method == "kept"
+    for kept in ("conv1", "scale_conv1"):  # kept layers: only their scale changes
+        w0, w1 = original[kept][0].ravel().astype(np.float64), blobs[kept][0].ravel().astype(np.float64)
+        assert report.layer(kept).method == "kept"
         assert w0 @ w1 / np.linalg.norm(w0) / np.linalg.norm(w1) > 1 - 1e-6
     with torch.no_grad():
         after = m.module({m.net.value_of[name]: torch.from_numpy(batches[0][name])}, keep=set(ends))
