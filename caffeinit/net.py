@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 from caffeinit.errors import CaffeinitError, layer_error
 from caffeinit.layers import Layer, Shape, layer_class
-from caffeinit.layers.loss import _Loss as LossLayer
+from caffeinit.layers.loss import LossLayer
 from caffeinit.netstate import filter_net
 from caffeinit.proto import caffe_pb2
 from caffeinit.weights import MAX_BLOB_COUNT  # Caffe's Blob::Reshape: "blob size exceeds INT_MAX"

@@ -173,7 +173,7 @@ class InitReport:
         fig, (rate_ax, std_ax) = plt.subplots(2, 1, figsize=(min(max(6.0, 0.45 * len(names) + 2), MAX_PLOT_WIDTH), 7),
                                               sharex=True)
         # without 'before' figures (--no-before) the 'after' bars stand alone
-        with_before = any(_plottable(v) == _plottable(v) for r in records for v in (r.rate_before, r.std_before))
+        with_before = any(not math.isnan(_plottable(v)) for r in records for v in (r.rate_before, r.std_before))
         at, width = ([x + 0.2 for x in xs], 0.4) if with_before else (list(xs), 0.6)
         if with_before:
             rate_ax.bar([x - 0.2 for x in xs], [_plottable(r.rate_before) for r in records], 0.4, label="before")

@@ -15,7 +15,7 @@ LOG_THRESHOLD = 1e-20  # Caffe's kLOG_THRESHOLD
 Norm = caffe_pb2.LossParameter
 
 
-class _Loss(Layer):
+class LossLayer(Layer):
     """Caffe's LossLayer: two bottoms with the same first dimension, one scalar top."""
     is_loss = True
     min_bottoms = max_bottoms = 2
@@ -72,7 +72,7 @@ def _normalizer(mode, outer, inner, valid):
     return max(1.0, float(value))
 
 
-class _ClassLoss(_Loss):
+class _ClassLoss(LossLayer):
     """Shared set-up of losses over a class axis (SoftmaxWithLoss, InfogainLoss): labels per outer x inner."""
     max_tops = 2
 
@@ -224,7 +224,7 @@ class Accuracy(Layer):
 
 
 @register_layer
-class EuclideanLoss(_Loss):
+class EuclideanLoss(LossLayer):
     """sum((a - b)^2) / N / 2."""
     type_name = "EuclideanLoss"
 
@@ -240,7 +240,7 @@ class EuclideanLoss(_Loss):
 
 
 @register_layer
-class HingeLoss(_Loss):
+class HingeLoss(LossLayer):
     """sum over items and classes of max(0, 1 - t * x) (t = +1 at the label, -1 elsewhere), L1 or squared (L2),
     divided by N."""
     type_name = "HingeLoss"
@@ -265,7 +265,7 @@ class HingeLoss(_Loss):
 
 
 @register_layer
-class MultinomialLogisticLoss(_Loss):
+class MultinomialLogisticLoss(LossLayer):
     """-mean log p[label] of given probabilities (clamped at 1e-20)."""
     type_name = "MultinomialLogisticLoss"
 
@@ -285,7 +285,7 @@ class MultinomialLogisticLoss(_Loss):
 
 
 @register_layer
-class SigmoidCrossEntropyLoss(_Loss):
+class SigmoidCrossEntropyLoss(LossLayer):
     """Cross-entropy of sigmoid(x) against targets in [0, 1], in Caffe's stable form; ignore_label and
     normalization (default BATCH_SIZE here) as in Caffe."""
     type_name = "SigmoidCrossEntropyLoss"
@@ -312,7 +312,7 @@ class SigmoidCrossEntropyLoss(_Loss):
 
 
 @register_layer
-class ContrastiveLoss(_Loss):
+class ContrastiveLoss(LossLayer):
     """Similar pairs (y != 0): d^2; dissimilar: max(margin - d, 0)^2 (legacy: max(margin - d^2, 0)); sum / N / 2."""
     type_name = "ContrastiveLoss"
     min_bottoms = max_bottoms = 3
