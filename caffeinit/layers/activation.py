@@ -38,8 +38,6 @@ class _Elementwise(Layer):
 def caffe_sigmoid(x):
     """Caffe's CPU sigmoid: 0.5 * tanh(0.5 * x) + 0.5 with C++ double literals, so computed in double and rounded
     once (in float, x = -20 would give 0, not 2.06e-9)."""
-    if x.dtype == torch.float64:
-        return 0.5 * torch.tanh(0.5 * x) + 0.5
     return (0.5 * torch.tanh(0.5 * x.double()) + 0.5).to(x.dtype)
 
 
