@@ -25,7 +25,8 @@ class InitConfig:
     between_batches, between_draws: the change rates are averaged over this many of the init batches, each with
         this many N(0,1) gradient draws.
     reinit: ``missing`` (draw only layers without loaded weights), ``all``, or a layer name: that layer and every
-        later one are drawn anew (plus those without weights).
+        later one are drawn anew (plus those without weights); the layers it covers that the init does not draw
+        (PReLU, Bias, Embed, recurrent) start from their fillers, frozen ones keep what was loaded.
     seed: seeds every random draw (a seed gives bitwise-identical CPU results).
     max_samples: cap on input patches gathered per layer (and group) for the data-dependent draws.
     kmeans_iters: Lloyd iterations of the spherical k-means.

@@ -84,6 +84,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
             report.seconds["before"] = time.perf_counter() - t0
         if config.within:
             t0 = time.perf_counter()
+            _refill(net, module, config, plan)
             run_within(module, feeds, plan, config, records, progress)
             release_free_memory()  # the within step's stored outputs are gone: the between step starts clean
             report.seconds["within"] = time.perf_counter() - t0
@@ -246,12 +247,7 @@ def _records(net, module) -> dict[str, LayerRecord]:
 def _draw_plan(net, module, reinit: str, records: dict[str, LayerRecord]) -> dict[int, str]:
     """node index -> "affine" (draw and normalize) or "bn" (statistics from the data)."""
     missing = set(module.missing)
-    if reinit == "missing":
-        start = len(net.layers)
-    elif reinit == "all":
-        start = 0
-    else:
-        start = net.layer(reinit).index  # raises a CaffeinitError naming the unknown layer
+    start = _reinit_start(net, reinit)
     plan: dict[int, str] = {}
     owner: dict[int, str] = {}
     for node in net.layers:  # a weight that a kept layer holds is kept for every layer sharing it
@@ -277,6 +273,35 @@ def _draw_plan(net, module, reinit: str, records: dict[str, LayerRecord]) -> dic
             owner[id(weight)] = node.name
             plan[node.index] = "affine"
     return plan
+
+
+def _refill(net, module, config: InitConfig, plan: dict[int, str]) -> None:
+    """Layers that ``--reinit`` covers but the init does not draw (PReLU, Bias, Embed, recurrent layers) start from
+    their fillers, as in a net without weights; frozen ones (weight lr_mult 0) and weights a kept layer holds keep
+    what was loaded."""
+    missing = set(module.missing)
+    start = _reinit_start(net, config.reinit)
+    held = {id(blob) for node in net.layers if node.index < start and node.name not in missing
+            for blob in module.layer_blobs[node.index]}
+    for node in net.layers:
+        blobs = module.layer_blobs[node.index]
+        if node.index < start or node.name in missing or not len(blobs) or node.index in plan \
+                or affine_of(node) is not None or node.type == "BatchNorm" or is_frozen(node) \
+                or any(id(blob) in held for blob in blobs):
+            continue
+        rng = np.random.default_rng([config.seed, node.index])
+        with torch.no_grad():
+            for blob, value in zip(blobs, node.layer.fill_blobs(rng)):
+                blob.copy_(torch.from_numpy(np.asarray(value, np.float32).reshape(tuple(blob.shape))))
+
+
+def _reinit_start(net, reinit: str) -> int:
+    """The index of the first layer ``reinit`` draws anew (past the last layer for ``missing``)."""
+    if reinit == "missing":
+        return len(net.layers)
+    if reinit == "all":
+        return 0
+    return net.layer(reinit).index  # raises a CaffeinitError naming the unknown layer
 
 
 def _warn_zero_frozen(net, module, records: dict[str, LayerRecord]) -> None:

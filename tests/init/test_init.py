@@ -457,6 +457,30 @@ def test_a_weight_loaded_through_one_layer_is_kept_for_the_layers_sharing_it():
     np.testing.assert_array_equal(m.blobs()["s2"][0], donor.blobs()["s1"][0])
 
 
+@pytest.mark.parametrize("reinit,refilled", [("missing", ()), ("all", ("pr", "shift")), ("conv2", ("shift",)),
+                                             ("pr", ("pr", "shift"))])
+def test_reinit_starts_the_layers_it_covers_that_are_not_drawn_from_their_fillers(reinit, refilled):
+    """PReLU and Bias layers are not drawn by the init: a net without weights starts them from their fillers
+    (Caffe's constant fillers here: slope 0.25, bias 0.5). ``--reinit`` covering them must do the same (they kept
+    the loaded values while the report said 'filler'); ``missing`` and layers before FROM_LAYER keep the file's."""
+    from tests.init.nets import HEAD, conv, ip, layer, relu
+    text = (HEAD.format(name="refill") + conv("conv1", "data", 8)
+            + layer("pr", "PReLU", "conv1", "conv1", 'prelu_param { filler { type: "constant" value: 0.25 } } ')
+            + conv("conv2", "conv1", 8)
+            + layer("shift", "Bias", "conv2", "conv2", 'bias_param { filler { type: "constant" value: 0.5 } } ')
+            + relu("relu2", "conv2") + ip("fc", "conv2", 4))
+    filler = {"pr": 0.25, "shift": 0.5}
+    loaded = {k: [a.copy() for a in v] for k, v in model(text).blobs().items()}
+    loaded["pr"][0][:], loaded["shift"][0][:] = 0.9, 0.3
+    m = model(text, loaded)
+    report = initialize(m, images(2), InitConfig(reinit=reinit, between=False, measure_before=False),
+                        progress=False)
+    for name in ("pr", "shift"):
+        expected = filler[name] if name in refilled else loaded[name][0]
+        np.testing.assert_array_equal(m.blobs()[name][0], np.broadcast_to(expected, loaded[name][0].shape), name)
+    assert report.layer("pr").method == ("filler" if "pr" in refilled else "kept")
+
+
 def test_after_statistics_past_a_non_homogeneous_layer_are_measured():
     """On MIXED (PReLU, LRN, Sigmoid) the between step's rescaling changes what follows those layers other than its
     model predicts: the report's 'after' statistics of those layers are measured with the final weights on the
