@@ -4,7 +4,8 @@ import numpy as np
 from caffeinit.api import load
 from caffeinit.prototxt import parse_net_text
 
-HEAD = 'name: "{name}"\nlayer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 8 dim: 3 dim: 12 dim: 12 }} }} }}\n'
+HEAD = ('name: "{name}"\nlayer {{ name: "data" type: "Input" top: "data" '
+        'input_param {{ shape {{ dim: 8 dim: 3 dim: 12 dim: 12 }} }} }}\n')
 
 
 def conv(name, bottom, n, k=3, group=1, extra=""):

@@ -168,8 +168,8 @@ def test_inner_product_gradient_norms_from_gram_matrices_equal_the_formed_gradie
 
     taps = []
     original = rates._GramTap.__init__
-    monkeypatch.setattr(rates._GramTap, "__init__", lambda self, *a, **k: (original(self, *a, **k),
-                                                                             taps.append(self))[0])
+    monkeypatch.setattr(rates._GramTap, "__init__",
+                        lambda self, *a, **k: (original(self, *a, **k), taps.append(self))[0])
     gram, gram_sums = measure()
     assert {sm.group_nodes[k][0].name for k in taps[0].readers} == {"fc1", "fc2"}  # fc3: forming it is cheaper
 

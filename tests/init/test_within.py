@@ -105,8 +105,8 @@ def test_depthwise_convolutions_whiten_from_enough_patches(monkeypatch):
         return original(method, patches, gen)
     monkeypatch.setattr(draws, "single_filters", spy)
     batches = [{"data": np.concatenate([b["data"], b["data"][:, :1]], axis=1)} for b in images(4, seed=3)]
-    report = initialize(model(GROUPED_ON_DATA), batches, InitConfig(method="zca", between=False,
-                                                                     measure_before=False), progress=False)
+    config = InitConfig(method="zca", between=False, measure_before=False)
+    report = initialize(model(GROUPED_ON_DATA), batches, config, progress=False)
     assert len(shapes) == 1 and shapes[0][0] == 8 and shapes[0][1] >= 256 and shapes[0][2] == 9  # dw, all groups
     assert report.layer("dw").method == "zca"
 
