@@ -38,10 +38,9 @@ from caffeinit.net import LayerNode
 
 SAMPLES_PER_OUTPUT = 10  # data-dependent draws gather about this many patches per filter (and >= 2 x fan-in)
 MIN_SAMPLES = 256  # and at least this many (depthwise 3x3: 18 patches would whiten only 4 of 9 directions)
-# fewer samples than inputs (fan-ins above max_samples / 2: FCN's fc6, a 7x7x512 convolution) are whitened through
-# their Gram matrix, whose float64 product and eigendecomposition grow with the square and cube of their count (on
-# 2 cores 4,000 samples of 25,088 inputs take 4.4 + 4.4 s, so max_samples' 20,000 would take ~11 minutes and ~10 GB):
-# at most this many, or one per output
+# fewer samples than twice the inputs (fan-ins above max_samples / 2: FCN's fc6, a 7x7x512 convolution) are drawn in
+# a random projection to samples / 8 dimensions (draws.from_patches), whose cost grows with the square of their count
+# (n x fan-in x n / 8 to project, and as much to map back): at most this many, or one per output
 GRAM_SAMPLES = 4096
 
 

@@ -208,3 +208,29 @@ def test_random_single_filters_respond_to_their_group(method):
         cosines = (rows @ filters[1].double()) / (rows.norm(dim=1) * filters[1].double().norm())
         assert float(cosines.max()) > 0.9999 and int(cosines.argmax()) != 4
     assert torch.equal(draws.single_filters(method, p, _gen())[0], filters)  # the seed decides
+
+
+@pytest.mark.parametrize("method", ["pca", "zca", "kmeans", "rand"])
+def test_filters_from_fewer_samples_than_inputs_keep_their_std_on_fresh_samples(method):
+    """An InnerProduct on a 4-D blob has one sample per image: 128 samples of 588 ReLU features. Directions picked
+    in all 588 dimensions fit the samples' noise, so filters normalized on them had std ~0.5 on fresh samples
+    (Marchenko-Pastur: the top sample eigenvalues of n samples in f > n dimensions are inflated several-fold). Drawn
+    in n / 8 dimensions, the sample eigenvalues lie within (1 -+ sqrt(1/8))^2 of the true ones: each filter's fresh
+    std over its in-sample std within 1 / (1 +- sqrt(1/8)) = 0.74 .. 1.55, widened by 0.1 for the fresh samples'
+    noise and the features' non-Gaussian tails; on average near 1."""
+    rng = np.random.default_rng(0)
+    f, n = 588, 128
+    mix = (rng.standard_normal((f, f)) * np.linspace(3, 0.3, f)).astype(np.float32)
+
+    def features(count):
+        return torch.from_numpy(np.maximum(rng.standard_normal((count, f)).astype(np.float32) @ mix.T, 0))
+    samples, fresh = features(n), features(4000)
+    ratios = []
+    for seed in range(3):
+        w = draws.from_patches(method, samples, 16, _gen(seed)).double()
+        assert w.shape == (16, f)
+        ratios.append(((fresh.double() @ w.T).std(0) / (samples.double() @ w.T).std(0)).numpy())
+    ratios = np.concatenate(ratios)
+    edge = np.sqrt(1 / 8)
+    assert 1 / (1 + edge) - 0.1 < ratios.min() and ratios.max() < 1 / (1 - edge) + 0.1, ratios
+    assert 0.9 < ratios.mean() < 1.15
