@@ -513,3 +513,25 @@ def test_a_frozen_layer_has_no_change_rate_before_either():
     frozen = report.layer("conv2")
     assert frozen.rate_before is None and frozen.rate_after is None and frozen.std_before is not None
     assert report.layer("conv1").rate_before > 0
+
+
+def test_lr_mults_other_than_one_equalize_the_effective_rates():
+    """conv2 learns at lr_mult 2 (decay_mult 3, which weight decay alone uses) and fc1 at 0.1: the step equalizes
+    lr_mult x C_k, so by the autograd oracle (more gradient draws than the step's own) the effective rates agree
+    within their sampling noise, while the plain C_k differ by the lr_mult ratios; the function is unchanged."""
+    text = PLAIN.replace('bottom: "pool1" top: "conv2" ',
+                         'bottom: "pool1" top: "conv2" param { lr_mult: 2 decay_mult: 3 } param { lr_mult: 4 } ')
+    text = text.replace('bottom: "pool2" top: "fc1" ', 'bottom: "pool2" top: "fc1" param { lr_mult: 0.1 } ')
+    m = model(text)
+    init, held_out = images(8, seed=5), images(4, seed=6)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    before = _outputs(m, held_out, "fc2")
+    report = initialize(m, init, InitConfig(within=False, between_batches=8, measure_before=False), progress=False)
+    assert report.between_converged and report.spread("after") < 1.001
+    np.testing.assert_allclose(_outputs(m, held_out, "fc2"), before, rtol=1e-4, atol=1e-5)
+    plain = _rates(m, init, draws=8)
+    lr = {"conv1": 1.0, "conv2": 2.0, "fc1": 0.1, "fc2": 1.0}
+    effective = {name: lr[name] * rate for name, rate in plain.items()}
+    assert _spread(effective) < 1.1  # 64 images x 8 draws: a few percent of noise
+    assert plain["conv2"] / plain["conv1"] == pytest.approx(0.5, rel=0.1)
+    assert plain["fc1"] / plain["conv1"] == pytest.approx(10, rel=0.1)
