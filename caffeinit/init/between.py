@@ -271,7 +271,8 @@ def _reached_by_gradient(module: TorchNet, model: ScaleModel) -> np.ndarray:
     none back)."""
     carrying = set(model.ends)
     for node in reversed(model.active):
-        if any(v in carrying for v in node.top_values) and not frozen_at_zero(node, module.layer_blobs[node.index]):
+        zero = frozen_at_zero(node, module.layer_blobs[node.index], module.net)
+        if any(v in carrying for v in node.top_values) and not zero:
             carrying.update(node.bottom_values)
     return np.array([any(v in carrying for node in nodes for v in node.top_values) for nodes in model.group_nodes])
 

@@ -95,7 +95,7 @@ def measure(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]], *
         out.append(LayerMeasure(node.name, node.type, int(std.numel()), float(s.mean.mean()) + 0.0, mean_std,
                                 float(std.std(correction=0)) / mean_std if mean_std > 0 else math.nan,
                                 rate if rate is not None and math.isfinite(rate) else None,
-                                abs(weight_lr_mult(node, 0)), note))
+                                abs(weight_lr_mult(node, 0, net)), note))
     return out
 
 

@@ -239,7 +239,7 @@ def _records(net, module) -> dict[str, LayerRecord]:
     records = {}
     for node in net.layers:
         if affine_of(node) is not None or node.type in ("BatchNorm", "PReLU"):
-            lr = 0.0 if node.type == "BatchNorm" else weight_lr_mult(node, 0)
+            lr = 0.0 if node.type == "BatchNorm" else weight_lr_mult(node, 0, net)
             records[node.name] = LayerRecord(node.name, node.type, lr_mult=lr)
     return records
 
@@ -263,7 +263,7 @@ def _draw_plan(net, module, reinit: str, records: dict[str, LayerRecord]) -> dic
             record.method = "batchnorm"
         elif node.type == "PReLU":
             record.method = "filler"
-        elif is_frozen(node):
+        elif is_frozen(node, net):
             record.method = "frozen"
         else:
             weight = module.layer_blobs[node.index][0]
@@ -286,7 +286,7 @@ def _refill(net, module, config: InitConfig, plan: dict[int, str]) -> None:
     for node in net.layers:
         blobs = module.layer_blobs[node.index]
         if node.index < start or node.name in missing or not len(blobs) or node.index in plan \
-                or affine_of(node) is not None or node.type == "BatchNorm" or is_frozen(node) \
+                or affine_of(node) is not None or node.type == "BatchNorm" or is_frozen(node, net) \
                 or any(id(blob) in held for blob in blobs):
             continue
         rng = np.random.default_rng([config.seed, node.index])
@@ -308,7 +308,7 @@ def _warn_zero_frozen(net, module, records: dict[str, LayerRecord]) -> None:
     """A frozen layer with all-zero weights (a deploy net's upsampling Deconvolution without its caffemodel) outputs
     a constant: nothing before it can be measured through it."""
     for node in net.layers:
-        if frozen_at_zero(node, module.layer_blobs[node.index]):
+        if frozen_at_zero(node, module.layer_blobs[node.index], net):
             note = ("frozen (lr_mult 0) with all-zero weights: its output does not depend on its input; give it a "
                     "filler (Caffe's 'bilinear' for upsampling) or load its weights with --weights")
             records[node.name].note = note
@@ -388,7 +388,7 @@ def _measure_before(module, feed, config, records, chunk: int | None = None) -> 
         return used
     rate_of = {id(p): r for p, r in zip(params, rates)}
     for node in nodes:
-        rate, lr_mult = rate_of[id(module.layer_blobs[node.index][0])], abs(weight_lr_mult(node, 0))
+        rate, lr_mult = rate_of[id(module.layer_blobs[node.index][0])], abs(weight_lr_mult(node, 0, module.net))
         if np.isfinite(rate) and lr_mult > 0:  # a frozen layer has no change rate (as after the between step)
             records[node.name].rate_before = float(rate * lr_mult)
     return used

@@ -137,20 +137,32 @@ def affine_of(node: LayerNode) -> Affine | None:
     return None
 
 
-def weight_lr_mult(node: LayerNode, blob: int = 0) -> float:
-    """The ParamSpec lr_mult of blob ``blob`` (Caffe's default 1)."""
+def weight_lr_mult(node: LayerNode, blob: int, net) -> float:
+    """The lr_mult Caffe applies to blob ``blob`` of ``node`` in ``net`` (default 1). A parameter shared by name takes
+    the one the first of its layers that sets one gives (Net::AppendParam: the owner's unset default does not
+    count; the layers that set one must agree)."""
     specs = node.param.param
-    return float(specs[blob].lr_mult) if blob < len(specs) else 1.0
+    if blob >= len(specs):
+        return 1.0
+    spec = specs[blob]
+    if spec.HasField("lr_mult") or not spec.name:
+        return float(spec.lr_mult)
+    for other in net.layers:
+        for shared in other.param.param:
+            if shared.name == spec.name and shared.HasField("lr_mult"):
+                return float(shared.lr_mult)
+    return 1.0
 
 
-def is_frozen(node: LayerNode) -> bool:
+def is_frozen(node: LayerNode, net) -> bool:
     """An affine layer whose weight has lr_mult 0: never drawn, never scaled."""
-    return weight_lr_mult(node, 0) == 0
+    return weight_lr_mult(node, 0, net) == 0
 
 
-def frozen_at_zero(node: LayerNode, blobs) -> bool:
+def frozen_at_zero(node: LayerNode, blobs, net) -> bool:
     """A frozen affine layer whose weights are all zero: its output is a constant, and no gradient passes it."""
-    return affine_of(node) is not None and is_frozen(node) and len(blobs) > 0 and not bool(blobs[0].detach().any())
+    return affine_of(node) is not None and is_frozen(node, net) and len(blobs) > 0 \
+        and not bool(blobs[0].detach().any())
 
 
 def check_layer_names(net, layer_blobs) -> None:

@@ -494,12 +494,13 @@ def build_scale_model(module: TorchNet, whole: Iterable[str] = ()) -> ScaleModel
             active_idx.add(node.index)
             needed.update(node.bottom_values)
     active = [node for node in net.layers if node.index in active_idx]
-    model = ScaleModel(ends, active, [], [], [], {}, {node.index: _rule(node) for node in active}, whole=set(whole))
+    rules = {node.index: _rule(node, net) for node in active}
+    model = ScaleModel(ends, active, [], [], [], {}, rules, whole=set(whole))
     model.channels = {v: int(shape[1]) if len(shape) >= 2 else 1 for node in net.layers
                       for v, shape in zip(node.top_values, node.top_shapes)}
     for node in active:  # a frozen layer without a fixed nonzero bias scales with its input: the level passes on
         if model.rules[node.index] == "fixed" and affine_of(node) is not None \
-                and _scales_with_input(node, module.layer_blobs[node.index]):
+                and _scales_with_input(node, module.layer_blobs[node.index], net):
             model.rules[node.index] = "pass"
     index_of_weight: dict[int, int] = {}
     for node in active:
@@ -510,13 +511,13 @@ def build_scale_model(module: TorchNet, whole: Iterable[str] = ()) -> ScaleModel
             index_of_weight[id(weight)] = len(model.groups)
             model.groups.append(weight)
             model.group_nodes.append([])
-            model.lr_mults.append(abs(weight_lr_mult(node, 0)))  # a negative one ascends, as fast
+            model.lr_mults.append(abs(weight_lr_mult(node, 0, net)))  # a negative one ascends, as fast
         model.var_of[node.index] = index_of_weight[id(weight)]
         model.group_nodes[index_of_weight[id(weight)]].append(node)
     # Layers that feed no end (a branch into Silence, layers after a loss) are not constrained: what they compute
     # reaches no output. Their own learnable weights are not measured.
     model.unreached = [node.name for node in net.layers if node.index not in active_idx
-                       and affine_of(node) is not None and not is_frozen(node)
+                       and affine_of(node) is not None and not is_frozen(node, net)
                        and not any(v in after_loss for v in node.bottom_values)
                        and id(module.layer_blobs[node.index][0]) not in index_of_weight]
     users: dict[int, list[str]] = {}  # a shared bias is scaled once: all its users need one top level
@@ -529,10 +530,10 @@ def build_scale_model(module: TorchNet, whole: Iterable[str] = ()) -> ScaleModel
     return model
 
 
-def _rule(node: LayerNode) -> str:
+def _rule(node: LayerNode, net) -> str:
     t = node.type
     if affine_of(node) is not None:
-        return "fixed" if is_frozen(node) else "affine"
+        return "fixed" if is_frozen(node, net) else "affine"
     if t in CHANNELWISE:
         return "channelwise"
     if t == "Concat":
@@ -559,11 +560,11 @@ def _rule(node: LayerNode) -> str:
     return "fixed"
 
 
-def _scales_with_input(node: LayerNode, blobs) -> bool:
+def _scales_with_input(node: LayerNode, blobs, net) -> bool:
     """Whether a frozen affine layer's output scales with its input: it has no bias, a learnable one (scaled with
     the output) or an all-zero one."""
     bias = affine_of(node).bias
-    return bias is None or weight_lr_mult(node, bias) != 0 or not bool(blobs[bias].detach().any())
+    return bias is None or weight_lr_mult(node, bias, net) != 0 or not bool(blobs[bias].detach().any())
 
 
 def _compensates(node: LayerNode) -> bool:

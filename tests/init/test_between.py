@@ -535,3 +535,29 @@ def test_lr_mults_other_than_one_equalize_the_effective_rates():
     assert _spread(effective) < 1.1  # 64 images x 8 draws: a few percent of noise
     assert plain["conv2"] / plain["conv1"] == pytest.approx(0.5, rel=0.1)
     assert plain["fc1"] / plain["conv1"] == pytest.approx(10, rel=0.1)
+
+
+@pytest.mark.parametrize("set_by,frozen", [("s2", False), ("s2", True)], ids=["lr3", "lr0"])
+def test_a_shared_parameter_takes_the_lr_mult_a_later_sharer_sets(set_by, frozen):
+    """Caffe's Net::AppendParam: a parameter shared by name learns at the lr_mult of the first of its layers that
+    sets one (the owner's unset default 1 does not count). Here only s2 sets it: 3 makes the shared weight's
+    effective rate 3 x C (by the autograd oracle, equal to the others'), 0 freezes it (never drawn or scaled)."""
+    lr = 0 if frozen else 3
+    text = (HEAD.format(name="shared_lr") + conv("conv1", "data", 8) + relu("relu1", "conv1")
+            + conv("s1", "conv1", 8, extra='param { name: "w" } ') + relu("relu2", "s1")
+            + conv(set_by, "s1", 8, extra=f'param {{ name: "w" lr_mult: {lr} }} ') + relu("relu3", set_by)
+            + ip("fc", set_by, 5))
+    m = model(text)
+    init = images(8, seed=5)
+    filler = m.blobs()["s1"][0].copy()
+    within = initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    report = initialize(m, init, InitConfig(within=False, between_batches=8, measure_before=False), progress=False)
+    assert report.between_converged
+    if frozen:
+        np.testing.assert_array_equal(m.blobs()["s1"][0], filler)
+        assert within.layer("s1").method == "frozen" and report.layer("s1").rate_after is None
+        return
+    assert report.layer("s1").lr_mult == 3 and report.spread("after") < 1.001
+    plain = _rates(m, init, draws=8)
+    effective = {name: rate * (3 if name == "s1" else 1) for name, rate in plain.items()}
+    assert _spread(effective) < 1.25, effective  # the rates of 64 images: their sampling noise
