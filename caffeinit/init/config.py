@@ -60,7 +60,8 @@ class InitConfig:
         for name in ("between_iters", "num_images", "batch_size", "between_batches", "between_draws",
                      "max_samples", "kmeans_iters"):
             if getattr(self, name) < 1:
-                raise CaffeinitError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                hint = " (--no-between skips the between-layer step)" if name == "between_iters" else ""
+                raise CaffeinitError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}{hint}")
         if self.pass_images is not None and self.pass_images < 1:
             raise CaffeinitError(f"pass-images must be at least 1, got {self.pass_images}")
         if not self.tolerance > 0:

@@ -68,10 +68,11 @@ def test_bad_batches(batches, match):
         initialize(model(PLAIN), batches, progress=False)
 
 
-@pytest.mark.parametrize("field,value,match", [("method", "lsuv", "unknown init method 'lsuv'"),
-                                               ("between_iters", 0, "between-iters must be at least 1"),
-                                               ("tolerance", 0.0, "tolerance must be positive"),
-                                               ("bias", float("nan"), "bias must be a finite number, got nan")])
+@pytest.mark.parametrize("field,value,match", [
+    ("method", "lsuv", "unknown init method 'lsuv'"),
+    ("between_iters", 0, r"between-iters must be at least 1, got 0 \(--no-between skips"),
+    ("tolerance", 0.0, "tolerance must be positive"),
+    ("bias", float("nan"), "bias must be a finite number, got nan")])
 def test_bad_options(field, value, match):
     with pytest.raises(CaffeinitError, match=match):
         initialize(model(PLAIN), images(1), InitConfig(**{field: value}), progress=False)
