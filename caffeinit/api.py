@@ -174,7 +174,8 @@ class CaffeModel:
 
     # -- weights ------------------------------------------------------------------------------------------------
     def blobs(self) -> dict[str, list[np.ndarray]]:
-        """Every layer's parameter blobs by layer name, as float32 numpy arrays."""
+        """Every layer's parameter blobs by layer name, as float32 numpy arrays (copies: changing them does not
+        change the model; load them back with ``load(net, weights=blobs)``)."""
         return self.module.blobs_numpy()
 
     def saved_net_param(self) -> caffe_pb2.NetParameter:
@@ -224,13 +225,16 @@ def _phase(phase) -> int:
     """"train"/"test" (any case) or caffe_pb2.TRAIN/TEST."""
     if isinstance(phase, str):
         return parse_phase(phase)
-    if isinstance(phase, int) and not isinstance(phase, bool) and phase in (caffe_pb2.TRAIN, caffe_pb2.TEST):
-        return phase
+    number = operator.index(phase) if hasattr(phase, "__index__") and not isinstance(phase, bool) else None
+    if number in (caffe_pb2.TRAIN, caffe_pb2.TEST):
+        return number
     raise CaffeinitError(f"unknown phase {phase!r} (use 'train' or 'test')")
 
 
 def _stages(stages) -> tuple[str, ...]:
-    """Caffe's NetState stages: one name (a string is one stage, not its letters) or a sequence of names."""
+    """Caffe's NetState stages: one name (a string is one stage, not its letters), a sequence of names or None."""
+    if stages is None:
+        return ()
     if isinstance(stages, str):
         return (stages,)
     if isinstance(stages, Iterable) and not isinstance(stages, (bytes, Mapping)):

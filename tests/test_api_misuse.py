@@ -204,3 +204,12 @@ def test_help_lists_the_public_api():
     for name in ("load", "CaffeModel", "initialize", "InitConfig", "export_onnx", "CaffeinitError"):
         assert name in dir(caffeinit)
         assert f"\n    {name}(" in text or f"class {name}(" in text, name
+
+
+def test_phase_and_stages_in_numpy_and_empty_forms():
+    """A numpy int phase is caffe_pb2's enum value (it was refused); stages=None is no stage (it was refused)."""
+    from caffeinit.proto import caffe_pb2
+    assert caffeinit.load(CIFAR, phase=np.int64(caffe_pb2.TRAIN)).phase == caffe_pb2.TRAIN
+    assert caffeinit.load(CIFAR, stages=None).stages == ()
+    with pytest.raises(CaffeinitError, match=r"^unknown phase True "):
+        caffeinit.load(CIFAR, phase=True)
