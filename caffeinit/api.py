@@ -23,9 +23,13 @@ SEED_MAX = 2**63 - 1  # as the CLI's --seed
 
 
 def read_net_param(net: str | os.PathLike | caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
-    """A net definition from a prototxt (any historic format, upgraded), a solver prototxt, or a NetParameter."""
+    """A net definition from a prototxt (any historic format, upgraded), a solver prototxt, or a NetParameter
+    (a V0/V1 or ``input_dim`` one upgraded in a copy, as a prototxt in that format is)."""
     if isinstance(net, caffe_pb2.NetParameter):
-        return net
+        from caffeinit.upgrade import upgrade_net_as_needed
+        upgraded = caffe_pb2.NetParameter()
+        upgraded.CopyFrom(net)
+        return upgraded if upgrade_net_as_needed(upgraded, f"net '{net.name}'") else net
     from caffeinit.prototxt import read_net
     return read_net(_path(net, "net", "a prototxt path or a caffe_pb2.NetParameter"))
 

@@ -213,3 +213,19 @@ def test_phase_and_stages_in_numpy_and_empty_forms():
     assert caffeinit.load(CIFAR, stages=None).stages == ()
     with pytest.raises(CaffeinitError, match=r"^unknown phase True "):
         caffeinit.load(CIFAR, phase=True)
+
+
+def test_a_legacy_net_param_object_is_upgraded_as_its_prototxt_is(shared):
+    """A V0 or V1 NetParameter passed as an object was taken as it is: a net without layers, silently."""
+    from google.protobuf import text_format
+
+    from caffeinit.proto import caffe_pb2
+    for name in ("v1__alexnet_deploy.prototxt", "v0__lenet.prototxt"):
+        path = shared("corpus", name)
+        param = text_format.Parse(path.read_text(), caffe_pb2.NetParameter())
+        kept = param.SerializeToString()
+        from_object, from_file = caffeinit.load(param).net, caffeinit.load(path).net
+        assert len(from_object.layers) > 5
+        assert [(n.name, n.type, n.top_shapes) for n in from_object.layers] == \
+            [(n.name, n.type, n.top_shapes) for n in from_file.layers]
+        assert param.SerializeToString() == kept  # the caller's object is left as it was
