@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import os
 import secrets
+import signal
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -127,7 +128,8 @@ def check_output_path(path: PathLike, inputs: InputFiles | Iterable[PathLike | N
     """The output path, after checking that its folder exists and can be written to, it is not a folder and it
     would replace none of ``inputs`` (an ``InputFiles`` or paths)."""
     path = _target(path, inputs)
-    os.unlink(_new_temp_file(path))  # a folder we cannot write to is found now, not after the work
+    with signals_deferred():
+        os.unlink(_new_temp_file(path))  # a folder we cannot write to is found now, not after the work
     return path
 
 
@@ -150,6 +152,24 @@ def check_outputs(outputs: Mapping[str, PathLike | None], inputs: InputFiles | I
                 raise CaffeinitError(f"{seen[key]} and {option} name the same file '{path}': give each output its "
                                      "own path")
         seen.update(dict.fromkeys(keys, option))
+
+
+_DEFERRED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C and termination signals for the block: a temporary file is never created without its
+    name being kept for clean-up, and outputs are renamed into place all or none. A signal that arrives meanwhile
+    takes effect when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _new_temp_file(path: Path) -> Path:
@@ -219,12 +239,14 @@ def staged_outputs() -> Iterator[None]:
     token = _STAGE.set(stage)
     try:
         yield
+        with signals_deferred():
+            stage.commit()
     except BaseException:
-        stage.discard()
+        with signals_deferred():
+            stage.discard()
         raise
     finally:
         _STAGE.reset(token)
-    stage.commit()
 
 
 @contextlib.contextmanager
@@ -236,21 +258,25 @@ def atomic_output(path: PathLike, inputs: InputFiles | Iterable[PathLike | None]
     raised while writing becomes a CaffeinitError naming ``path``.
     """
     path = _target(path, inputs)
-    temp = _new_temp_file(path)
     stage = _STAGE.get()
+    temp = None
     try:
+        with signals_deferred():
+            temp = _new_temp_file(path)
         try:
             yield temp
-            if stage is None:
-                os.replace(temp, path)
+            with signals_deferred():
+                if stage is None:
+                    os.replace(temp, path)
+                else:
+                    stage.add(path, temp)
         except OSError as e:
             raise CaffeinitError(f"{path}: cannot write: {e.strerror or e}") from None
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        if temp is not None and (stage is None or stage.pending.get(path) != temp):
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
         raise
-    if stage is not None:
-        stage.add(path, temp)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, inputs: InputFiles | Iterable[PathLike | None] = ()) -> None:

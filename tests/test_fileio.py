@@ -222,3 +222,43 @@ def test_an_unwritable_folder_is_found_by_the_check_not_by_the_write(tmp_path, m
     monkeypatch.undo()
     assert check_output_path(tmp_path / "out.bin") == tmp_path / "out.bin"
     assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_while_outputs_are_renamed_into_place_waits_until_all_are(tmp_path, monkeypatch):
+    """A SIGINT that arrives between two renames takes effect once every output is in place, not half-way."""
+    import signal
+    from caffeinit import fileio
+    from caffeinit.fileio import staged_outputs
+    real = os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if str(dst).endswith("a.bin"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_outputs():
+            atomic_write_bytes(tmp_path / "a.bin", b"a")
+            atomic_write_bytes(tmp_path / "b.bin", b"b")
+    assert sorted(os.listdir(tmp_path)) == ["a.bin", "b.bin"]
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_ctrl_c_as_the_temporary_file_is_made_leaves_none_behind(tmp_path, monkeypatch, staged):
+    import signal
+    from caffeinit import fileio
+    from caffeinit.fileio import staged_outputs
+    real = fileio._new_temp_file
+
+    def new_temp_file(path):
+        temp = real(path)
+        os.kill(os.getpid(), signal.SIGINT)
+        return temp
+
+    monkeypatch.setattr(fileio, "_new_temp_file", new_temp_file)
+    (tmp_path / "out.bin").write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with staged_outputs() if staged else open(os.devnull):
+            atomic_write_bytes(tmp_path / "out.bin", b"new")
+    assert os.listdir(tmp_path) == ["out.bin"] and (tmp_path / "out.bin").read_bytes() == b"old"
