@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import warnings
 
@@ -277,7 +279,7 @@ def cmd_forward(args) -> int:
         print(f"data: {source.describe()}" + (f"; {source.preprocess.describe()}" if hasattr(source, "preprocess")
                                               else ""), file=sys.stderr)
         count = args.num_images or next(iter(model.net.feeds.values()))[0]
-        inputs = next(batches(source, count, count, seed=args.seed, progress=not args.quiet))
+        inputs = next(batches(source, count, count, seed=args.seed, progress=_progress(args)))
     blobs = model.forward(inputs, args.blobs)
     _check_finite_blobs(model.net, blobs)
     with atomic_output(args.out, inputs=files) as tmp:
@@ -366,8 +368,8 @@ def cmd_run(args) -> int:
     if config.within:  # refused before the images are loaded, not after
         from caffeinit.init.pipeline import check_memory
         check_memory(model.net, model.device, args.num_images, args.batch_size, warn=False)
-    data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
-    report = initialize(model, data, config, progress=not args.quiet)
+    data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=_progress(args))
+    report = initialize(model, data, config, progress=_progress(args))
     if not args.quiet:
         print(report.table())
     exported = None
@@ -401,13 +403,19 @@ def cmd_stats(args) -> int:
     inputs = _input_files(args, net_param, options)
     check_outputs({"--json": args.json}, inputs)
     model, source = _model_and_images(args, _say(args), net_param, options)
-    data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=not args.quiet)
+    data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=_progress(args))
     measures = measure(model, data, draws=args.draws, seed=args.seed, pass_images=args.pass_images,
-                       progress=not args.quiet)
+                       progress=_progress(args))
     print(measure_table(measures))
     if args.json:
         _write_json(args, args.json, measures_to_dict(measures), inputs)
     return 0
+
+
+def _progress(args) -> bool:
+    """Whether to show progress bars: not with --quiet, and not where stderr is a log file rather than a terminal
+    (a bar redraws itself with carriage returns)."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _say(args):
@@ -632,10 +640,42 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _termination_raises():
         if not args.debug:
             warnings.showwarning = _show_warning
         return _run_command(args)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: raised like KeyboardInterrupt, so the command's clean-up runs (temporary files
+    are removed, existing outputs stay as they were) before the process exits."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _termination_raises():
+    """SIGTERM and SIGHUP raise ``Terminated`` during the block (Python's default ends the process at once, leaving
+    temporary files behind). A signal set to be ignored (nohup) stays ignored; off the main thread nothing changes."""
+    old = {}
+    try:
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:
+                old[signum] = signal.signal(signum, _raise_terminated)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
 
 
 def _run_command(args) -> int:
@@ -648,7 +688,10 @@ def _run_command(args) -> int:
         return 1
     except KeyboardInterrupt:
         print("caffeinit: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    except Terminated as e:
+        print(f"caffeinit: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
+        return 128 + e.signum
     except MemoryError as e:
         if args.debug:
             raise
