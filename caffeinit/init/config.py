@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass
 
 from caffeinit.errors import CaffeinitError
@@ -9,6 +11,7 @@ from caffeinit.errors import CaffeinitError
 METHODS = ("gaussian", "orthogonal", "pca", "zca", "kmeans", "rand")
 DATA_METHODS = ("pca", "zca", "kmeans", "rand")  # drawn from the layer's input patches
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max, without importing numpy here
+SEED_MAX = 2**63 - 1  # as the CLI's --seed
 
 
 @dataclass
@@ -54,9 +57,21 @@ class InitConfig:
     pass_images: int | None = None
 
     def check(self) -> None:
-        """Raise a CaffeinitError naming the first bad option."""
-        if self.method not in METHODS:
+        """Raise a CaffeinitError naming the first bad option. Numbers of numpy types become Python's (the report
+        is written as JSON)."""
+        if not isinstance(self.method, str) or self.method not in METHODS:
             raise CaffeinitError(f"unknown init method '{self.method}' (choose from {', '.join(METHODS)})")
+        for name in ("within", "between", "measure_before"):
+            if not isinstance(getattr(self, name), bool):
+                raise CaffeinitError(f"{name.replace('_', '-')} must be True or False, not {getattr(self, name)!r}")
+        for name in ("between_iters", "num_images", "batch_size", "between_batches", "between_draws",
+                     "max_samples", "kmeans_iters", "seed", "pass_images"):
+            if name != "pass_images" or self.pass_images is not None:
+                setattr(self, name, _integer(getattr(self, name), name))
+        if not 0 <= self.seed <= SEED_MAX:
+            raise CaffeinitError(f"seed must be within 0 to {SEED_MAX}, got {self.seed}")
+        for name in ("tolerance", "bias"):
+            setattr(self, name, _real(getattr(self, name), name))
         for name in ("between_iters", "num_images", "batch_size", "between_batches", "between_draws",
                      "max_samples", "kmeans_iters"):
             if getattr(self, name) < 1:
@@ -73,5 +88,25 @@ class InitConfig:
         if abs(self.bias) > FLOAT32_MAX:
             raise CaffeinitError(f"bias must be a finite float32 number (at most 3.4e38 in magnitude: the caffemodel "
                                  f"holds floats), got {self.bias}")
-        if not self.reinit:
-            raise CaffeinitError("reinit must be 'missing', 'all' or a layer name")
+        if not isinstance(self.reinit, str) or not self.reinit:
+            raise CaffeinitError(f"reinit must be 'missing', 'all' or a layer name, not {self.reinit!r}")
+
+
+def _integer(value, name: str) -> int:
+    """``value`` as an int: Python's or numpy's integers, not a bool, a float or a string."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise CaffeinitError(f"{name.replace('_', '-')} must be an integer, not {value!r}") from None
+
+
+def _real(value, name: str) -> float:
+    """``value`` as a float: a real number (int, float, numpy's), not a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise CaffeinitError(f"{name.replace('_', '-')} must be a number, not {value!r}")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        raise CaffeinitError(f"{name.replace('_', '-')} must be a finite number, got {value}") from None
