@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import warnings
@@ -680,7 +681,9 @@ def _termination_raises():
 
 def _run_command(args) -> int:
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader gone is found here, not by Python as it exits
+        return code
     except CaffeinitError as e:
         if args.debug:
             raise
@@ -692,6 +695,11 @@ def _run_command(args) -> int:
     except Terminated as e:
         print(f"caffeinit: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
         return 128 + e.signum
+    except BrokenPipeError:
+        # The reader of stdout left (`caffeinit inspect NET | head`): end quietly as a tool killed by SIGPIPE does,
+        # with nothing more written there (Python would complain when it flushes stdout at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except MemoryError as e:
         if args.debug:
             raise

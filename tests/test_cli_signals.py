@@ -110,3 +110,16 @@ def test_quiet_prints_no_table_and_no_notes(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0
     assert out == "" and err == ""
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_reader_that_leaves_ends_the_command_quietly(json_flag):
+    """`caffeinit inspect NET | head -1`: stdout's reader is gone; like a tool killed by SIGPIPE, exit 141 with
+    nothing said (no 'internal error', no 'Exception ignored')."""
+    proc = subprocess.Popen([sys.executable, "-m", "caffeinit", "inspect", str(CIFAR), *json_flag],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            cwd=ROOT)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert err == b""
