@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from caffeinit.allocator import release_free_memory, return_freed_memory
+from caffeinit.api import CaffeModel, _real_array
 from caffeinit.device import available_memory, current_precision, describe_device
 from caffeinit.errors import CaffeinitError
 from caffeinit.init.between import run_between
@@ -38,7 +40,20 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
     ``batches`` yields feed dicts {data-layer top: array (N, ...)} for every data-layer top of the net (images and,
     for train_val nets, labels); every batch is used. ``progress`` shows tqdm bars over layers and iterations.
     """
-    config = config or InitConfig()
+    if not isinstance(model, CaffeModel):
+        raise CaffeinitError(f"initialize takes a model from caffeinit.load(...), not {type(model).__name__}"
+                             + (f" ({model!r})" if isinstance(model, (str, os.PathLike)) else ""))
+    if config is None:
+        config = InitConfig()
+    elif not isinstance(config, InitConfig):
+        raise CaffeinitError(f"config must be an InitConfig (e.g. InitConfig(method='kmeans')), not "
+                             f"{type(config).__name__}")
+    if isinstance(batches, Mapping):
+        raise CaffeinitError("batches must be an iterable of feed dicts {input blob: array}, not one feed dict: wrap "
+                             "it in a list ([batch])")
+    if not isinstance(batches, Iterable) or isinstance(batches, (str, bytes)):
+        raise CaffeinitError(f"batches must be an iterable of feed dicts {{input blob: array}}, not "
+                             f"{type(batches).__name__}")
     config.check()
     module, net = model.module, model.net
     if not any(len(blobs) for blobs in module.layer_blobs):
@@ -206,6 +221,9 @@ def _collect_feeds(net, batches, device, check=None) -> list[dict[str, torch.Ten
                      for blob, v in zip(node.tops, node.top_values)}
     feeds, count, largest = [], 0, 0
     for i, batch in enumerate(batches):
+        if not isinstance(batch, Mapping):
+            raise CaffeinitError(f"init batch {i} must be a feed dict {{input blob: array}}, not "
+                                 f"{type(batch).__name__}")
         missing = [b for b in net.feeds if b not in batch]
         if missing:
             raise CaffeinitError(f"init batch {i}: no values for input '{missing[0]}' (the net's inputs: "
@@ -215,8 +233,13 @@ def _collect_feeds(net, batches, device, check=None) -> list[dict[str, torch.Ten
             if blob not in net.feeds:
                 raise CaffeinitError(f"init batch {i}: unknown input '{blob}' (the net's inputs: "
                                      f"{', '.join(net.feeds)})")
-            tensor = torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array)
-            tensor = tensor.to(device=device, dtype=torch.float32)
+            if torch.is_tensor(array) and array.dtype == torch.float32:
+                tensor = array.detach().to(device)
+            else:  # complex, strings and objects refused, as by CaffeModel.forward
+                values = _real_array(array, f"init batch {i}: input '{blob}'")
+                with warnings.catch_warnings():  # a read-only array (np.load's mmap) is only read
+                    warnings.simplefilter("ignore", UserWarning)
+                    tensor = torch.from_numpy(values).to(device)
             want = net.feeds[blob]
             if tensor.dim() != len(want) or tuple(tensor.shape[1:]) != tuple(want[1:]):
                 raise CaffeinitError(f"init batch {i}: input '{blob}' has shape {tuple(tensor.shape)}, the net "

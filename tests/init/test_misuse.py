@@ -1,10 +1,14 @@
 """The init API as a careless caller uses it: every mistake is one CaffeinitError naming the culprit, never a raw
 Python exception or a silently wrong run."""
+import warnings
+
 import numpy as np
 import pytest
+import torch
 
 from caffeinit.errors import CaffeinitError
 from caffeinit.init.config import InitConfig
+from caffeinit.init.pipeline import initialize
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -37,3 +41,63 @@ def test_config_takes_numpy_numbers_as_python_ones():
     values = (config.seed, config.num_images, config.tolerance, config.bias, config.pass_images)
     assert values == (2**63 - 1, 8, 0.5, 0.0, 2)
     assert [type(v) for v in values] == [int, int, float, float, int]
+
+
+@pytest.fixture(scope="module")
+def small():
+    from tests.init.nets import PLAIN, model
+    return model(PLAIN)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, b: initialize("deploy.prototxt", b), r"^initialize takes a model from caffeinit.load\(...\), not str "
+                                                    r"\('deploy.prototxt'\)$"),
+    (lambda m, b: initialize(m, b, {"method": "kmeans"}), r"^config must be an InitConfig .*, not dict$"),
+    (lambda m, b: initialize(m, b[0]), r"^batches must be .*not one feed dict: wrap it in a list \(\[batch\]\)$"),
+    (lambda m, b: initialize(m, 3), r"^batches must be an iterable of feed dicts \{input blob: array\}, not int$"),
+    (lambda m, b: initialize(m, [b[0]["data"]]), r"^init batch 0 must be a feed dict \{input blob: array\}, not "
+                                                 r"ndarray$"),
+])
+def test_initialize_misuse_is_one_clear_error(small, call, message):
+    from tests.init.nets import images
+    before = small.blobs()
+    with pytest.raises(CaffeinitError, match=message):
+        call(small, images(1))
+    after = small.blobs()
+    assert all(np.array_equal(a, b) for name in before for a, b in zip(before[name], after[name]))
+
+
+@pytest.mark.parametrize("values, message", [
+    (lambda x: x.astype(np.complex64), r"^init batch 1: input 'data' holds complex numbers \(complex64\): Caffe's "
+                                       r"blobs are real$"),
+    (lambda x: torch.from_numpy(x).to(torch.complex64), r"^init batch 1: input 'data' holds complex numbers"),
+    (lambda x: x.astype(str), r"^init batch 1: input 'data' holds <U\d+ values, not numbers$"),
+    (lambda x: x.astype(object), r"^init batch 1: input 'data' holds object values, not numbers$"),
+])
+def test_batches_of_non_real_values_are_refused(small, values, message):
+    """A complex batch was cast silently (imaginary part dropped) and a string one parsed, as CaffeModel.forward
+    refuses them."""
+    from tests.init.nets import images
+    batches = images(2)
+    batches[1] = {"data": values(batches[1]["data"])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning on the way
+        with pytest.raises(CaffeinitError, match=message):
+            initialize(small, batches, InitConfig(measure_before=False, between=False), progress=False)
+
+
+def test_batches_of_any_real_type_give_the_float32_result():
+    """float64 arrays, float64 tensors and nested lists initialize as their float32 values do (Caffe's blobs)."""
+    from tests.init.nets import PLAIN, images, model
+    config = InitConfig(between_iters=1, measure_before=False)
+    batches = images(2)
+    results = []
+    for convert in (lambda x: x, lambda x: x.astype(np.float64), lambda x: torch.from_numpy(x).double(),
+                    lambda x: x.tolist()):
+        m = model(PLAIN)
+        initialize(m, [{"data": convert(b["data"])} for b in batches], config, progress=False)
+        results.append(m.blobs())
+    for other in results[1:]:
+        for name in results[0]:
+            for a, b in zip(results[0][name], other[name]):
+                np.testing.assert_array_equal(a, b, err_msg=name)
