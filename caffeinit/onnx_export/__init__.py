@@ -61,6 +61,13 @@ def export_onnx(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, s
     ``tolerance``; otherwise a CaffeinitError is raised. The file is written atomically: on any failure an existing
     ``path`` is left untouched. ``inputs``: the command's input files, which ``path`` must not overwrite.
     """
+    from caffeinit.api import CaffeModel, _path
+    from caffeinit.executor import TorchNet
+
+    if not isinstance(model, (CaffeModel, TorchNet)):
+        raise CaffeinitError(f"export_onnx takes a model from caffeinit.load(...), not {type(model).__name__}"
+                             + (f" ({model!r})" if isinstance(model, (str, os.PathLike)) else ""))
+    path = _path(path, "the ONNX path")
     module = getattr(model, "module", model)
     net = module.net
     start = time.perf_counter()

@@ -105,3 +105,21 @@ def test_an_input_no_layer_reads_does_not_stop_the_verification(tmp_path):
     path.write_text(input_layer(shape=(2, 3)) + input_layer("label", (2,)) + layer("ReLU", tops=("relu",)))
     result = export_onnx(caffeinit.load(path), tmp_path / "net.onnx")
     assert result.verification.errors == {"relu": 0.0}
+
+
+@pytest.mark.parametrize("args, message", [
+    (lambda m, p: ("deploy.prototxt", p), r"^export_onnx takes a model from caffeinit.load\(...\), not str "
+                                          r"\('deploy.prototxt'\)$"),
+    (lambda m, p: (m.net, p), r"^export_onnx takes a model from caffeinit.load\(...\), not Net$"),
+    (lambda m, p: (m, None), r"^the ONNX path must be a path, not NoneType$"),
+    (lambda m, p: (m, 3), r"^the ONNX path must be a path, not int$"),
+])
+def test_misuse_is_one_clear_error(model, tmp_path, args, message):
+    with pytest.raises(CaffeinitError, match=message):
+        export_onnx(*args(model, tmp_path / "net.onnx"))
+    assert os.listdir(tmp_path) == ["deploy.prototxt"]  # nothing written
+
+
+def test_a_torchnet_and_a_path_like_are_taken(model, tmp_path):
+    result = export_onnx(model.module, tmp_path / "net.onnx", check=False)
+    assert result.path == str(tmp_path / "net.onnx") and os.path.getsize(result.path) == result.num_bytes
