@@ -1,6 +1,8 @@
 """Device selection and numeric precision."""
 from __future__ import annotations
 
+import re
+
 import torch
 
 from caffeinit.errors import CaffeinitError
@@ -14,20 +16,24 @@ def select_device(spec: str = "auto", precision: str = "ieee") -> torch.device:
     Precision ``ieee`` (default) forces IEEE fp32 for convolutions and matmuls: on Ampere and newer GPUs torch
     otherwise uses TF32, which moves per-channel statistics by several percent. ``tf32`` allows it (faster, less exact).
     """
+    if not isinstance(spec, str):
+        raise CaffeinitError(f"device must be a string (auto, cpu, cuda or cuda:N), not {type(spec).__name__}")
     set_precision(precision)
     spec = spec.lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise CaffeinitError(f"device '{spec}' requested but CUDA is not available (torch {torch.__version__})")
-        device = torch.device(spec)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CaffeinitError(f"device '{spec}' does not exist ({torch.cuda.device_count()} CUDA devices)")
-        return device
-    raise CaffeinitError(f"unknown device '{spec}' (use auto, cpu, cuda or cuda:N)")
+    cuda = re.fullmatch(r"cuda(?::([0-9]+))?", spec)
+    if cuda is None:
+        raise CaffeinitError(f"unknown device '{spec}' (use auto, cpu, cuda or cuda:N)")
+    if not torch.cuda.is_available():
+        raise CaffeinitError(f"device '{spec}' requested but CUDA is not available (torch {torch.__version__})")
+    if cuda.group(1) is None:
+        return torch.device("cuda")
+    if int(cuda.group(1)) >= torch.cuda.device_count():
+        raise CaffeinitError(f"device '{spec}' does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return torch.device("cuda", int(cuda.group(1)))
 
 
 def set_precision(precision: str = "ieee") -> None:

@@ -50,7 +50,8 @@ def test_unknown_precision_and_device_are_one_line_errors():
 
 @pytest.mark.skipif(not pathlib.Path("/proc/meminfo").exists(), reason="Linux's /proc/meminfo")
 def test_available_memory_on_the_cpu_is_the_kernels_figure():
-    line = next(l for l in pathlib.Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemAvailable:"))
+    lines = pathlib.Path("/proc/meminfo").read_text().splitlines()
+    line = next(text for text in lines if text.startswith("MemAvailable:"))
     assert abs(available_memory(torch.device("cpu")) - int(line.split()[1]) * 1024) < 2 ** 30  # moves as we run
 
 
@@ -61,3 +62,34 @@ def test_available_gpu_memory_counts_what_torchs_cache_holds_unused(monkeypatch)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * 2 ** 30)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2 ** 30)
     assert available_memory(torch.device("cuda", 0)) == 7 * 2 ** 30
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """select_device as on a machine with two CUDA devices (it only asks torch whether and how many)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+@pytest.mark.parametrize("spec", ["cuda:x", "cuda:-1", "cuda: 0", "cuda:", "cuda:0:1", "cudax", "cuda:1.0",
+                                  "cuda:\u0661"])
+def test_malformed_cuda_devices_are_unknown_on_a_cuda_machine(two_gpus, spec):
+    with pytest.raises(CaffeinitError, match=r"^unknown device '.*' \(use auto, cpu, cuda or cuda:N\)$"):
+        select_device(spec)
+
+
+@pytest.mark.parametrize("spec, want", [("cuda", torch.device("cuda")), ("CUDA:1", torch.device("cuda", 1)),
+                                        ("cuda:01", torch.device("cuda", 1))])
+def test_well_formed_cuda_devices_on_a_cuda_machine(two_gpus, spec, want):
+    assert select_device(spec) == want
+
+
+@pytest.mark.parametrize("spec", ["cuda:2", "cuda:99999999999999999999999"])
+def test_a_cuda_device_past_the_last_does_not_exist(two_gpus, spec):
+    with pytest.raises(CaffeinitError, match=r"^device '.*' does not exist \(2 CUDA devices\)$"):
+        select_device(spec)
+
+
+def test_a_device_that_is_not_a_string_is_refused():
+    with pytest.raises(CaffeinitError, match=r"^device must be a string \(auto, cpu, cuda or cuda:N\), not NoneType$"):
+        select_device(None)
