@@ -12,6 +12,7 @@ import contextvars
 import os
 import secrets
 import signal
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -159,17 +160,28 @@ _DEFERRED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHU
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold back Ctrl-C and termination signals for the block: a temporary file is never created without its
-    name being kept for clean-up, and outputs are renamed into place all or none. A signal that arrives meanwhile
-    takes effect when the block ends."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
+    """Hold back Ctrl-C and the termination signals the CLI catches for the block: a temporary file is never
+    created without its name being kept for clean-up, and outputs are renamed into place all or none. A signal that
+    arrives meanwhile takes effect when the block ends.
+
+    The Python handlers are swapped, not the thread's signal mask: the kernel may hand a signal to any thread (one
+    of torch's, say), and Python then runs the handler in the main thread whatever its mask.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python runs handlers in the main thread only: nothing interrupts this one
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    caught: list[int] = []
+    old = {}
+    for signum in _DEFERRED:
+        if callable(signal.getsignal(signum)):  # a handler that raises (KeyboardInterrupt, the CLI's Terminated)
+            old[signum] = signal.signal(signum, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+        if caught:
+            old[caught[0]](caught[0], None)
 
 
 def _new_temp_file(path: Path) -> Path:

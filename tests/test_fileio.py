@@ -224,9 +224,29 @@ def test_an_unwritable_folder_is_found_by_the_check_not_by_the_write(tmp_path, m
     assert os.listdir(tmp_path) == []
 
 
-def test_ctrl_c_while_outputs_are_renamed_into_place_waits_until_all_are(tmp_path, monkeypatch):
-    """A SIGINT that arrives between two renames takes effect once every output is in place, not half-way."""
+@pytest.fixture
+def send_sigint():
+    """A function sending SIGINT to this process through the main thread, or through another one (the kernel may
+    hand a process's signal to any of its threads, torch's included)."""
     import signal
+    import threading
+    import time
+    idle = threading.Event()
+    other = threading.Thread(target=idle.wait)
+    other.start()
+
+    def through_other():
+        signal.pthread_kill(other.ident, signal.SIGINT)
+        time.sleep(0.2)  # delivered there, Python's handler runs as soon as the main thread allows it
+
+    yield {"main": lambda: os.kill(os.getpid(), signal.SIGINT), "other": through_other}
+    idle.set()
+    other.join()
+
+
+@pytest.mark.parametrize("thread", ["main", "other"])
+def test_ctrl_c_while_outputs_are_renamed_into_place_waits_until_all_are(tmp_path, monkeypatch, send_sigint, thread):
+    """A SIGINT that arrives between two renames takes effect once every output is in place, not half-way."""
     from caffeinit import fileio
     from caffeinit.fileio import staged_outputs
     real = os.replace
@@ -234,7 +254,7 @@ def test_ctrl_c_while_outputs_are_renamed_into_place_waits_until_all_are(tmp_pat
     def replace(src, dst):
         real(src, dst)
         if str(dst).endswith("a.bin"):
-            os.kill(os.getpid(), signal.SIGINT)
+            send_sigint[thread]()
 
     monkeypatch.setattr(fileio.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
@@ -244,16 +264,16 @@ def test_ctrl_c_while_outputs_are_renamed_into_place_waits_until_all_are(tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["a.bin", "b.bin"]
 
 
+@pytest.mark.parametrize("thread", ["main", "other"])
 @pytest.mark.parametrize("staged", [False, True])
-def test_ctrl_c_as_the_temporary_file_is_made_leaves_none_behind(tmp_path, monkeypatch, staged):
-    import signal
+def test_ctrl_c_as_the_temporary_file_is_made_leaves_none_behind(tmp_path, monkeypatch, send_sigint, thread, staged):
     from caffeinit import fileio
     from caffeinit.fileio import staged_outputs
     real = fileio._new_temp_file
 
     def new_temp_file(path):
         temp = real(path)
-        os.kill(os.getpid(), signal.SIGINT)
+        send_sigint[thread]()
         return temp
 
     monkeypatch.setattr(fileio, "_new_temp_file", new_temp_file)
