@@ -376,7 +376,15 @@ def _fit_layer_blobs(node: LayerNode, arrays: list[np.ndarray], where: str = "in
     shapes = node.layer.blob_shapes
     if len(arrays) != len(shapes):
         raise layer_error(node.name, node.type, f"{len(arrays)} blobs {where}, but the layer has {len(shapes)}")
-    return [fit_blob(np.asarray(a), tuple(s), node.name, k, where) for k, (a, s) in enumerate(zip(arrays, shapes))]
+    fitted = []
+    for k, (array, shape) in enumerate(zip(arrays, shapes)):
+        array = np.asarray(array)
+        try:
+            fitted.append(fit_blob(array, tuple(shape), node.name, k, where))
+        except CaffeinitError:  # worded as the count's error, with the layer's type
+            raise layer_error(node.name, node.type, f"blob {k} has shape {list(array.shape)} {where} but the net "
+                              f"needs {[int(d) for d in shape]}") from None
+    return fitted
 
 
 def _prototxt_blobs(node: LayerNode) -> list[np.ndarray]:

@@ -744,3 +744,20 @@ def test_fast_layout_makes_4d_cpu_feeds_channels_last_and_keeps_their_values():
     out = fast_layout({"data": image, "extra": flat})
     assert out["data"].is_contiguous(memory_format=torch.channels_last) and not out["data"].is_contiguous()
     assert torch.equal(out["data"], image) and out["extra"] is flat
+
+
+@pytest.mark.parametrize("given, message", [
+    ([np.ones((4, 3), np.float32)], r"^w.caffemodel: layer 'fc' \(InnerProduct\): 1 blobs in the weights, but the "
+                                    r"layer has 2$"),
+    ([np.ones((3, 4), np.float32), np.zeros(4, np.float32)],
+     r"^w.caffemodel: layer 'fc' \(InnerProduct\): blob 0 has shape \[3, 4\] in the weights but the net needs "
+     r"\[4, 3\]$"),
+    ([np.ones((4, 3), np.float32), np.zeros((1, 4), np.float32)],
+     r"^w.caffemodel: layer 'fc' \(InnerProduct\): blob 1 has shape \[1, 4\] in the weights but the net needs \[4\]$"),
+])
+def test_weights_that_do_not_fit_name_the_layer_and_its_type_alike(given, message):
+    """A wrong blob count and a wrong blob shape are worded alike: the layer's name and type (layer_error)."""
+    text = ('layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "y" inner_product_param { num_output: 4 } }\n')
+    with pytest.raises(CaffeinitError, match=message):
+        TorchNet(build_net(parse_net_text(text)), {"fc": given}, source="w.caffemodel")
