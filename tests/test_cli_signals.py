@@ -1,7 +1,6 @@
 """`caffeinit run` interrupted (Ctrl-C, SIGTERM, SIGHUP) in the middle of the work or of writing its outputs, and
 out of file space: one line, the conventional exit code, existing outputs untouched, no temporary file left."""
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -18,8 +17,9 @@ FAST = ["--num-images", "8", "--batch-size", "4", "--between-iters", "2", "--dev
 
 # Runs the CLI with one of its steps replaced by a wait for the signal the test sends ("ready" says it waits).
 DRIVER = textwrap.dedent("""
-    import importlib, sys, time
+    import importlib, signal, sys, time
     import caffeinit.cli as cli
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the test runner's shell ignores it
     module, step = sys.argv[1].split(":")
     module = importlib.import_module(module)
     original = getattr(module, step)
@@ -60,8 +60,7 @@ def test_a_signal_leaves_existing_outputs_untouched_and_no_temporary_file(tmp_pa
     driver.write_text(DRIVER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, str(driver), step, *run_argv(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         assert proc.stdout.readline() == "ready\n", proc.stderr.read()
         proc.send_signal(signum)
@@ -80,12 +79,11 @@ def test_a_full_disk_leaves_existing_outputs_untouched_and_no_temporary_file(tmp
     """RLIMIT_FSIZE makes a write past the limit fail with EFBIG, as a full disk fails it with ENOSPC."""
     with_old_outputs(tmp_path)
     before = contents(tmp_path)
-
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
-    proc = subprocess.run([sys.executable, "-m", "caffeinit", *run_argv(tmp_path)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, preexec_fn=small_files, timeout=120)
+    small_files = ("import resource, sys; from caffeinit.cli import main; "
+                   "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]));"
+                   " sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", small_files, *run_argv(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.endswith(f"caffeinit: error: {tmp_path / 'out.caffemodel'}: cannot write: File too large\n")
     assert proc.stderr.count("\n") == 1
