@@ -149,9 +149,10 @@ class InitReport:
     def plot(self, path: str | os.PathLike, inputs=()) -> None:
         """``figure()`` written to ``path`` atomically, in the format its suffix names (PNG without one); never
         over one of ``inputs``."""
+        image_format = plot_format(path)  # the path and matplotlib checked first
+        path = os.fsdecode(path)
         import matplotlib.pyplot as plt
         from caffeinit.fileio import atomic_output
-        image_format = plot_format(path)
         fig = self.figure()
         try:
             with atomic_output(path, inputs) as temp:
@@ -203,19 +204,26 @@ class InitReport:
 
 def plot_format(path: str | os.PathLike) -> str:
     """The image format a plot at ``path`` is written in: its suffix (png, pdf, svg, ...), PNG without one; a
-    suffix matplotlib cannot write is refused, naming the ones it can."""
-    import matplotlib
+    suffix matplotlib cannot write is refused, naming the ones it can, as is a missing matplotlib."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise CaffeinitError(f"the plot path must be a path, not {type(path).__name__}")
+    path = os.fsdecode(path)
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise CaffeinitError(f"--plot needs matplotlib, which cannot be imported ({e}): pip install matplotlib (or "
+                             "pip install 'caffeinit[plot]')") from None
     matplotlib.use("Agg")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
     if not suffix:
         return "png"
     known = FigureCanvasAgg(Figure()).get_supported_filetypes()
     known.pop("pgf", None)  # needs a LaTeX installation
     if suffix not in known:
-        raise CaffeinitError(f"{os.fspath(path)}: cannot write a plot as '.{suffix}' (use one of: "
+        raise CaffeinitError(f"{path}: cannot write a plot as '.{suffix}' (use one of: "
                              f"{', '.join('.' + k for k in sorted(known))})")
     return suffix
 

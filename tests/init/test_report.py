@@ -1,8 +1,10 @@
 import math
+import os
 
 import pytest
 
-from caffeinit.init.report import MAX_PLOT_LABELS, MAX_PLOT_WIDTH, InitReport, LayerRecord
+from caffeinit.errors import CaffeinitError
+from caffeinit.init.report import MAX_PLOT_LABELS, MAX_PLOT_WIDTH, InitReport, LayerRecord, plot_format
 
 
 def _report(layers: int) -> InitReport:
@@ -103,3 +105,32 @@ def test_figures_never_read_minus_zero_or_round_past_their_range():
     report.layers[0].mean_before, report.layers[0].mean_after, report.layers[0].rate_after = -0.0, 0.1, 9999.5
     row = report.table().splitlines()[2]
     assert "0 -> 0.1" in row and "-0" not in row and "-> 1.00e+04" in row
+
+
+def test_a_plot_path_that_is_not_a_path_is_refused(tmp_path):
+    report = InitReport(net="n", method="gaussian", num_images=1)
+    with pytest.raises(CaffeinitError, match=r"^the plot path must be a path, not NoneType$"):
+        report.plot(None)
+    with pytest.raises(CaffeinitError, match=r"^the plot path must be a path, not int$"):
+        plot_format(3)
+
+
+def test_plot_without_matplotlib_is_refused_before_any_work(tmp_path):
+    """Where matplotlib cannot be imported, `run --plot` stops before loading anything, with one line saying how to
+    install it (it was an 'internal error' once the work was done)."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    stub = tmp_path / "stub" / "matplotlib"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text('raise ImportError("No module named \'matplotlib\'")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "stub"), str(ROOT)])}
+    out = tmp_path / "out.caffemodel"
+    proc = subprocess.run([sys.executable, "-m", "caffeinit", "run", str(ROOT / "models" / "lenet" / "deploy.prototxt"),
+                           "-o", str(out), "--plot", str(tmp_path / "p.png"), "--device", "cpu"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr == ("caffeinit: error: --plot needs matplotlib, which cannot be imported (No module named "
+                           "'matplotlib'): pip install matplotlib (or pip install "
+                           "'caffeinit[plot]')\n")
+    assert sorted(os.listdir(tmp_path)) == ["stub"]
