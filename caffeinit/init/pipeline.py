@@ -78,7 +78,9 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
                                pinned=config.pass_images)
     if (short or chunk is not None) and device.type == "cpu":
         return_freed_memory()  # less fragmentation, for some speed on large tensors
-    report = InitReport(net=net.name, method=config.method, num_images=num_images, config=asdict(config),
+    # the images that came, not the count the config asked the caller for (the API's batches need not match it)
+    used = dict(asdict(config), num_images=num_images, batch_size=batch_size)
+    report = InitReport(net=net.name, method=config.method, num_images=num_images, config=used,
                         environment=_environment(device))
     records = _records(net, module)
     report.layers = list(records.values())
@@ -107,6 +109,7 @@ def initialize(model, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]]
             t0 = time.perf_counter()
             result = run_between(module, feeds[:config.between_batches], config, records, progress, chunk)
             report.gradient_chunk = chunk
+            report.between_images = sum(sizes[:config.between_batches])
             report.between_iterations, report.between_converged = result.iterations, result.converged
             report.homogeneous = result.homogeneous
             report.rate_noise = result.rate_noise

@@ -47,6 +47,7 @@ class InitReport:
     num_images: int
     before_images: int | None = None  # images the "before" statistics and rates were measured on (the first ones)
     after_images: int | None = None  # images the "after" statistics were measured on (None: the within step's own)
+    between_images: int | None = None  # images the between-layer step measured the rates on (its first batches)
     layers: list[LayerRecord] = field(default_factory=list)
     between_iterations: int = 0
     between_converged: bool | None = None
@@ -81,9 +82,13 @@ class InitReport:
 
     def rate_images(self) -> int | None:
         """How many images the 'after' change rates were measured on (the between-layer step's first batches),
-        where the config says and there are such rates."""
+        where there are such rates: ``between_images``, else (a report made by hand) as far as the config says."""
+        if all(r.rate_after is None for r in self.layers):
+            return None
+        if self.between_images is not None:
+            return self.between_images
         batches, size = self.config.get("between_batches"), self.config.get("batch_size")
-        if batches is None or size is None or all(r.rate_after is None for r in self.layers):
+        if batches is None or size is None:
             return None
         return min(self.num_images, batches * size)
 

@@ -101,3 +101,18 @@ def test_batches_of_any_real_type_give_the_float32_result():
         for name in results[0]:
             for a, b in zip(results[0][name], other[name]):
                 np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_the_report_counts_the_images_that_were_used_not_the_configs():
+    """Batches of 4 under the default InitConfig (batch_size 16, num_images 160): the between-layer step measures its
+    rates on its first 4 batches, 16 images (it said min(32, 4 x 16) = 32), and the config records the 32 images
+    in batches of 4 that came (it said 160 in batches of 16)."""
+    from tests.init.nets import PLAIN, images, model
+    m = model(PLAIN)
+    report = initialize(m, images(8, batch=4), InitConfig(between_iters=2), progress=False)
+    assert report.num_images == 32 and report.rate_images() == 16 == report.to_dict()["rate_images"]
+    assert (report.config["num_images"], report.config["batch_size"], report.config["between_batches"]) == (32, 4, 4)
+    assert "32 images ('before' on the first 4; rates after on the first 16)" in report.table()
+    uneven = [{"data": b["data"][:n]} for b, n in zip(images(5), (2, 6, 6, 6, 8))]
+    report = initialize(model(PLAIN), uneven, InitConfig(between_iters=2), progress=False)
+    assert (report.num_images, report.rate_images(), report.config["batch_size"]) == (28, 20, 8)
