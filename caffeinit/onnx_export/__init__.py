@@ -10,6 +10,8 @@ dimension ``N`` unless ``static_batch``. Pooling never relies on a runtime's cei
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -61,13 +63,23 @@ def export_onnx(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, s
     ``tolerance``; otherwise a CaffeinitError is raised. The file is written atomically: on any failure an existing
     ``path`` is left untouched. ``inputs``: the command's input files, which ``path`` must not overwrite.
     """
-    from caffeinit.api import CaffeModel, _path
+    from caffeinit.api import INT32_MAX, SEED_MAX, CaffeModel, _integer, _path
     from caffeinit.executor import TorchNet
 
     if not isinstance(model, (CaffeModel, TorchNet)):
         raise CaffeinitError(f"export_onnx takes a model from caffeinit.load(...), not {type(model).__name__}"
                              + (f" ({model!r})" if isinstance(model, (str, os.PathLike)) else ""))
     path = _path(path, "the ONNX path")
+    if isinstance(inputs, (str, bytes, os.PathLike)) or not isinstance(inputs, Iterable):
+        raise CaffeinitError(f"inputs must be a list of paths, not {type(inputs).__name__}")
+    inputs = [_path(p, "each of export_onnx's inputs") for p in inputs]
+    opset = _integer(opset, "opset", 0, INT32_MAX)  # the opsets supported are checked with the graph
+    seed = _integer(seed, "seed", 0, SEED_MAX)
+    for name, value in (("static_batch", static_batch), ("check", check)):
+        if not isinstance(value, bool):
+            raise CaffeinitError(f"{name} must be True or False, not {value!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not 0 <= tolerance < math.inf:
+        raise CaffeinitError(f"tolerance must be a finite number, at least 0, not {tolerance!r}")
     module = getattr(model, "module", model)
     net = module.net
     start = time.perf_counter()

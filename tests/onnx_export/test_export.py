@@ -123,3 +123,26 @@ def test_misuse_is_one_clear_error(model, tmp_path, args, message):
 def test_a_torchnet_and_a_path_like_are_taken(model, tmp_path):
     result = export_onnx(model.module, tmp_path / "net.onnx", check=False)
     assert result.path == str(tmp_path / "net.onnx") and os.path.getsize(result.path) == result.num_bytes
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"opset": "21"}, r"^opset must be an integer, not '21'$"),
+    ({"opset": 21.0}, r"^opset must be an integer, not 21.0$"),
+    ({"tolerance": None}, r"^tolerance must be a finite number, at least 0, not None$"),
+    ({"tolerance": "1e-4"}, r"^tolerance must be a finite number, at least 0, not '1e-4'$"),
+    ({"tolerance": float("nan")}, r"^tolerance must be a finite number, at least 0, not nan$"),
+    ({"tolerance": -1e-4}, r"^tolerance must be a finite number, at least 0, not -0.0001$"),
+    ({"inputs": None}, r"^inputs must be a list of paths, not NoneType$"),
+    ({"inputs": "deploy.prototxt"}, r"^inputs must be a list of paths, not str$"),
+    ({"inputs": [None]}, r"^each of export_onnx's inputs must be a path, not NoneType$"),
+    ({"seed": -1}, r"^seed must be within 0 to 9223372036854775807, got -1$"),
+    ({"seed": 1.5}, r"^seed must be an integer, not 1.5$"),
+    ({"static_batch": "no"}, r"^static_batch must be True or False, not 'no'$"),
+    ({"check": "no"}, r"^check must be True or False, not 'no'$"),
+])
+def test_options_of_the_wrong_type_are_one_clear_error(model, tmp_path, options, message):
+    """Each was a raw TypeError or ValueError, or silently taken (a NaN tolerance failed every check, "no" was
+    true)."""
+    with pytest.raises(CaffeinitError, match=message):
+        export_onnx(model, tmp_path / "net.onnx", **options)
+    assert os.listdir(tmp_path) == ["deploy.prototxt"]  # nothing written
