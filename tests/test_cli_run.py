@@ -203,8 +203,8 @@ def test_weights_of_another_net_name_the_file_layer_and_blob(tmp_path, capsys):
     code, out = run(tmp_path, "--weights", other)
     err = capsys.readouterr().err
     assert code == 1 and not out.exists()
-    assert err == (f"caffeinit: error: {other}: layer 'conv1': blob 0 has shape [20, 1, 5, 5] in the weights but the "
-                   "net needs [32, 3, 5, 5]\n")
+    assert err == (f"caffeinit: error: {other}: layer 'conv1' (Convolution): blob 0 has shape [20, 1, 5, 5] in the "
+                   "weights but the net needs [32, 3, 5, 5]\n")
 
 
 def test_fewer_images_than_asked_for_are_cycled_and_said_so(tmp_path, capsys):
