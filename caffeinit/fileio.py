@@ -184,10 +184,16 @@ def signals_deferred() -> Iterator[None]:
             old[caught[0]](caught[0], None)
 
 
+TEMP_STEM_BYTES = 200  # of the output's name in its temporary file's: 15 bytes more stay within 255 (NAME_MAX)
+
+
 def _new_temp_file(path: Path) -> Path:
     """Create an empty, uniquely named file in the target's folder (mode 0666 minus the umask, like open())."""
+    stem = path.name
+    while len(os.fsencode(stem)) > TEMP_STEM_BYTES:  # an output name near the file system's limit still gets one
+        stem = stem[:-1]
     for _ in range(100):
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        temp = path.with_name(f".{stem}.{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:

@@ -282,3 +282,13 @@ def test_ctrl_c_as_the_temporary_file_is_made_leaves_none_behind(tmp_path, monke
         with staged_outputs() if staged else open(os.devnull):
             atomic_write_bytes(tmp_path / "out.bin", b"new")
     assert os.listdir(tmp_path) == ["out.bin"] and (tmp_path / "out.bin").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("char", ["a", "\u00e9"])  # 1 and 2 bytes in UTF-8
+def test_an_output_name_as_long_as_the_file_system_allows_is_written(tmp_path, char):
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    name = char * ((name_max - len(".bin")) // len(char.encode())) + ".bin"
+    assert len(os.fsencode(name)) <= name_max
+    (tmp_path / name).write_bytes(b"old")  # the file system takes the name
+    atomic_write_bytes(tmp_path / name, b"new")
+    assert os.listdir(tmp_path) == [name] and (tmp_path / name).read_bytes() == b"new"
