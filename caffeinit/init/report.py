@@ -168,8 +168,7 @@ class InitReport:
     def figure(self):
         """A matplotlib figure with two panels per layer: the effective change rates before/after (after with +-
         one standard error), and the output std before/after (channel averages), both on log scales."""
-        import matplotlib
-        matplotlib.use("Agg")
+        _matplotlib()
         import matplotlib.pyplot as plt
 
         records = [r for r in self.layers if r.rate_before is not None or r.rate_after is not None
@@ -213,12 +212,7 @@ def plot_format(path: str | os.PathLike) -> str:
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise CaffeinitError(f"the plot path must be a path, not {type(path).__name__}")
     path = os.fsdecode(path)
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise CaffeinitError(f"--plot needs matplotlib, which cannot be imported ({e}): pip install matplotlib (or "
-                             "pip install 'caffeinit[plot]')") from None
-    matplotlib.use("Agg")
+    _matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -231,6 +225,16 @@ def plot_format(path: str | os.PathLike) -> str:
         raise CaffeinitError(f"{path}: cannot write a plot as '.{suffix}' (use one of: "
                              f"{', '.join('.' + k for k in sorted(known))})")
     return suffix
+
+
+def _matplotlib() -> None:
+    """Import matplotlib with the file-only Agg backend; refused, naming how to install it, where it cannot be."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise CaffeinitError(f"--plot needs matplotlib, which cannot be imported ({e}): pip install matplotlib (or "
+                             "pip install 'caffeinit[plot]')") from None
+    matplotlib.use("Agg")
 
 
 def _plottable(value: float | None) -> float:

@@ -134,3 +134,8 @@ def test_plot_without_matplotlib_is_refused_before_any_work(tmp_path):
                            "'matplotlib'): pip install matplotlib (or pip install "
                            "'caffeinit[plot]')\n")
     assert sorted(os.listdir(tmp_path)) == ["stub"]
+    code = ("from caffeinit.errors import CaffeinitError\nfrom caffeinit.init.report import InitReport\n"
+            "try:\n    InitReport('n', 'gaussian', 1).figure()\nexcept CaffeinitError as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.startswith("--plot needs matplotlib") and proc.returncode == 0
