@@ -698,7 +698,8 @@ def _run_command(args) -> int:
     except BrokenPipeError:
         # The reader of stdout left (`caffeinit inspect NET | head`): end quietly as a tool killed by SIGPIPE does,
         # with nothing more written there (Python would complain when it flushes stdout at exit).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor has nothing to flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except MemoryError as e:
         if args.debug:
