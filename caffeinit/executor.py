@@ -376,15 +376,8 @@ def _fit_layer_blobs(node: LayerNode, arrays: list[np.ndarray], where: str = "in
     shapes = node.layer.blob_shapes
     if len(arrays) != len(shapes):
         raise layer_error(node.name, node.type, f"{len(arrays)} blobs {where}, but the layer has {len(shapes)}")
-    fitted = []
-    for k, (array, shape) in enumerate(zip(arrays, shapes)):
-        array = np.asarray(array)
-        try:
-            fitted.append(fit_blob(array, tuple(shape), node.name, k, where))
-        except CaffeinitError:  # worded as the count's error, with the layer's type
-            raise layer_error(node.name, node.type, f"blob {k} has shape {list(array.shape)} {where} but the net "
-                              f"needs {[int(d) for d in shape]}") from None
-    return fitted
+    return [fit_blob(np.asarray(a), tuple(s), node.name, k, where, node.type)
+            for k, (a, s) in enumerate(zip(arrays, shapes))]
 
 
 def _prototxt_blobs(node: LayerNode) -> list[np.ndarray]:

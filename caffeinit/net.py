@@ -268,7 +268,7 @@ def _check_prototxt_blobs(layer: Layer, lp: caffe_pb2.LayerParameter) -> None:
     if len(lp.blobs) != len(layer.blob_shapes):
         raise layer.error(f"{len(lp.blobs)} blobs in the prototxt, but the layer has {len(layer.blob_shapes)}")
     for k, (blob, shape) in enumerate(zip(lp.blobs, layer.blob_shapes)):
-        check_blob_shape(blob_shape(blob), shape, lp.name, k, "in the prototxt")
+        check_blob_shape(blob_shape(blob), shape, lp.name, k, "in the prototxt", lp.type)
 
 
 def _fresh(name: str, used: set[str]) -> str:

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from caffeinit.errors import CaffeinitError
+from caffeinit.errors import CaffeinitError, layer_error
 from caffeinit.fileio import PathLike, atomic_output, check_output_path
 from caffeinit.proto import caffe_pb2
 from caffeinit.upgrade import upgrade_net_as_needed
@@ -213,20 +213,23 @@ def load_hdf5_weights(path: PathLike) -> dict[str, list[np.ndarray]]:
 
 
 def check_blob_shape(shape: Sequence[int], expected_shape: Sequence[int], layer_name: str, index: int,
-                     where: str = "in the weights") -> None:
+                     where: str = "in the weights", layer_type: str | None = None) -> None:
     """Raise unless Caffe's Blob::ShapeEquals accepts a blob of ``shape`` for ``expected_shape``: the same shape,
-    or a 4-D legacy blob whose dims match the expected shape from the end (IP weight 1x1xNxK for (N, K))."""
+    or a 4-D legacy blob whose dims match the expected shape from the end (IP weight 1x1xNxK for (N, K)). The
+    message names the layer's type where it is given."""
     shape, expected = tuple(int(d) for d in shape), tuple(int(d) for d in expected_shape)
     if shape == expected or (len(shape) == 4 and len(expected) <= 4 and (1,) * (4 - len(expected)) + expected == shape):
         return
-    raise CaffeinitError(f"layer '{layer_name}': blob {index} has shape {list(shape)} {where} but the net needs "
-                         f"{list(expected)}")
+    message = f"blob {index} has shape {list(shape)} {where} but the net needs {list(expected)}"
+    if layer_type is None:
+        raise CaffeinitError(f"layer '{layer_name}': {message}")
+    raise layer_error(layer_name, layer_type, message)
 
 
 def fit_blob(array: np.ndarray, expected_shape: Sequence[int], layer_name: str, index: int,
-             where: str = "in the weights") -> np.ndarray:
+             where: str = "in the weights", layer_type: str | None = None) -> np.ndarray:
     """``array`` reshaped to ``expected_shape`` where ``check_blob_shape`` accepts it."""
-    check_blob_shape(array.shape, expected_shape, layer_name, index, where)
+    check_blob_shape(array.shape, expected_shape, layer_name, index, where, layer_type)
     expected = tuple(int(d) for d in expected_shape)
     return array if array.shape == expected else array.reshape(expected)
 

@@ -206,7 +206,7 @@ def test_blobs_of_a_v1_prototxt_layer_are_used():
 
 @pytest.mark.parametrize("blobs, message", [
     ("blobs { shape { dim: 3 dim: 2 } data: 1 data: 2 data: 3 data: 4 data: 5 data: 6 } blobs { shape { dim: 2 } "
-     "data: 0 data: 0 }", r"^layer 'fc': blob 0 has shape \[3, 2\] in the prototxt but the net needs \[2, 3\]$"),
+     "data: 0 data: 0 }", r"^layer 'fc' \(InnerProduct\): blob 0 has shape \[3, 2\] in the prototxt but the net needs \[2, 3\]$"),
     ("blobs { shape { dim: 2 dim: 3 } data: 1 data: 2 data: 3 data: 4 data: 5 data: 6 }",
      r"^layer 'fc' \(InnerProduct\): 1 blobs in the prototxt, but the layer has 2$"),
 ])
