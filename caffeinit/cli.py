@@ -286,7 +286,7 @@ def cmd_forward(args) -> int:
     with atomic_output(args.out, inputs=files) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **blobs)
-    print(f"wrote {len(blobs)} blobs to {args.out}")
+    print(f"wrote {len(blobs)} blob{'' if len(blobs) == 1 else 's'} to {args.out}")
     return 0
 
 
@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                    help="an input array: an .npy, or an .npz holding one array (repeatable, one per input)")
     p.add_argument("--blobs", default="outputs", help="outputs | all | NAME,NAME,... (default outputs)")
-    p.add_argument("--out", required=True, metavar="OUT.npz")
+    p.add_argument("-o", "--out", required=True, metavar="OUT.npz")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     p.add_argument("--num-images", type=int, help="with --images: how many (default: the net's batch size)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "against the torch graph unless --no-check.")
     p.add_argument("net", help="network .prototxt (any Caffe format) or solver .prototxt")
     p.add_argument("--weights", metavar="W.caffemodel", help="weights (default: the prototxt's fillers)")
-    p.add_argument("--onnx", required=True, metavar="OUT.onnx")
+    p.add_argument("-o", "--onnx", required=True, metavar="OUT.onnx")
     p.add_argument("--opset", type=int, help="ONNX opset, from 18 to the installed onnx's newest (default 21)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch dimension to the prototxt's")
     p.add_argument("--no-check", action="store_true", help="skip the checker and ONNX Runtime verification")
@@ -621,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or table")
     _add_image_options(p)
     p.set_defaults(func=cmd_run)
+    for command in sub.choices.values():  # also after the command; SUPPRESS keeps a --debug given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 

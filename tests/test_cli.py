@@ -59,9 +59,17 @@ def test_syntax_error_names_file_line_column(tmp_path):
     assert code == 1 and f"{bad}:5:" in err and "Traceback" not in err
 
 
-def test_debug_shows_traceback(tmp_path):
-    code, _, err = run_cli("--debug", "inspect", tmp_path / "missing.prototxt")
+@pytest.mark.parametrize("where", ["before the command", "after the command"])
+def test_debug_shows_traceback(tmp_path, where):
+    args = ["inspect", tmp_path / "missing.prototxt"]
+    code, _, err = run_cli(*(["--debug"] + args if where == "before the command" else args + ["--debug"]))
     assert code == 1 and "Traceback" in err
+
+
+def test_forward_counts_its_blobs_in_words(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
+    assert main(["forward", str(LENET), "--input", f"data={tmp_path / 'x.npy'}", "-o", str(tmp_path / "o.npz")]) == 0  # -o as run's
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote 1 blob to {tmp_path / 'o.npz'}"
 
 
 def test_an_unexpected_failure_is_one_line_without_a_traceback_unless_debug(monkeypatch, capsys):
