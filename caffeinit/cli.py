@@ -371,8 +371,6 @@ def cmd_run(args) -> int:
         check_memory(model.net, model.device, args.num_images, args.batch_size, warn=False)
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=_progress(args))
     report = initialize(model, data, config, progress=_progress(args))
-    if not args.quiet:
-        print(report.table())
     exported = None
     with staged_outputs():  # all of them or, where one fails, none (existing files stay as they were)
         model.save_caffemodel(args.output, inputs=inputs)
@@ -385,6 +383,8 @@ def cmd_run(args) -> int:
             exported = _export_onnx(model, args.onnx, inputs, say,
                                     device="auto" if model.device.type == "cuda" else "cpu",
                                     tolerance=1e-4 if args.precision == "ieee" else 1e-2, deploy=deploy)
+    if not args.quiet:  # after the outputs are in place: a reader of stdout that leaves (| head) loses nothing
+        print(report.table())
     for path in (args.output, args.report, args.plot):
         if path:
             say(f"wrote {path}")

@@ -121,3 +121,16 @@ def test_a_reader_that_leaves_ends_the_command_quietly(json_flag):
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
     assert err == b""
+
+
+def test_run_whose_stdout_reader_leaves_still_writes_its_outputs(tmp_path):
+    """`caffeinit run ... | head`: the table goes to stdout after the outputs are in place, so they are written
+    (exit 141, quietly, as any tool whose reader left)."""
+    argv = [a for a in run_argv(tmp_path) if a != "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "caffeinit", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 128 + signal.SIGPIPE, err
+    assert (tmp_path / "out.caffemodel").stat().st_size > 0 and (tmp_path / "r.json").stat().st_size > 0
+    assert "error" not in err and sorted(os.listdir(tmp_path)) == ["out.caffemodel", "r.json"]
