@@ -12,6 +12,7 @@ import contextvars
 import os
 import secrets
 import signal
+import stat
 import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
@@ -188,7 +189,8 @@ TEMP_STEM_BYTES = 200  # of the output's name in its temporary file's: 15 bytes 
 
 
 def _new_temp_file(path: Path) -> Path:
-    """Create an empty, uniquely named file in the target's folder (mode 0666 minus the umask, like open())."""
+    """Create an empty, uniquely named file in the target's folder: with the mode of the file it will replace, or
+    0666 minus the umask (as open() makes a new one)."""
     stem = path.name
     while len(os.fsencode(stem)) > TEMP_STEM_BYTES:  # an output name near the file system's limit still gets one
         stem = stem[:-1]
@@ -202,6 +204,10 @@ def _new_temp_file(path: Path) -> Path:
             raise CaffeinitError(f"{path}: cannot write in output folder '{path.parent}': {e.strerror or e}") \
                 from None
         os.close(fd)
+        with contextlib.suppress(OSError):  # an existing output keeps its permissions (a private 0600 file stays so)
+            mode = path.stat().st_mode
+            if stat.S_ISREG(mode):
+                os.chmod(temp, stat.S_IMODE(mode))
         return temp
     raise CaffeinitError(f"{path}: cannot create a temporary file in '{path.parent}'")
 

@@ -28,6 +28,21 @@ def test_new_file_mode_follows_umask(tmp_path):
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o755])
+def test_a_replaced_output_keeps_its_permissions(tmp_path, mode):
+    """As an editor saving a file: an output written over an existing one keeps that file's mode (a private
+    caffemodel does not become world-readable)."""
+    out = tmp_path / "model.caffemodel"
+    out.write_bytes(b"old")
+    out.chmod(mode)
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(out, b"new")
+    finally:
+        os.umask(umask)
+    assert out.read_bytes() == b"new" and out.stat().st_mode & 0o777 == mode
+
+
 def test_temp_path_is_in_the_same_folder_and_renamed(tmp_path):
     out = tmp_path / "out.bin"
     with atomic_output(out) as temp:
