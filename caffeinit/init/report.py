@@ -157,13 +157,13 @@ class InitReport:
         image_format = plot_format(path)  # the path and matplotlib checked first
         path = os.fsdecode(path)
         import matplotlib.pyplot as plt
-        from caffeinit.fileio import atomic_output
+        from caffeinit.fileio import atomic_write_bytes
         fig = self.figure()
         try:
-            with atomic_output(path, inputs) as temp:
-                fig.savefig(temp, format=image_format)
+            data = _figure_bytes(fig, image_format)
         finally:
             plt.close(fig)
+        atomic_write_bytes(path, data, inputs)
 
     def figure(self):
         """A matplotlib figure with two panels per layer: the effective change rates before/after (after with +-
@@ -225,6 +225,36 @@ def plot_format(path: str | os.PathLike) -> str:
         raise CaffeinitError(f"{path}: cannot write a plot as '.{suffix}' (use one of: "
                              f"{', '.join('.' + k for k in sorted(known))})")
     return suffix
+
+
+def _figure_bytes(fig, image_format: str) -> bytes:
+    """``fig`` saved as ``image_format``, the same bytes on every run (the --seed promise): without the creation
+    dates PDF, PostScript and SVG write by default, SVG's clip-path ids from a fixed salt instead of a random one,
+    and SVGZ compressed without the gzip header's time stamp. Saved to memory, so that no file name (the temporary
+    file's, random) goes into a PostScript title or a gzip header."""
+    import gzip
+    import io
+    import matplotlib
+
+    options = {}
+    if image_format == "pdf":
+        options["metadata"] = {"CreationDate": None}
+    elif image_format in ("svg", "svgz"):
+        options["metadata"] = {"Date": None}
+    saved = os.environ.get("SOURCE_DATE_EPOCH")
+    buffer = io.BytesIO()
+    try:
+        if image_format in ("ps", "eps"):
+            os.environ["SOURCE_DATE_EPOCH"] = "0"  # PostScript's only way to a fixed %%CreationDate
+        with matplotlib.rc_context({"svg.hashsalt": "caffeinit"}):
+            fig.savefig(buffer, format="svg" if image_format == "svgz" else image_format, **options)
+    finally:
+        if saved is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = saved
+    data = buffer.getvalue()
+    return gzip.compress(data, mtime=0) if image_format == "svgz" else data
 
 
 def _matplotlib() -> None:
