@@ -219,7 +219,7 @@ def plot_format(path: str | os.PathLike) -> str:
     suffix = os.path.splitext(path)[1].lower().lstrip(".")
     if not suffix:
         return "png"
-    known = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    known = dict(FigureCanvasAgg(Figure()).get_supported_filetypes())  # a copy: the dict is matplotlib's own
     known.pop("pgf", None)  # needs a LaTeX installation
     if suffix not in known:
         raise CaffeinitError(f"{path}: cannot write a plot as '.{suffix}' (use one of: "

@@ -139,3 +139,15 @@ def test_plot_without_matplotlib_is_refused_before_any_work(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.stdout.startswith("--plot needs matplotlib") and proc.returncode == 0
+
+
+def test_checking_a_plot_format_leaves_matplotlib_s_format_table_alone():
+    """plot_format leaves out PGF (it needs LaTeX) from its own list, not from the table matplotlib's canvases share
+    (a program that imports caffeinit would lose '.pgf' from every canvas's supported formats)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    before = dict(FigureCanvasAgg(Figure()).get_supported_filetypes())
+    assert plot_format("p.pdf") == "pdf"
+    with pytest.raises(CaffeinitError, match=r"cannot write a plot as '\.pgf'"):
+        plot_format("p.pgf")
+    assert FigureCanvasAgg(Figure()).get_supported_filetypes() == before
