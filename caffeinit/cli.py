@@ -167,9 +167,9 @@ def cmd_upgrade(args) -> int:
         atomic_write_bytes(args.output, format_net(net).encode(), inputs=inputs)
         if weights is not None:
             write_caffemodel(args.weights_out, weights, inputs=inputs)
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}", file=sys.stderr)  # what a command did goes to stderr, as run's and convert's
     if weights is not None:
-        print(f"wrote {args.weights_out}")
+        print(f"wrote {args.weights_out}", file=sys.stderr)
     return 0
 
 
@@ -274,11 +274,12 @@ def cmd_forward(args) -> int:
                                          args.stage, args.level)
     model = load(net_param, args.weights, phase=args.phase, stages=args.stage, level=args.level,
                  device=args.device, seed=args.seed, input_shapes=input_shapes or None)
-    print(f"device: {describe_device(model.device)}", file=sys.stderr)
+    say = _say(args)
+    say(f"device: {describe_device(model.device)}")
     if args.images:
         source = net_source(model.net, options)
-        print(f"data: {source.describe()}" + (f"; {source.preprocess.describe()}" if hasattr(source, "preprocess")
-                                              else ""), file=sys.stderr)
+        say(f"data: {source.describe()}" + (f"; {source.preprocess.describe()}" if hasattr(source, "preprocess")
+                                            else ""))
         count = args.num_images or next(iter(model.net.feeds.values()))[0]
         inputs = next(batches(source, count, count, seed=args.seed, progress=_progress(args)))
     blobs = model.forward(inputs, args.blobs)
@@ -286,7 +287,7 @@ def cmd_forward(args) -> int:
     with atomic_output(args.out, inputs=files) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **blobs)
-    print(f"wrote {len(blobs)} blob{'' if len(blobs) == 1 else 's'} to {args.out}")
+    say(f"wrote {len(blobs)} blob{'' if len(blobs) == 1 else 's'} to {args.out}")
     return 0
 
 
@@ -548,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, metavar="OUT.npz")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     p.add_argument("--num-images", type=int, help="with --images: how many (default: the net's batch size)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     _add_image_options(p)
     p.set_defaults(func=cmd_forward)
 

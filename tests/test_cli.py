@@ -69,7 +69,16 @@ def test_debug_shows_traceback(tmp_path, where):
 def test_forward_counts_its_blobs_in_words(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
     assert main(["forward", str(LENET), "--input", f"data={tmp_path / 'x.npy'}", "-o", str(tmp_path / "o.npz")]) == 0  # -o as run's
-    assert capsys.readouterr().out.splitlines()[-1] == f"wrote 1 blob to {tmp_path / 'o.npz'}"
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1] == f"wrote 1 blob to {tmp_path / 'o.npz'}"  # stderr, as run's
+    assert main(["forward", str(LENET), "--input", f"data={tmp_path / 'x.npy'}", "-o", str(tmp_path / "o.npz"),
+                 "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_upgrade_says_what_it_wrote_on_stderr(tmp_path, capsys):
+    assert main(["upgrade", str(LENET), "-o", str(tmp_path / "u.prototxt")]) == 0
+    assert capsys.readouterr() == ("", f"wrote {tmp_path / 'u.prototxt'}\n")
 
 
 def test_an_unexpected_failure_is_one_line_without_a_traceback_unless_debug(monkeypatch, capsys):
