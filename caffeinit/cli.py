@@ -311,6 +311,9 @@ def _model_and_images(args, say, net_param, options):
         say(f"weights: none given: {len(missing)} layers with parameters start from their fillers")
     elif missing:
         say(f"weights: {len(missing)} layers not in {args.weights} (filler values): {_name_list(missing)}")
+    elif args.weights:
+        total = sum(1 for node in model.net.layers if node.layer.blob_shapes)
+        say(f"weights: every layer with parameters ({total}) from {args.weights}")
     return model, source
 
 

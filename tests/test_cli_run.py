@@ -234,6 +234,8 @@ def test_the_weights_line_says_what_starts_from_fillers(tmp_path, capsys):
     write_caffemodel(partial, net_param, {"conv1": load_weights(str(out))["conv1"]})
     assert main(args + ["--weights", str(partial), "-o", str(tmp_path / "b.caffemodel")]) == 0
     assert f"weights: 4 layers not in {partial} (filler values): conv2, conv3, ip1, ip2" in capsys.readouterr().err
+    assert main(args + ["--weights", str(out), "-o", str(tmp_path / "c.caffemodel")]) == 0
+    assert f"weights: every layer with parameters (5) from {out}" in capsys.readouterr().err
 
 
 def test_long_name_lists_are_elided_in_the_middle():
