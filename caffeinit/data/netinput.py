@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from caffeinit.data.sources import (ImageEntry, ImageSource, Source, add_layer_inputs, find_images,
-                                    first_datum_shape, layer_source)
+                                    first_datum_shape, layer_source, lists_as_image)
 from caffeinit.data.transform import Preprocess, parse_ints, parse_mean_values, parse_scale
 from caffeinit.errors import CaffeinitError
 from caffeinit.net import Net
@@ -56,6 +56,16 @@ class ImageOptions:
             files.add_later(lambda: [(e.path, f"an image of --images {self.images}") for e in self.image_entries()])
         for lp in net_param.layer:
             add_layer_inputs(files, lp, self.root_folder if self.images is None else None)
+
+    def check_outputs(self, outputs) -> None:
+        """Refuse, before any work, an output ({option: path}, None for options not given) that a later run's
+        ``--images`` (the same folder or glob) would read as one of its images."""
+        if self.images is None:
+            return
+        for option, path in outputs.items():
+            if path is not None and lists_as_image(self.images, path):
+                raise CaffeinitError(f"{option} {os.fspath(path)}: refusing to write where --images {self.images} "
+                                     "finds images (a later run would read it as one): write it elsewhere")
 
     def has_preprocess_flags(self) -> bool:
         return any(v is not None for v in (self.resize, self.crop, self.mean_value, self.mean_file, self.scale)) \

@@ -8,6 +8,7 @@ Randomness (ImageData's shuffle and rand_skip, crops, mirrors) comes from ``seed
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import itertools
 import os
@@ -127,6 +128,53 @@ def find_images(spec: str, root_folder: str | None = None) -> list[ImageEntry]:
             raise CaffeinitError(f"--images: no files match '{spec}'")
         return [ImageEntry(p, 0, p) for p in paths]
     raise CaffeinitError(f"--images: '{spec}' is not a file, a directory or a glob that matches files")
+
+
+def lists_as_image(spec: str, path: str | os.PathLike) -> bool:
+    """Whether ``find_images(spec)`` would list the file ``path`` (existing or not) as an image once it is there:
+    an image-named file anywhere under a directory ``spec`` (``os.walk``: symbolic links to folders not followed),
+    any file a glob ``spec`` matches. A list file or a single image lists no new file."""
+    spec, path = os.fspath(spec), os.fspath(path)
+    if os.path.isdir(spec):
+        if not is_image_path(os.path.basename(path)):
+            return False
+        top = os.stat(spec)
+        folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        while True:
+            try:
+                if os.path.samestat(os.stat(folder), top):
+                    return True
+            except OSError:
+                pass
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                return False
+            folder = parent
+    if os.path.isfile(spec) or not glob.has_magic(spec):
+        return False
+    # the folders glob looks in for the pattern's last component, found by glob itself (links, '**')
+    folder, name = os.path.split(spec)
+    if name == "**":  # every file under the folders the rest matches, at any depth
+        folders = glob.glob(spec, recursive=True)
+    elif glob.has_magic(folder):
+        folders = glob.glob(folder, recursive=True)
+    else:
+        folders = [folder or os.curdir]
+    own = os.path.basename(path)
+    hidden = own.startswith(".") and not name.startswith(".")  # glob's wildcards skip names with a leading dot
+    if not name or hidden and glob.has_magic(name) or not (fnmatch.fnmatch(own, name) or name == "**"):
+        return False
+    try:
+        target = os.stat(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    for found in folders:
+        try:
+            if os.path.samestat(os.stat(found), target):
+                return True
+        except OSError:
+            pass
+    return False
 
 
 class ImageSource(Source):

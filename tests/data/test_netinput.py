@@ -84,7 +84,8 @@ def test_preprocessing_that_does_not_fit_the_input_is_an_error():
 def test_a_colour_mismatch_names_the_flag(tmp_path, channels, gray, hint):
     net = tmp_path / "net.prototxt"
     net.write_text(f'input: "data" input_shape {{ dim: 1 dim: {channels} dim: 28 dim: 28 }}\n'
-                   'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 } }\n')
+                   'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                   'inner_product_param { num_output: 2 } }\n')
     with pytest.raises(CaffeinitError) as error:
         net_source(load(net).net, ImageOptions(images=str(IMAGES), gray=gray))
     assert str(error.value).endswith(f"is {channels}x28x28 {hint}")
@@ -375,3 +376,24 @@ def test_the_replaced_data_layer_is_the_one_of_the_nets_stages_and_level(stages,
     model = load(param, phase="test", stages=stages, level=level, input_shapes=shapes)
     batch = next(batches(net_source(model.net, options), 2, 2, progress=False))
     assert batch["data"].shape == (2, 3, crop, crop)
+
+
+def test_an_output_that_a_later_images_listing_would_read_is_refused(tmp_path, monkeypatch):
+    """`run NET --images imgs/ --plot imgs/report.png` would add the plot to the next run's images: refused before
+    any work, naming the output and --images; an output --images does not list (a list file, another extension, a
+    glob it does not match) is fine."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "list.txt").write_text("imgs/a.png 0\n")
+    outputs = {"-o": "imgs/net.caffemodel", "--report": None, "--plot": "imgs/report.png"}
+    with pytest.raises(CaffeinitError) as e:
+        ImageOptions(images="imgs").check_outputs(outputs)
+    assert str(e.value) == ("--plot imgs/report.png: refusing to write where --images imgs finds images (a later run "
+                            "would read it as one): write it elsewhere")
+    glob_refusal = r"^-o imgs/net\.caffemodel: refusing to write where --images imgs/\* finds images"
+    with pytest.raises(CaffeinitError, match=glob_refusal):
+        ImageOptions(images="imgs/*").check_outputs(outputs)  # a glob lists any file
+    for images in ("list.txt", "imgs/*.jpg", "imgs/a.png", None):
+        ImageOptions(images=images).check_outputs(outputs)
+    ImageOptions(images="imgs").check_outputs({"-o": "imgs/net.caffemodel", "--plot": "report.png"})

@@ -88,6 +88,44 @@ def test_missing_image_names_file_and_line_or_is_skipped(tmp_path):
         list(batches(ImageSource(str(all_bad), pre, skip_bad=True), 1, 1, progress=False))
 
 
+def _listed_once_written(spec, path) -> bool:
+    """The oracle: write ``path`` and ask ``find_images`` whether ``spec`` now lists it."""
+    with open(path, "wb") as f:
+        f.write(b"not really an image")
+    try:
+        return any(os.path.samefile(e.path, path) for e in find_images(spec))
+    except CaffeinitError:  # nothing matches
+        return False
+    finally:
+        os.unlink(path)
+
+
+def test_lists_as_image_says_what_find_images_would_list_once_the_file_is_there(tmp_path, monkeypatch):
+    """An output that a later `--images` listing would pick up must be found before it is written: for folders
+    (recursive, image extensions, links to folders not followed), globs (any file, '**', hidden names, links),
+    lists and single images, lists_as_image agrees with find_images run after the file was written."""
+    from caffeinit.data.sources import lists_as_image
+    monkeypatch.chdir(tmp_path)
+    for folder in ("imgs/sub", "imgs/.hid", "other"):
+        (tmp_path / folder).mkdir(parents=True)
+    for name in ("imgs/a.png", "imgs/sub/b.jpg", "imgs/.hid/c.png", "other/d.png"):
+        make_png(tmp_path / name, [[[1, 2, 3]]])
+    (tmp_path / "imgs" / "link").symlink_to(tmp_path / "other")
+    (tmp_path / "alias").symlink_to(tmp_path / "imgs")
+    (tmp_path / "list.txt").write_text("imgs/a.png 1\n")
+    specs = ["imgs", "imgs/", str(tmp_path / "imgs"), "alias", "imgs/*.png", "imgs/*", "imgs/**/*.png", "imgs/**",
+             "imgs/**/*", "*/*.png", "imgs/[ab]*.png", "imgs/.*/*.png", str(tmp_path / "imgs" / "*.png"),
+             "alias/*.png", "imgs/*/", "imgs/*/*.png", "list.txt", "imgs/a.png", "*.png", "imgs/sub/*.jpg"]
+    outputs = ["imgs/report.png", "imgs/report.json", "imgs/net.caffemodel", "imgs/sub/r.png", "imgs/.hid/r.png",
+               "imgs/.r.png", "imgs/link/r.png", "other/r.png", "r.png", "./imgs/x.PNG", "alias/r.png",
+               str(tmp_path / "imgs" / "r.tiff"), "imgs/sub/../r.webp", "imgs/sub/r.json"]
+    wrong = [(spec, out, lists_as_image(spec, out)) for spec in specs for out in outputs
+             if lists_as_image(spec, out) != _listed_once_written(spec, out)]
+    assert wrong == []
+    assert lists_as_image("imgs", "imgs/report.png") and not lists_as_image("imgs", "imgs/report.json")
+    assert lists_as_image("imgs/*", "imgs/net.caffemodel") and not lists_as_image("list.txt", "imgs/r.png")
+
+
 # -- ImageData layer -----------------------------------------------------------------------------------------------
 def image_data_layer(tmp_path, **image_data):
     rng = np.random.default_rng(0)
