@@ -3,7 +3,6 @@ synopsis shows the parser's defaults and choices, and the Python API snippet run
 import re
 import shlex
 
-import pytest
 
 from caffeinit import cli
 from tests.conftest import ROOT
@@ -96,7 +95,7 @@ def test_run_synopsis_defaults_and_choices():
 
 def test_python_api_snippet(tmp_path):
     """The README's snippet verbatim, with the bundled CIFAR-10 net and images for its placeholder file names."""
-    np = pytest.importorskip("numpy")
+    import numpy as np
     import caffeinit
 
     (snippet,) = _code_blocks("python")

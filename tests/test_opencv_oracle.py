@@ -6,17 +6,14 @@ use the default k = 1), IP transpose, Log's parameters and Swish's beta (unused 
 blobs (none in the corpus deploy nets), and spells round_mode as ceil_mode (format_net_with_ceil_mode).
 """
 
+import cv2
 import numpy as np
 import pytest
 
 from caffeinit.api import load
 from caffeinit.fillers import scaled_random_blobs
 from caffeinit.prototxt import format_net_with_ceil_mode
-from tests.conftest import SHARED
-
-cv2 = pytest.importorskip("cv2")
-if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
-    pytest.skip("this OpenCV has no Caffe reader (OpenCV 5 removed it)", allow_module_level=True)
+from tests.conftest import shared_path
 
 NETS = [
     "bvlc__examples_mnist_lenet.prototxt",
@@ -39,9 +36,7 @@ NETS = [
 
 @pytest.mark.parametrize("name", NETS)
 def test_outputs_match_opencv(name, tmp_path):
-    path = SHARED / "corpus" / name
-    if not path.exists():
-        pytest.skip("../shared is not present")
+    path = shared_path("corpus", name)
     rng = np.random.default_rng(0)
     model = load(path)
     model = load(path, weights=scaled_random_blobs(model.net, rng))
