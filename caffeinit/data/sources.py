@@ -155,9 +155,9 @@ def lists_as_image(spec: str, path: str | os.PathLike) -> bool:
     # the folders glob looks in for the pattern's last component, found by glob itself (links, '**')
     folder, name = os.path.split(spec)
     if name == "**":  # every file under the folders the rest matches, at any depth
-        folders = glob.glob(spec, recursive=True)
+        folders = glob.glob(os.path.join(spec, ""), recursive=True)  # a trailing separator: folders only
     elif glob.has_magic(folder):
-        folders = glob.glob(folder, recursive=True)
+        folders = glob.glob(os.path.join(folder, ""), recursive=True)
     else:
         folders = [folder or os.curdir]
     own = os.path.basename(path)

@@ -126,6 +126,27 @@ def test_lists_as_image_says_what_find_images_would_list_once_the_file_is_there(
     assert lists_as_image("imgs/*", "imgs/net.caffemodel") and not lists_as_image("list.txt", "imgs/r.png")
 
 
+def test_lists_as_image_looks_at_the_folders_of_a_glob_not_at_every_image(tmp_path, monkeypatch):
+    """A '**' glob over a large dataset: the check compares the output's folder with the folders the glob names
+    (a few), not with each of the files (ImageNet's 1.2 million)."""
+    from caffeinit.data.sources import lists_as_image
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    for i in range(300):
+        (tmp_path / "imgs" / "sub" / f"{i}.png").write_bytes(b"")
+    stats = []
+    real_stat = os.stat
+
+    def counting_stat(path, *args, **kwargs):
+        stats.append(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "stat", counting_stat)
+    assert lists_as_image("imgs/**/*.png", "imgs/sub/new.png") and lists_as_image("imgs/**", "imgs/new.json")
+    assert not lists_as_image("imgs/**/*.png", "new.png")
+    assert len(stats) < 30
+
+
 # -- ImageData layer -----------------------------------------------------------------------------------------------
 def image_data_layer(tmp_path, **image_data):
     rng = np.random.default_rng(0)
