@@ -157,13 +157,15 @@ class InitReport:
         image_format = plot_format(path)  # the path and matplotlib checked first
         path = os.fsdecode(path)
         import matplotlib.pyplot as plt
-        from caffeinit.fileio import atomic_write_bytes
+        from caffeinit.fileio import atomic_output
         fig = self.figure()
         try:
-            data = _figure_bytes(fig, image_format)
+            with atomic_output(path, inputs) as temp:
+                data = _figure_bytes(fig, image_format)
+                with open(temp, "wb") as f:
+                    f.write(data)
         finally:
             plt.close(fig)
-        atomic_write_bytes(path, data, inputs)
 
     def figure(self):
         """A matplotlib figure with two panels per layer: the effective change rates before/after (after with +-
