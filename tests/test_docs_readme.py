@@ -3,7 +3,6 @@ synopsis shows the parser's defaults and choices, and the Python API snippet run
 import re
 import shlex
 
-
 from caffeinit import cli
 from tests.conftest import ROOT
 

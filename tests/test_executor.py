@@ -11,6 +11,7 @@ from caffeinit.net import build_net
 from caffeinit.proto import caffe_pb2
 from caffeinit.prototxt import parse_net_text, read_net
 from tests.conftest import ROOT, shared_path
+from tests.layers.helpers import ONEDNN_POINTWISE
 
 SMALL = '''name: "small"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 12 dim: 12 } } }
@@ -206,7 +207,8 @@ def test_blobs_of_a_v1_prototxt_layer_are_used():
 
 @pytest.mark.parametrize("blobs, message", [
     ("blobs { shape { dim: 3 dim: 2 } data: 1 data: 2 data: 3 data: 4 data: 5 data: 6 } blobs { shape { dim: 2 } "
-     "data: 0 data: 0 }", r"^layer 'fc' \(InnerProduct\): blob 0 has shape \[3, 2\] in the prototxt but the net needs \[2, 3\]$"),
+     "data: 0 data: 0 }",
+     r"^layer 'fc' \(InnerProduct\): blob 0 has shape \[3, 2\] in the prototxt but the net needs \[2, 3\]$"),
     ("blobs { shape { dim: 2 dim: 3 } data: 1 data: 2 data: 3 data: 4 data: 5 data: 6 }",
      r"^layer 'fc' \(InnerProduct\): 1 blobs in the prototxt, but the layer has 2$"),
 ])
@@ -605,8 +607,7 @@ def assert_close(got, want, what):
 
 @pytest.mark.parametrize("name", ["bvlc__models_bvlc_googlenet_deploy", "soeaver__deploy_vgg16-pytorch"])
 def test_fused_path_matches_the_plain_path_on_corpus_nets(name):
-    from caffeinit.layers import conv
-    if not conv._CONV_POINTWISE.available:
+    if not ONEDNN_POINTWISE:
         pytest.skip("this torch build has no oneDNN pointwise convolution")
     param = read_net(str(shared_path("corpus", name + ".prototxt")))
     net = build_net(param, input_shapes={b: (1,) + tuple(s[1:]) for b, s in build_net(param).feeds.items()})
@@ -631,8 +632,7 @@ def test_fused_path_matches_the_plain_path_on_corpus_nets(name):
 def test_non_finite_values_are_not_fused_away():
     """oneDNN's fused ReLU turns NaN into 0; Caffe's ReLU (max(x, 0) + slope min(x, 0)) keeps it: a NaN in the input
     or in a weight reaches the output as on the plain path, whichever blobs are asked for."""
-    from caffeinit.layers import conv
-    if not conv._CONV_POINTWISE.available:
+    if not ONEDNN_POINTWISE:
         pytest.skip("this torch build has no oneDNN pointwise convolution")
     net, module = small_net()
     nan_input = x()

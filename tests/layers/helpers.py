@@ -8,6 +8,10 @@ from caffeinit.layers.registry import layer_class
 from caffeinit.proto import caffe_pb2
 from tests.conftest import shared_path
 
+# Whether this torch build has oneDNN's fused convolution, asked of torch itself (not of caffeinit's OptionalOp,
+# which switches itself off after a rejected call: the fused-path tests must fail then, not skip).
+ONEDNN_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
 
 def make(type_name, text="", n_bottoms=1, n_tops=1, phase=caffe_pb2.TEST):
     """A layer of ``type_name`` named 'L' with bottoms b0.. and tops t0.., parameters from prototxt ``text``."""
@@ -44,8 +48,8 @@ def run_case(name, oracles=None):
     net = text_format.Parse((case / "net.prototxt").read_text(), caffe_pb2.NetParameter())
     model = caffe_pb2.NetParameter()
     model.ParseFromString((case / "weights.caffemodel").read_bytes())
-    weights = {l.name: [np.array(b.data, np.float32).reshape(tuple(b.shape.dim)) for b in l.blobs]
-               for l in model.layer}
+    weights = {layer.name: [np.array(b.data, np.float32).reshape(tuple(b.shape.dim)) for b in layer.blobs]
+               for layer in model.layer}
     values = {}
     for lp in net.layer:
         if lp.type == "Input":

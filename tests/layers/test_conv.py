@@ -8,7 +8,7 @@ import torch
 
 from caffeinit.errors import CaffeinitError
 from caffeinit.layers import conv  # registers the layers
-from tests.layers.helpers import make, rand, run, run_case
+from tests.layers.helpers import ONEDNN_POINTWISE, make, rand, run, run_case
 
 
 def caffe_out_size(size, k, s, p, d):
@@ -254,7 +254,7 @@ def caffe_relu(y, negative_slope):
 def test_inference_forward_fuses_relu(spatial, channels, num_output, kernel, stride, pad, dilation, group, bias,
                                       negative_slope):
     """The oneDNN inference path with Caffe's ReLU (leaky included) fused: the numpy conv then relu_layer.cpp."""
-    if not conv._CONV_POINTWISE.available:
+    if not ONEDNN_POINTWISE:
         pytest.skip("this torch build has no oneDNN pointwise convolution")
     layer = make("Convolution", conv_text(num_output, kernel, stride, pad, dilation, group, bias))
     x = rand(2, channels, *spatial)
