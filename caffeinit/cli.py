@@ -77,6 +77,14 @@ def _image_options(args):
     return options
 
 
+def _check_outputs(outputs: dict, inputs, options) -> None:
+    """Refuse, before any work, outputs that would replace a file the command reads, or that a later run with the
+    same --images folder or glob would read as an image."""
+    from caffeinit.fileio import check_outputs
+    options.check_outputs(outputs)
+    check_outputs(outputs, inputs)
+
+
 def _input_files(args, net_param=None, options=None):
     """Every file the command reads (``caffeinit.fileio.InputFiles``), which its outputs must not replace: the net
     (and the net file a solver names), --weights, and with ``net_param`` the files its layers read (mean files,
@@ -251,7 +259,7 @@ def cmd_forward(args) -> int:
     from caffeinit.data import batches
     from caffeinit.data.netinput import image_feed_shapes, net_source
     from caffeinit.device import describe_device
-    from caffeinit.fileio import atomic_output, check_outputs
+    from caffeinit.fileio import atomic_output
     from caffeinit.net import parse_phase
 
     if args.images and args.input:
@@ -266,7 +274,7 @@ def cmd_forward(args) -> int:
     files = _input_files(args, net_param, options)
     for name, path in specs.items():
         files.add(path, f"--input {name}")
-    check_outputs({"--out": args.out}, files)
+    _check_outputs({"--out": args.out}, files, options)
     inputs = {name: _read_input(name, path) for name, path in specs.items()}
     input_shapes = None
     if args.images:
@@ -334,7 +342,7 @@ def _known_length(source) -> int | None:
 def cmd_run(args) -> int:
     from caffeinit.api import read_net_param
     from caffeinit.data import batches
-    from caffeinit.fileio import check_outputs, staged_outputs
+    from caffeinit.fileio import staged_outputs
     from caffeinit.init import InitConfig, initialize
 
     default_images = args.num_images is None
@@ -350,7 +358,8 @@ def cmd_run(args) -> int:
     net_param = read_net_param(args.net)
     inputs = _input_files(args, net_param, options)
     # fail before the work, not after
-    check_outputs({"-o": args.output, "--report": args.report, "--plot": args.plot, "--onnx": args.onnx}, inputs)
+    _check_outputs({"-o": args.output, "--report": args.report, "--plot": args.plot, "--onnx": args.onnx}, inputs,
+                   options)
     if args.plot:
         from caffeinit.init.report import plot_format
         plot_format(args.plot)
@@ -400,13 +409,12 @@ def cmd_run(args) -> int:
 def cmd_stats(args) -> int:
     from caffeinit.api import read_net_param
     from caffeinit.data import batches
-    from caffeinit.fileio import check_outputs
     from caffeinit.init.measure import measure, measure_table, measures_to_dict
 
     options = _image_options(args)
     net_param = read_net_param(args.net)
     inputs = _input_files(args, net_param, options)
-    check_outputs({"--json": args.json}, inputs)
+    _check_outputs({"--json": args.json}, inputs, options)
     model, source = _model_and_images(args, _say(args), net_param, options)
     data = batches(source, args.batch_size, args.num_images, seed=args.seed, progress=_progress(args))
     measures = measure(model, data, draws=args.draws, seed=args.seed, pass_images=args.pass_images,

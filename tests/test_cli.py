@@ -504,3 +504,23 @@ def test_inspect_with_weights_of_another_shape_names_the_file(tmp_path, capsys):
     assert main(["inspect", str(LENET), "--weights", str(weights)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"caffeinit: error: {weights}: ") and "ip2" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command, option, glob", [("run", "--plot", False), ("stats", "--json", False),
+                                                   ("forward", "--out", True)])
+def test_an_output_that_images_would_read_is_refused_before_any_work(tmp_path, command, option, glob):
+    """An output that the next run with the same --images would read as an image (inside the folder with an image
+    extension, or matched by the glob whatever its extension) is refused with one line, nothing written."""
+    import shutil
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for name in ("astronaut_0.jpg", "astronaut_1.jpg"):
+        shutil.copy(ROOT / "models" / "images" / name, images / name)
+    spec = f"{images}/*" if glob else str(images)
+    target = images / {"run": "out.png", "stats": "out.jpg", "forward": "out.npz"}[command]
+    rest = ["-o", str(tmp_path / "net.caffemodel")] if command == "run" else []
+    code, out, err = run_cli(command, LENET, "--images", spec, "--gray", "--device", "cpu", *rest, option, target)
+    assert code == 1, err
+    assert err == (f"caffeinit: error: {option} {target}: refusing to write where --images {spec} finds images "
+                   "(a later run would read it as one): write it elsewhere\n")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["astronaut_0.jpg", "astronaut_1.jpg", "imgs"]
