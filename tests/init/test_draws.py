@@ -5,6 +5,12 @@ import torch
 from caffeinit.init import draws
 
 
+# The module docstring's constants, written out so that the oracles below do not take them from the code under test:
+# components below 1e-6 of the largest eigenvalue are dropped, at most samples / 4 are kept, and the whitening gains
+# are 1 / sqrt(lambda + 1e-2 lambda_max).
+EIG_DROP, EIG_FLOOR = 1e-6, 1e-2
+
+
 def _gen(seed=0):
     g = torch.Generator()
     g.manual_seed(seed)
@@ -41,7 +47,7 @@ def test_pca_filters_whiten_the_patches():
     cov = np.cov(responses.T, bias=True)
     # decorrelated, and each component's variance is lambda / (lambda + floor * lambda_max)
     lam = np.linalg.eigvalsh(np.cov(p.double().numpy().T, bias=True))[::-1]
-    np.testing.assert_allclose(np.diag(cov), lam / (lam + draws.EIG_FLOOR * lam[0]), rtol=1e-5)
+    np.testing.assert_allclose(np.diag(cov), lam / (lam + EIG_FLOOR * lam[0]), rtol=1e-5)
     off = cov - np.diag(np.diag(cov))
     assert np.abs(off).max() < 1e-6
 
@@ -75,6 +81,17 @@ def test_kmeans_finds_separated_clusters():
     assert (sim.max(axis=1) > 0.99).all() and len(set(sim.argmax(axis=1))) == 4
 
 
+def test_kmeans_reseeds_an_emptied_cluster_with_the_worst_served_row():
+    """Repeated rows make the random start pick the same row twice: the duplicate centre gets no rows and must be
+    re-seeded, so every distinct direction ends up a centre (a stale duplicate would leave one unserved)."""
+    directions = np.eye(6)[:3]
+    z = torch.from_numpy(np.concatenate([np.repeat(directions[:1], 200, axis=0), directions[1:]]))
+    for seed in range(5):
+        found = draws.spherical_kmeans(z, 3, _gen(seed), 20).numpy()
+        np.testing.assert_allclose(np.sort(found @ directions.T, axis=None)[-3:], 1, atol=1e-12)
+        assert sorted((found @ directions.T).argmax(axis=1)) == [0, 1, 2], seed
+
+
 @pytest.mark.parametrize("method", ["pca", "zca", "kmeans", "rand"])
 def test_too_few_samples_gives_none(method):
     assert draws.from_patches(method, _patches(n=5), 8, _gen()) is None
@@ -102,8 +119,8 @@ def _float64_whitening(patches):
     cov = x.T @ x / x.shape[0]
     lam, vec = np.linalg.eigh(cov)
     lam, vec = lam[::-1], vec[:, ::-1]
-    kept = min(x.shape[0] // 4, int((lam > draws.EIG_DROP * lam[0]).sum()))
-    return cov, lam, vec[:, :kept], 1 / np.sqrt(lam[:kept] + draws.EIG_FLOOR * lam[0])
+    kept = min(x.shape[0] // 4, int((lam > EIG_DROP * lam[0]).sum()))
+    return cov, lam, vec[:, :kept], 1 / np.sqrt(lam[:kept] + EIG_FLOOR * lam[0])
 
 
 def test_float32_whitening_matches_the_float64_metric():
@@ -121,6 +138,19 @@ def test_float32_whitening_matches_the_float64_metric():
     metric64 = (vec64 * gain64**2) @ vec64.T
     metric = (vec * gain**2) @ vec.T
     assert np.linalg.norm(metric - metric64) / np.linalg.norm(metric64) < 2e-3
+
+
+@pytest.mark.parametrize("n, f", [(48, 20), (48, 100), (400, 12)], ids=["cap", "gram-cap", "rank"])
+def test_float64_whitening_keeps_at_most_a_quarter_of_the_samples(n, f):
+    """The float64 path (covariance, or Gram matrix with fewer samples than inputs): min(samples / 4, the components
+    above 1e-6 of the largest) components, with the docstring's gains."""
+    p = torch.from_numpy(np.random.default_rng(3).standard_normal((n, f)).astype(np.float32))
+    vec, gain = draws.whitening(p, exact=True)
+    x = p.double().numpy() - p.double().numpy().mean(axis=0)
+    lam = np.linalg.eigvalsh(x.T @ x / n)[::-1]
+    kept = min(n // 4, int((lam > EIG_DROP * lam[0]).sum()))
+    assert vec.shape == (f, kept) and gain.shape == (kept,)
+    np.testing.assert_allclose(gain.numpy(), 1 / np.sqrt(lam[:kept] + EIG_FLOOR * lam[0]), rtol=1e-9)
 
 
 def test_unresolved_cut_falls_back_to_float64():
