@@ -147,6 +147,21 @@ def test_v0_pool_method_numbers_match_the_current_enum():
         (caffe_pb2.ParamSpec.STRICT, caffe_pb2.ParamSpec.PERMISSIVE)
 
 
+# UpgradeV0LayerType's 24 type strings, each with the type name UpgradeV1LayerType then gives.
+V0_TYPES = {"accuracy": "Accuracy", "bnll": "BNLL", "concat": "Concat", "conv": "Convolution", "data": "Data",
+            "dropout": "Dropout", "euclidean_loss": "EuclideanLoss", "flatten": "Flatten", "hdf5_data": "HDF5Data",
+            "hdf5_output": "HDF5Output", "im2col": "Im2col", "images": "ImageData", "infogain_loss": "InfogainLoss",
+            "innerproduct": "InnerProduct", "lrn": "LRN", "multinomial_logistic_loss": "MultinomialLogisticLoss",
+            "pool": "Pooling", "relu": "ReLU", "sigmoid": "Sigmoid", "softmax": "Softmax",
+            "softmax_loss": "SoftmaxWithLoss", "split": "Split", "tanh": "TanH", "window_data": "WindowData"}
+
+
+@pytest.mark.parametrize("v0_type, expected", sorted(V0_TYPES.items()))
+def test_v0_layer_types_become_caffes_type_names(v0_type, expected):
+    param = upgraded(f'layers {{ layer {{ name: "l" type: "{v0_type}" }} }}')
+    assert [layer.type for layer in param.layer] == [expected] and not param.layers
+
+
 def test_v0_unknown_type_is_an_error_naming_the_layer():
     param = net("""layers { layer { name: "mystery" type: "warp" } top: "y" }""")
     with pytest.raises(CaffeinitError, match="V0 layer 'mystery' has unknown type 'warp'"):
