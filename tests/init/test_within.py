@@ -393,3 +393,20 @@ def test_a_window_past_a_small_input_draws_from_its_patches(method):
     mean, std = _channel_stats(m, images(8), ["conv1"], {})["conv1"]
     np.testing.assert_allclose(mean, BETA, atol=1e-4)
     np.testing.assert_allclose(std, 1.0, rtol=1e-4)
+
+
+def test_a_small_spread_around_a_large_mean_is_normalized_not_dead():
+    """Only a constant output (std within float rounding of its mean) is dead: outputs whose std is 1e-3 of their
+    mean (images with a large offset) are normalized like any others."""
+    m = model(HEAD.format(name="offset") + ip("fc", "data", 6))
+    init = [{"data": (1000 + 0.5 * b["data"]).astype(np.float32)} for b in images(2, seed=1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no dead-channel warning
+        report = initialize(m, init, InitConfig(method="gaussian", between=False, measure_before=False),
+                            progress=False)
+    assert report.layer("fc").dead == 0
+    # b = beta - mean / std: the outputs' std / |mean| before the init was 1 / |beta - b|, well below 1e-2 here
+    assert (1 / np.abs(BETA - m.blobs()["fc"][1]) < 1e-2).all()
+    out = np.concatenate([m.forward(b)["fc"] for b in init]).astype(np.float64)
+    np.testing.assert_allclose(out.mean(axis=0), BETA, atol=1e-3)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, rtol=1e-3)
