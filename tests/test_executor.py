@@ -316,7 +316,9 @@ def test_real_caffe_model_gives_finite_outputs():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_and_cuda_agree_on_every_corpus_net():
-    for path in sorted(shared_path("corpus").glob("*deploy*.prototxt")):
+    paths = sorted(shared_path("corpus").glob("*deploy*.prototxt"))
+    assert len(paths) >= 10
+    for path in paths:
         if "ssd__" in path.name:
             continue
         # sane random weights: the prototxts' own fillers overflow to inf in deep nets (MobileNet's conv5_2/dw)
@@ -334,8 +336,9 @@ def test_cpu_and_cuda_agree_on_every_corpus_net():
 
 def test_layers_follow_the_runtime_batch_size():
     # The init feeds a smaller last batch straight to the module: no layer may bake in the prototxt's batch.
-    conformance = shared_path("conformance")
-    for case in sorted(p for p in conformance.iterdir() if p.is_dir()):
+    cases = sorted(p for p in shared_path("conformance").iterdir() if p.is_dir())
+    assert len(cases) >= 20
+    for case in cases:
         if case.name == "reshape_flatten":  # its Reshape spells out the batch dimension: Caffe needs that batch too
             continue
         model = load(case / "net.prototxt", weights=case / "weights.caffemodel")

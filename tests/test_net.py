@@ -208,8 +208,9 @@ def test_corpus_shape_facts(name, blob, shape):
 
 
 def test_every_corpus_net_builds():
-    corpus = shared_path("corpus")
-    for path in sorted(corpus.glob("*.prototxt")):
+    paths = sorted(shared_path("corpus").glob("*.prototxt"))
+    assert len(paths) >= 20
+    for path in paths:
         if "ssd__" in path.name:
             with pytest.raises(CaffeinitError, match="SSD"):
                 build_net(read_net(str(path)))
@@ -226,7 +227,9 @@ def test_every_corpus_net_builds():
 
 
 def test_bundled_models_build():
-    for path in sorted((ROOT / "models").glob("*/deploy.prototxt")):
+    paths = sorted((ROOT / "models").glob("*/deploy.prototxt"))
+    assert {p.parent.name for p in paths} >= {"caffenet", "cifar10_quick", "lenet"}
+    for path in paths:
         net = build_net(read_net(str(path)))
         assert net.outputs == ["prob"], path
 

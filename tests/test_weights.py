@@ -251,7 +251,9 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 
 
 def test_byte_layout_matches_caffe_written_models(tmp_path):
-    for case in conformance_cases():
+    cases, batchnorms = conformance_cases(), 0
+    assert len(cases) >= 20
+    for case in cases:
         original = (case / "weights.caffemodel").read_bytes()
         # Re-serializing the parse, through the streamed writer.
         weights.write_caffemodel(tmp_path / "same.caffemodel", caffe_pb2.NetParameter.FromString(original))
@@ -261,6 +263,7 @@ def test_byte_layout_matches_caffe_written_models(tmp_path):
         expected = caffe_pb2.NetParameter.FromString(original)
         for layer in expected.layer:
             if layer.type == "BatchNorm" and len(layer.param) == 3:
+                batchnorms += 1
                 for spec in layer.param:
                     spec.decay_mult = 0
         assert weights.read_caffemodel(case / "weights.caffemodel") == expected, case.name
@@ -272,6 +275,7 @@ def test_byte_layout_matches_caffe_written_models(tmp_path):
         assert weights.net_to_proto(net, arrays, phase=caffe_pb2.TEST).SerializeToString() == original, case.name
         weights.write_caffemodel(tmp_path / "rebuilt.caffemodel", net, arrays, phase=caffe_pb2.TEST)
         assert (tmp_path / "rebuilt.caffemodel").read_bytes() == original, case.name
+    assert batchnorms  # the BatchNorm upgrade above was exercised
 
 
 # -- mean files ---------------------------------------------------------------------------------------------
