@@ -81,8 +81,8 @@ def _check_outputs(outputs: dict, inputs, options) -> None:
     """Refuse, before any work, outputs that would replace a file the command reads, or that a later run with the
     same --images folder or glob would read as an image."""
     from caffeinit.fileio import check_outputs
+    check_outputs(outputs, inputs)  # first: an output naming an existing input is told so
     options.check_outputs(outputs)
-    check_outputs(outputs, inputs)
 
 
 def _input_files(args, net_param=None, options=None):
