@@ -90,7 +90,7 @@ def test_filter_net_sets_phase_and_state_and_leaves_input_alone():
     assert all(layer.phase == TRAIN for layer in out.layer)
     test = filter_net(net, TEST)
     # A layer without phase takes the net's; one with its own phase keeps it (Net::Init only fills it in).
-    assert [(l.name, l.phase, l.HasField("phase")) for l in test.layer] == [
+    assert [(lp.name, lp.phase, lp.HasField("phase")) for lp in test.layer] == [
         ("always", TEST, True), ("test_only", TEST, True), ("own_phase", TRAIN, True)]
 
 
@@ -119,8 +119,8 @@ def test_lenet_train_test_for_each_phase():
     train = filter_net(net, TRAIN)
     test = filter_net(net, TEST)
     middle = ["conv1", "pool1", "conv2", "pool2", "ip1", "relu1", "ip2"]
-    assert [l.name for l in train.layer] == ["mnist"] + middle + ["loss"]
-    assert [l.name for l in test.layer] == ["mnist"] + middle + ["accuracy", "loss"]
+    assert [lp.name for lp in train.layer] == ["mnist"] + middle + ["loss"]
+    assert [lp.name for lp in test.layer] == ["mnist"] + middle + ["accuracy", "loss"]
     assert train.layer[0].data_param.source.endswith("mnist_train_lmdb")
     assert test.layer[0].data_param.source.endswith("mnist_test_lmdb")
-    assert {l.phase for l in train.layer} == {TRAIN} and {l.phase for l in test.layer} == {TEST}
+    assert {lp.phase for lp in train.layer} == {TRAIN} and {lp.phase for lp in test.layer} == {TEST}

@@ -12,7 +12,7 @@ def net_from_text(text: str) -> caffe_pb2.NetParameter:
 
 
 def wiring(net):
-    return [(l.name, l.type, list(l.bottom), list(l.top), list(l.loss_weight)) for l in net.layer]
+    return [(lp.name, lp.type, list(lp.bottom), list(lp.top), list(lp.loss_weight)) for lp in net.layer]
 
 
 def test_unused_twice_means_no_split():
@@ -44,7 +44,7 @@ def test_fan_out_after_in_place_layer():
         ("b", "Pooling", ["conv1_relu1_0_split_1"], ["b"], []),
         ("cat", "Concat", ["a", "b", "conv1_relu1_0_split_2"], ["cat"], []),
     ]
-    assert not any(l.HasField("phase") for l in out.layer)
+    assert not any(lp.HasField("phase") for lp in out.layer)
     assert net.layer[3].bottom[0] == "conv1"  # the input is not modified
 
 
@@ -58,7 +58,7 @@ def test_second_top_index_and_phase():
         ("y_in_1_split", "Split", ["y"], ["y_in_1_split_0", "y_in_1_split_1"], []),
         ("p", "Eltwise", ["y_in_1_split_0", "y_in_1_split_1"], ["z"], []),
     ]
-    assert [l.phase for l in out.layer] == [caffe_pb2.TEST] * 3
+    assert [lp.phase for lp in out.layer] == [caffe_pb2.TEST] * 3
 
 
 def test_loss_weight_counts_as_a_use():
@@ -112,9 +112,9 @@ def test_matches_caffe_written_split_layers():
     net = net_from_text((case / "net.prototxt").read_text())
     saved = caffe_pb2.NetParameter.FromString((case / "weights.caffemodel").read_bytes())
     out = insert_splits(net, phase=caffe_pb2.TEST)
-    assert [(l.name, l.type, list(l.bottom), list(l.top)) for l in out.layer] == \
-        [(l.name, l.type, list(l.bottom), list(l.top)) for l in saved.layer]
-    assert any(l.type == "Split" for l in saved.layer)
+    assert [(lp.name, lp.type, list(lp.bottom), list(lp.top)) for lp in out.layer] == \
+        [(lp.name, lp.type, list(lp.bottom), list(lp.top)) for lp in saved.layer]
+    assert any(lp.type == "Split" for lp in saved.layer)
 
 
 def test_resnet50_layer_count():

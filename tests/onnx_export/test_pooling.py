@@ -122,8 +122,8 @@ def test_rectangular_pooling(params, shape):
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 def test_global_pooling(method):
-    export_and_compare(input_layer(shape=(2, 3, 5, 7)) + layer("Pooling", params=f"pooling_param {{ pool: {method} "
-                                                                          "global_pooling: true }"))
+    params = f"pooling_param {{ pool: {method} global_pooling: true }}"
+    export_and_compare(input_layer(shape=(2, 3, 5, 7)) + layer("Pooling", params=params))
 
 
 def test_spp_matches_torch():

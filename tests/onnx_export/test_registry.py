@@ -23,8 +23,8 @@ def test_every_exportable_type_has_a_test_net():
     import inspect
 
     source = "".join(inspect.getsource(m) for m in (test_activation, test_conv, test_inner_product,
-                                                     test_normalization, test_pooling, test_recurrent,
-                                                     test_structure))
+                                                    test_normalization, test_pooling, test_recurrent,
+                                                    test_structure))
     tested = set(re.findall(r'(?:layer\(|")([A-Z][A-Za-z0-9]+)"', source))
     assert set(exportable_types()) <= tested, sorted(set(exportable_types()) - tested)
 
