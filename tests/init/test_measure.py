@@ -22,6 +22,8 @@ def test_statistics_are_those_of_each_affine_output_over_all_images():
         data = np.concatenate(outs[x.name])
         np.testing.assert_allclose(x.mean, data.mean(axis=axes).mean(), rtol=1e-6)
         np.testing.assert_allclose(x.std, data.std(axis=axes).mean(), rtol=1e-5)
+        stds = data.std(axis=axes)  # the coefficient of variation of the channel stds, numpy's (population) std
+        np.testing.assert_allclose(x.std_cv, stds.std() / stds.mean(), rtol=1e-5)
     assert all(x.rate is not None and x.rate > 0 for x in measures)
 
 
