@@ -61,6 +61,31 @@ def test_patches_times_the_weight_give_the_layers_output(geometry):
         torch.testing.assert_close(affine.patches(x, chosen)[group] @ w.t(), expected[chosen], rtol=1e-5, atol=1e-4)
 
 
+IP = """
+input: "data" input_shape {{ dim: 2 dim: 3 dim: 4 dim: 5 }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param {{ num_output: 6 axis: {axis} }} }}
+"""
+
+
+@pytest.mark.parametrize("axis", [1, 2, 3])
+def test_inner_product_patches_are_the_rows_its_weight_multiplies(axis):
+    """An InnerProduct over axes [axis:] has one patch per position of the axes before it (2, 6 or 24 here), each
+    row in the weight's element order: patches @ W^T is the layer's output."""
+    m = model(IP.format(axis=axis))
+    node = m.net.layer("ip")
+    affine = affine_of(node)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, generator=gen)
+    weight = torch.randn(node.layer.blob_shapes[0], generator=gen)
+    out = node.layer.forward([x], [weight, torch.zeros(6)])[0]
+    rows = out.reshape(-1, 6)
+    assert affine.patch_count(x) == rows.shape[0] == x.numel() // weight.shape[1]
+    torch.testing.assert_close(affine.patches(x)[0] @ weight.t(), rows, rtol=1e-5, atol=1e-5)
+    chosen = torch.arange(rows.shape[0]).flip(0)
+    torch.testing.assert_close(affine.patches(x, chosen)[0] @ weight.t(), rows[chosen], rtol=1e-5, atol=1e-5)
+
+
 SCALED = """
 input: "data" input_shape { dim: 2 dim: 4 dim: 6 dim: 6 }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
