@@ -561,3 +561,35 @@ def test_a_shared_parameter_takes_the_lr_mult_a_later_sharer_sets(set_by, frozen
     plain = _rates(m, init, draws=8)
     effective = {name: rate * (3 if name == "s1" else 1) for name, rate in plain.items()}
     assert _spread(effective) < 1.25, effective  # the rates of 64 images: their sampling noise
+
+
+# Layers the between step must compensate when it rescales what feeds them: a Bias layer's bias, the bias of a
+# two-bottom Scale (a product), and a BatchNorm whose stored scale factor is 0 (Caffe then uses zero statistics).
+COMPENSATED = {
+    "bias": (HEAD.format(name="bias") + conv("conv1", "data", 8)
+             + layer("b1", "Bias", "conv1", "conv1", 'bias_param { filler { type: "gaussian" std: 1 } } ')),
+    "scale2": (HEAD.format(name="scale2") + conv("conv1", "data", 8) + relu("relu1", "conv1") + conv("gate", "data", 8)
+               + layer("sc", "Scale", ["conv1", "gate"], "conv1",
+                       'scale_param { axis: 0 bias_term: true bias_filler { type: "gaussian" std: 1 } } ')),
+    "batchnorm_factor_0": HEAD.format(name="bn0") + conv("conv1", "data", 8) + layer("bn1", "BatchNorm", "conv1",
+                                                                                     "conv1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPENSATED))
+def test_rescaling_compensates_biases_and_batchnorm_statistics(name):
+    """The update scales each layer's weights; what reads a rescaled value is compensated so that the net's output
+    does not change (a homogeneous net: output scale 1)."""
+    text = COMPENSATED[name] + relu("relu2", "conv1") + conv("conv2", "conv1", 8) + relu("relu3", "conv2") \
+        + ip("fc", "conv2", 5)
+    m = model(text)
+    if name == "batchnorm_factor_0":
+        m = model(text, {**m.blobs(), "bn1": [np.full(8, 5, np.float32), np.full(8, 7, np.float32),
+                                              np.zeros(1, np.float32)]})
+    held_out = images(2, seed=6)
+    before = _outputs(m, held_out, "fc")
+    report = initialize(m, images(4, seed=5), InitConfig(within=False, between_batches=4, measure_before=False),
+                        progress=False)
+    assert report.homogeneous and report.between_iterations == 1 and report.spread("after") < 1.001
+    after = _outputs(m, held_out, "fc")
+    assert np.abs(after - before).max() <= 1e-5 * np.abs(before).max()
