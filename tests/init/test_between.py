@@ -593,3 +593,30 @@ def test_rescaling_compensates_biases_and_batchnorm_statistics(name):
     assert report.homogeneous and report.between_iterations == 1 and report.spread("after") < 1.001
     after = _outputs(m, held_out, "fc")
     assert np.abs(after - before).max() <= 1e-5 * np.abs(before).max()
+
+
+# Layers between two convolutions, with the parameters they need. Positively homogeneous ones (f(s x) = s f(x) for
+# s > 0) let the step equalize a chain exactly; the others make the net non-homogeneous (probed, not exact).
+HOMOGENEOUS_LAYERS = {"ReLU": "", "PReLU": "", "Dropout": "", "AbsVal": "",
+                      "Pooling": "pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 1 } ",
+                      "Tile": "tile_param { axis: 1 tiles: 2 } "}
+NON_HOMOGENEOUS_LAYERS = {"TanH": "", "Sigmoid": "", "ELU": "", "BNLL": "", "Swish": "",
+                          "LRN": "lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 } ",
+                          "Power": "power_param { power: 2 scale: 0.5 shift: 1 } ", "Exp": "exp_param { scale: 0.1 } ",
+                          "Log": "log_param { shift: 50 } ", "Clip": "clip_param { min: -1 max: 1 } "}
+
+
+@pytest.mark.parametrize("type_name", sorted(HOMOGENEOUS_LAYERS) + sorted(NON_HOMOGENEOUS_LAYERS))
+def test_each_layer_type_is_modelled_as_homogeneous_or_not(type_name):
+    params = {**HOMOGENEOUS_LAYERS, **NON_HOMOGENEOUS_LAYERS}[type_name]
+    m = model(HEAD.format(name="one_type") + conv("conv1", "data", 8) + layer("x", type_name, "conv1", "x", params)
+              + conv("conv2", "x", 8) + relu("relu2", "conv2") + ip("fc", "conv2", 5))
+    init = images(4, seed=5)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    held_out = images(2, seed=6)
+    before = _outputs(m, held_out, "fc")
+    report = initialize(m, init, InitConfig(within=False, between_batches=4, measure_before=False), progress=False)
+    assert report.homogeneous == (type_name in HOMOGENEOUS_LAYERS)
+    if report.homogeneous:  # equalized exactly in one update, the function kept
+        assert report.between_iterations == 1 and report.spread("after") < 1.001
+        np.testing.assert_allclose(_outputs(m, held_out, "fc"), before, rtol=1e-4, atol=1e-5)
