@@ -40,6 +40,13 @@ CONCAT_BN = (HEAD.format(name="concat_bn") + conv("conv1", "data", 8) + relu("re
              + layer("sc", "Scale", "cat", "cat", 'scale_param { bias_term: true } ')
              + relu("relu_c", "cat") + conv("conv2", "cat", 8) + relu("relu2", "conv2") + ip("fc", "conv2", 5))
 
+# two branches concatenated, then a learnable per-channel Scale (no BatchNorm): the Scale compensates each block in
+# its own weight
+CONCAT_SCALE = (HEAD.format(name="concat_scale") + conv("conv1", "data", 8) + relu("relu1", "conv1")
+                + conv("l", "conv1", 4, k=1) + conv("r", "conv1", 6) + layer("cat", "Concat", ["l", "r"])
+                + layer("sc", "Scale", "cat", "cat", 'scale_param { bias_term: true } ')
+                + relu("relu_c", "cat") + conv("conv2", "cat", 8) + relu("relu2", "conv2") + ip("fc", "conv2", 5))
+
 
 def _ends(m, batches):
     ends = end_values(m.net)
@@ -64,7 +71,7 @@ def _between_alone(m, init, config):
     return initialize(m, init, config, progress=False)
 
 
-@pytest.mark.parametrize("text", [INCEPTION, CONCAT_BN], ids=["inception", "concat_bn"])
+@pytest.mark.parametrize("text", [INCEPTION, CONCAT_BN, CONCAT_SCALE], ids=["inception", "concat_bn", "concat_scale"])
 def test_concat_branches_are_equalized_exactly_and_the_function_is_kept(text):
     m = model(text)
     init, held_out = images(8, seed=21), images(8, seed=22)
