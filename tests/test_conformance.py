@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from caffeinit.cli import main
-from tests.conftest import SHARED
+from tests.conftest import SHARED, conformance_cases
 
-CASES = sorted(p.name for p in (SHARED / "conformance").iterdir() if p.is_dir()) if SHARED.is_dir() else []
+CASES = conformance_cases()
 
 
 def rel_err(ours, caffe):
@@ -17,7 +17,7 @@ def rel_err(ours, caffe):
     return diff / scale if scale > 0 else diff
 
 
-@pytest.fixture(params=CASES or [pytest.param(None, marks=pytest.mark.skip("../shared absent"))])
+@pytest.fixture(params=CASES)
 def case(request):
     return SHARED / "conformance" / request.param
 

@@ -29,7 +29,7 @@ AFFINE = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 # -- Caffe's numbers -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", CASES or [pytest.param(None, marks=pytest.mark.skip("../shared absent"))])
+@pytest.mark.parametrize("case", CASES)
 def test_conformance_case_on_cuda_reproduces_caffe(case, tmp_path, capsys):
     folder = SHARED / "conformance" / case
     meta = json.loads((folder / "meta.json").read_text())
@@ -289,7 +289,7 @@ def test_onnx_export_of_a_cuda_model_verifies_in_onnxruntime_cpu(tmp_path):
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
-@pytest.mark.parametrize("case", CASES or [pytest.param(None, marks=pytest.mark.skip("../shared absent"))])
+@pytest.mark.parametrize("case", CASES)
 def test_onnxruntime_cuda_provider_reproduces_caffe(case):
     import onnxruntime as ort
     from caffeinit.onnx_export import build_model

@@ -11,7 +11,7 @@ from caffeinit.errors import CaffeinitError
 from caffeinit.net import build_net
 from caffeinit.onnx_export import build_model
 from caffeinit.prototxt import parse_net_text
-from tests.conftest import SHARED
+from tests.conftest import SHARED, conformance_cases
 from tests.onnx_export.common import (assert_blobs_match_goldens, export_and_compare, input_layer, layer,
                                       random_blobs, rel_err, session)
 
@@ -125,10 +125,10 @@ def test_missing_weights_blob_is_an_error():
         build_model(net, {"conv1": [np.zeros((4, 3, 3, 3), np.float32)]})
 
 
-CASES = sorted(p.name for p in (SHARED / "conformance").iterdir() if p.is_dir()) if SHARED.is_dir() else []
+CASES = conformance_cases()
 
 
-@pytest.mark.parametrize("case", CASES or [pytest.param(None, marks=pytest.mark.skip("../shared absent"))])
+@pytest.mark.parametrize("case", CASES)
 def test_conformance_every_blob_matches_caffe_in_ort(case):
     """Export with Caffe's own weights; every blob computed by ONNX Runtime matches real Caffe's golden blob."""
     folder = SHARED / "conformance" / case
