@@ -78,6 +78,12 @@ DAMPING = 0.03  # Tikhonov weight on x for non-homogeneous nets (a direct direct
 SOLVER_ITERS = 50  # Gauss-Newton iterations of one solve (a net without compensated blocks needs one)
 
 
+def _signal_bottoms(node: LayerNode) -> list[str]:
+    """The bottoms whose values a layer's top carries: all of them but BatchReindex's index input (it only picks
+    images; tying its level to the data's pinned the layers before it)."""
+    return node.bottom_values[:1] if node.type == "BatchReindex" else node.bottom_values
+
+
 def end_values(net: Net, after_loss: set[str] | None = None) -> list[str]:
     """Values that receive the injected gradients (see the module docstring); ``after_loss``: the net's
     ``values_after_loss`` where the caller has them."""
@@ -332,7 +338,7 @@ class ScaleModel:
                     factors[k], factor_nodes[k] = factor, node
                 out = Segments.uniform(width(tops[0]) if tops else 1, top)
             elif rule == "channelwise":
-                same(b)
+                same(_signal_bottoms(node))
                 out = level(b[0]) if b else None
             elif rule == "concat":
                 if node.layer.axis == 1:
@@ -416,7 +422,7 @@ class ScaleModel:
                     push(v, m_out.sliced(at, at + width(v)))
                     at += width(v)
             elif rule in ("channelwise", "concat"):
-                for v in b:
+                for v in _signal_bottoms(node):
                     push(v, m_out)
             elif rule == "first" and node.type == "Crop":
                 push(b[0], Segments.uniform(width(b[0]), mo))

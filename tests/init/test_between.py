@@ -620,3 +620,42 @@ def test_each_layer_type_is_modelled_as_homogeneous_or_not(type_name):
     if report.homogeneous:  # equalized exactly in one update, the function kept
         assert report.between_iterations == 1 and report.spread("after") < 1.001
         np.testing.assert_allclose(_outputs(m, held_out, "fc"), before, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_reindex_is_modelled_as_channelwise():
+    """BatchReindex only picks (and repeats) images of the batch by an index input: positively homogeneous, so the
+    chain through it is equalized exactly in one update and the function kept (its index input untouched)."""
+    text = (HEAD.format(name="reindex") + 'layer { name: "idx" type: "Input" top: "idx" '
+            'input_param { shape { dim: 8 } } }\n' + conv("conv1", "data", 8)
+            + layer("pick", "BatchReindex", ["conv1", "idx"], "pick") + conv("conv2", "pick", 8)
+            + relu("relu2", "conv2") + ip("fc", "conv2", 5))
+    m = model(text)
+    index = np.array([7, 7, 0, 1, 2, 3, 5, 4], np.float32)  # a repeat, a dropped image, a swap
+    init = [{**b, "idx": index} for b in images(4, seed=5)]
+    held_out = [{**b, "idx": index[::-1].copy()} for b in images(2, seed=6)]
+
+    def outputs():
+        with torch.no_grad():
+            return np.concatenate([m.module({m.net.feed_values[k]: torch.from_numpy(v) for k, v in b.items()},
+                                            keep={"fc"})["fc"].numpy() for b in held_out])
+
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    before = outputs()
+    report = initialize(m, init, InitConfig(within=False, between_batches=4, measure_before=False), progress=False)
+    assert report.homogeneous and report.between_iterations == 1 and report.spread("after") < 1.001
+    np.testing.assert_allclose(outputs(), before, rtol=1e-4, atol=1e-5)
+
+
+def test_a_silence_of_several_blobs_does_not_tie_their_levels():
+    """Silence discards its bottoms: two main-path blobs it also reads keep their own levels (were they tied as an
+    Eltwise sum's bottoms are, the step could not equalize the chain)."""
+    silence = layer("quiet", "Silence", ["conv1", "conv2"]).replace('top: "quiet" ', "")
+    m = model(HEAD.format(name="silence") + conv("conv1", "data", 8) + relu("relu1", "conv1")
+              + conv("conv2", "conv1", 8) + relu("relu2", "conv2") + ip("fc", "conv2", 5) + silence)
+    init = images(4, seed=5)
+    initialize(m, init, InitConfig(between=False, measure_before=False), progress=False)
+    held_out = images(2, seed=6)
+    before = _outputs(m, held_out, "fc")
+    report = initialize(m, init, InitConfig(within=False, between_batches=4, measure_before=False), progress=False)
+    assert report.homogeneous and report.between_iterations == 1 and report.spread("after") < 1.001
+    np.testing.assert_allclose(_outputs(m, held_out, "fc"), before, rtol=1e-4, atol=1e-5)
